@@ -1,0 +1,8 @@
+"""minigen: XLA-compiled text generation over a pure-TensorFlow GPT-2."""
+
+from .config import ConfigError, GPT2Config
+from .model import GPT2
+from .weights import LoadError, load
+
+__all__ = ["GPT2", "GPT2Config", "ConfigError", "LoadError", "load"]
+__version__ = "0.1.0"

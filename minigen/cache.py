@@ -1,0 +1,51 @@
+"""The static KV cache: allocated once per call, written in place, never grown.
+
+Layout: one key and one value tensor per layer, each `[batch, heads, cache_len, head_dim]`.
+Keeping layers separate (instead of one `[n_layer, ...]` tensor) lets each block update its own
+buffer with a `dynamic_update_slice` that XLA performs in place inside the while loop, and the
+`[heads, cache_len, head_dim]` order makes `q @ k^T` a plain batched matmul with no transpose.
+
+Every row of a batch shares one write index: prompts are left-padded to a common width, so slot `i`
+is the i-th token of the padded layout for all rows. Which slots hold real tokens is a per-row
+boolean mask kept beside the cache (see `model.key_mask`), not a per-row write position.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+
+class KVCache(NamedTuple):
+    keys: tuple  # n_layer x [batch, heads, cache_len, head_dim]
+    values: tuple  # n_layer x [batch, heads, cache_len, head_dim]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+
+def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: int, dtype=tf.float32) -> KVCache:
+    """Zero-filled cache for `batch` rows and `cache_len` slots."""
+    shape = [batch, n_head, cache_len, head_dim]
+    return KVCache(
+        keys=tuple(tf.zeros(shape, dtype) for _ in range(n_layer)),
+        values=tuple(tf.zeros(shape, dtype) for _ in range(n_layer)),
+    )
+
+
+def write(buffer: tf.Tensor, new: tf.Tensor, index) -> tf.Tensor:
+    """Write `new` [batch, heads, s, head_dim] into `buffer` at slots index .. index+s-1, in place."""
+    zero = tf.constant(0, tf.int32)
+    index = tf.cast(index, tf.int32)
+    return xla.dynamic_update_slice(buffer, new, tf.stack([zero, zero, index, zero]))
+
+
+def reorder(cache: KVCache, rows: tf.Tensor) -> KVCache:
+    """Gather cache rows (beam search: each surviving beam takes its parent's cache)."""
+    return KVCache(
+        keys=tuple(tf.gather(k, rows, axis=0) for k in cache.keys),
+        values=tuple(tf.gather(v, rows, axis=0) for v in cache.values),
+    )

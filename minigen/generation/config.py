@@ -1,0 +1,137 @@
+"""GenerationConfig: the options of `generate`, with Hugging Face's names and defaults, and their checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """Options for `generate`. Names and defaults follow Hugging Face's `GenerationConfig`.
+
+    Attributes:
+        max_new_tokens: tokens to generate after the prompt (HF's default total of 20 is kept as 20 new).
+        min_new_tokens: EOS is forbidden until this many tokens were generated.
+        do_sample: sample instead of taking the argmax (with num_beams=1).
+        temperature, top_k, top_p: sampling warpers, applied in that order (top_k=0 or top_p=1.0 disable).
+        num_beams: beam search width (1 = greedy / sampling).
+        num_return_sequences: beam search: best hypotheses per prompt; sampling: samples per prompt.
+        length_penalty: beam scores are sum_logprobs / generated_length ** length_penalty.
+        early_stopping: beam search stopping rule: True, False (heuristic) or "never" (HF semantics).
+        repetition_penalty: >1 discourages tokens already in the row (padding ignored, unlike HF).
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (padding ignored, unlike HF).
+        eos_token_id: int or list of ints; None uses the model config's.
+        pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
+        seed: pair of ints for the stateless sampler; same seed, same output. None draws a fresh one.
+        pad_to_multiple_of: prompts are left-padded to this bucket width so new lengths reuse compiles.
+        return_dict, output_scores: return a GenerateOutput with per-step chosen-token log-probs
+            (and sequences_scores for beam search) instead of a bare array.
+    """
+
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    seed: tuple[int, int] | None = None
+    pad_to_multiple_of: int = 16
+    return_dict: bool = False
+    output_scores: bool = False
+
+    @classmethod
+    def from_options(cls, **options) -> "GenerationConfig":
+        """Build from keyword options, rejecting unknown names with the list of known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown generate option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    @property
+    def strategy(self) -> str:
+        if self.num_beams > 1:
+            return "beam"
+        return "sample" if self.do_sample else "greedy"
+
+    def validate(self, model_config=None) -> None:
+        """Raise ValueError naming the first bad option and its allowed values."""
+
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive_int("max_new_tokens")
+        positive_int("min_new_tokens", 0)
+        positive_int("num_beams")
+        positive_int("num_return_sequences")
+        positive_int("no_repeat_ngram_size", 0)
+        positive_int("pad_to_multiple_of")
+        positive_int("top_k", 0)
+        for name in ("do_sample", "return_dict", "output_scores"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not _is_number(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be a number > 0 (1.0 = off), got {self.repetition_penalty!r}")
+        if not _is_number(self.length_penalty):
+            raise ValueError(f"length_penalty must be a number, got {self.length_penalty!r}")
+        if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if self.num_beams > 1 and self.do_sample:
+            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; use one or the other")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
+            )
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
+        if self.seed is not None:
+            seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
+            if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
+                raise ValueError(f"seed must be a pair of 32-bit ints, e.g. (0, 42), got {self.seed!r}")
+        if model_config is not None:
+            vocab = model_config.vocab_size
+            for token in self.eos_ids(model_config):
+                if not _is_int(token) or not 0 <= token < vocab:
+                    raise ValueError(f"eos_token_id must be token id(s) in [0, {vocab}), got {self.eos_token_id!r}")
+            pad = self.pad_token_id
+            if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
+                raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")
+
+    # -- resolved values --
+
+    def eos_ids(self, model_config) -> tuple[int, ...]:
+        eos = self.eos_token_id if self.eos_token_id is not None else model_config.eos_token_id
+        if eos is None:
+            return ()
+        return (eos,) if _is_int(eos) else tuple(eos)
+
+    def pad_id(self, model_config) -> int:
+        """HF's rule: the pad id, else the model's pad id, else the first EOS id, else 0."""
+        for candidate in (self.pad_token_id, model_config.pad_token_id):
+            if candidate is not None:
+                return int(candidate)
+        eos = self.eos_ids(model_config)
+        return int(eos[0]) if eos else 0

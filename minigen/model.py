@@ -1,0 +1,264 @@
+"""GPT-2 in plain TensorFlow ops: embeddings, pre-LN blocks, attention over the static KV cache, tied LM head.
+
+One forward function serves every phase. It reads `s` new tokens whose first one sits at cache slot
+`index`, writes their keys and values into the cache at slots `index .. index+s-1`, and lets each
+query attend to the cache slots at or before its own that hold real tokens:
+
+- prefill: the whole (left-padded) prompt, `index = 0`;
+- decode step: one token per row, `index` = the slot after the last one written;
+- verify block (speculative decoding): `s` drafted tokens at once.
+
+Nothing here branches in Python on a tensor's value, so every phase compiles under
+`tf.function(jit_compile=True)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from . import cache as kv
+from .config import GPT2Config
+
+MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
+
+
+class Block(NamedTuple):
+    """One transformer block's weights (kernels are [in, out]: y = x @ kernel + bias)."""
+
+    ln_1_scale: tf.Variable  # [d]
+    ln_1_bias: tf.Variable  # [d]
+    qkv_kernel: tf.Variable  # [d, 3d]: q | k | v, each head-major
+    qkv_bias: tf.Variable  # [3d]
+    out_kernel: tf.Variable  # [d, d]
+    out_bias: tf.Variable  # [d]
+    ln_2_scale: tf.Variable  # [d]
+    ln_2_bias: tf.Variable  # [d]
+    up_kernel: tf.Variable  # [d, inner]
+    up_bias: tf.Variable  # [inner]
+    down_kernel: tf.Variable  # [inner, d]
+    down_bias: tf.Variable  # [d]
+
+
+BLOCK_TENSORS = {  # Block field -> minigen tensor name (after "h.{i}.")
+    "ln_1_scale": "ln_1.scale",
+    "ln_1_bias": "ln_1.bias",
+    "qkv_kernel": "attn.qkv.kernel",
+    "qkv_bias": "attn.qkv.bias",
+    "out_kernel": "attn.out.kernel",
+    "out_bias": "attn.out.bias",
+    "ln_2_scale": "ln_2.scale",
+    "ln_2_bias": "ln_2.bias",
+    "up_kernel": "mlp.up.kernel",
+    "up_bias": "mlp.up.bias",
+    "down_kernel": "mlp.down.kernel",
+    "down_bias": "mlp.down.bias",
+}
+
+
+def tensor_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every tensor of minigen's format with the shape the config implies."""
+    d, inner = config.n_embd, config.inner_dim
+    shapes = {"wte": (config.vocab_size, d), "wpe": (config.n_positions, d), "ln_f.scale": (d,), "ln_f.bias": (d,)}
+    block = {
+        "ln_1.scale": (d,),
+        "ln_1.bias": (d,),
+        "attn.qkv.kernel": (d, 3 * d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.out.kernel": (d, d),
+        "attn.out.bias": (d,),
+        "ln_2.scale": (d,),
+        "ln_2.bias": (d,),
+        "mlp.up.kernel": (d, inner),
+        "mlp.up.bias": (inner,),
+        "mlp.down.kernel": (inner, d),
+        "mlp.down.bias": (d,),
+    }
+    for i in range(config.n_layer):
+        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = (config.vocab_size, d)
+    return shapes
+
+
+# ---- small pure functions ----------------------------------------------------------------------
+
+
+def positions_from_mask(mask: tf.Tensor) -> tf.Tensor:
+    """Position ids of a (left-)padded batch: cumsum(mask) - 1, padding clamped to 0. [batch, width]"""
+    mask = tf.cast(mask, tf.int32)
+    return tf.maximum(tf.cumsum(mask, axis=-1) - 1, 0)
+
+
+def attention_mask(key_mask: tf.Tensor, index, s: int) -> tf.Tensor:
+    """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
+
+    key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
+    Returns [batch, 1, s, cache_len] bool, broadcast over heads.
+    """
+    cache_len = key_mask.shape[1]
+    query_slots = tf.cast(index, tf.int32) + tf.range(s)  # [s]
+    causal = tf.range(cache_len)[None, :] <= query_slots[:, None]  # [s, cache_len]
+    return causal[None, None, :, :] & key_mask[:, None, None, :]
+
+
+def layer_norm(x, scale, bias, eps):
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps) * scale + bias
+
+
+def activation(name: str):
+    if name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
+        c = math.sqrt(2.0 / math.pi)
+        return lambda x: 0.5 * x * (1.0 + tf.tanh(c * (x + 0.044715 * x * x * x)))
+    if name == "gelu":
+        return lambda x: 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+    if name == "quick_gelu":
+        return lambda x: x * tf.sigmoid(1.702 * x)
+    if name == "relu":
+        return tf.nn.relu
+    if name in ("silu", "swish"):
+        return tf.nn.silu
+    raise ValueError(f"activation_function {name!r} is not implemented")
+
+
+def linear(x, kernel, bias):
+    """x [..., in] @ kernel [in, out] + bias, as one 2-D matmul."""
+    lead = tf.shape(x)[:-1]
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
+    return tf.reshape(y, tf.concat([lead, [kernel.shape[-1]]], 0))
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+class GPT2:
+    """A GPT-2 whose weights live in TensorFlow variables.
+
+    Build one with `minigen.load(path)`; `logits()` and `generate()` are the public entry points.
+    `forward()` is the single compiled-friendly forward pass the decoding loops call.
+    """
+
+    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32"):
+        self.config = config
+        self.weight_dtype = tf.as_dtype(dtype)
+
+        def var(name):
+            return tf.Variable(params[name], dtype=self.weight_dtype, trainable=False, name=name.replace(".", "/"))
+
+        self.wte = var("wte")  # [vocab, d]
+        self.wpe = var("wpe")  # [n_positions, d]
+        self.blocks = [
+            Block(**{field: var(f"h.{i}.{name}") for field, name in BLOCK_TENSORS.items()})
+            for i in range(config.n_layer)
+        ]
+        self.ln_f_scale = var("ln_f.scale")
+        self.ln_f_bias = var("ln_f.bias")
+        self.lm_head_weight = self.wte if config.tie_word_embeddings else var("lm_head")  # [vocab, d]
+        self._act = activation(config.activation_function)
+        self._compiled = {}  # compiled-function cache, see generation.compiled
+        self.trace_count = 0  # bumped each time a generation/logits function is traced
+
+    # -- phases --
+
+    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index):
+        """Run `s` new tokens per row through the model, writing their keys/values into the cache.
+
+        tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
+        once this call has written); index: scalar int32, the cache slot of tokens[:, 0].
+        Returns (hidden [batch, s, d] after the final layer norm, updated cache).
+        """
+        cfg = self.config
+        s = tokens.shape[1]
+        x = tf.cast(tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions), tf.float32)  # [batch, s, d]
+        mask = attention_mask(key_mask, index, s)  # [batch, 1, s, cache_len]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
+            h, k_cache, v_cache = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask)
+            x = x + h
+            h = layer_norm(x, block.ln_2_scale, block.ln_2_bias, cfg.layer_norm_epsilon)
+            x = x + linear(self._act(linear(h, block.up_kernel, block.up_bias)), block.down_kernel, block.down_bias)
+            keys.append(k_cache)
+            values.append(v_cache)
+        x = layer_norm(x, self.ln_f_scale, self.ln_f_bias, cfg.layer_norm_epsilon)
+        return x, kv.KVCache(tuple(keys), tuple(values))
+
+    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask):
+        """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache)."""
+        cfg = self.config
+        batch, s = tf.shape(x)[0], x.shape[1]
+        qkv = linear(x, block.qkv_kernel, block.qkv_bias)  # [batch, s, 3d]
+        qkv = tf.reshape(qkv, [batch, s, 3, cfg.n_head, cfg.head_dim])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, s, head_dim]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index)  # [batch, heads, cache_len, head_dim]
+        v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), index)
+        scale = 1.0
+        if cfg.scale_attn_weights:
+            scale /= math.sqrt(cfg.head_dim)
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= layer + 1
+        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale  # [batch, heads, s, cache_len]
+        scores = tf.where(mask, scores, MASKED)
+        probs = tf.nn.softmax(scores, axis=-1)
+        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [batch, heads, s, head_dim]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, s, cfg.n_embd])
+        return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache
+
+    def lm_head(self, hidden):
+        """Logits [..., vocab] (float32) from final hidden states [..., d]; the head is tied to wte."""
+        lead = tf.shape(hidden)[:-1]
+        flat = tf.reshape(hidden, [-1, self.config.n_embd])
+        logits = tf.matmul(flat, tf.cast(self.lm_head_weight, flat.dtype), transpose_b=True)
+        return tf.reshape(logits, tf.concat([lead, [self.config.vocab_size]], 0))
+
+    def new_cache(self, batch: int, cache_len: int) -> kv.KVCache:
+        cfg = self.config
+        return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32)
+
+    def prefill(self, tokens, mask, cache_len: int):
+        """Fill a fresh cache with a left-padded prompt batch.
+
+        tokens, mask: [batch, width]. Returns (hidden [batch, width, d], cache, key_mask [batch, cache_len]).
+        key_mask marks prompt slots that are real tokens plus every slot after the prompt (decode steps
+        write them in order, and `attention_mask`'s causal part hides those not yet written).
+        """
+        batch, width = tf.shape(tokens)[0], tokens.shape[1]
+        key_mask = tf.concat([tf.cast(mask, tf.bool), tf.ones([batch, cache_len - width], tf.bool)], axis=1)
+        cache = self.new_cache(batch, cache_len)
+        hidden, cache = self.forward(tokens, positions_from_mask(mask), key_mask, cache, 0)
+        return hidden, cache, key_mask
+
+    def decode_one_token(self, tokens, positions, key_mask, cache, index):
+        """One decode step: tokens, positions [batch] -> (logits [batch, vocab], cache)."""
+        hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index)
+        return self.lm_head(hidden[:, 0]), cache
+
+    # -- public API --
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        """Full-sequence logits, float32 [batch, seq, vocab]. Pads may be on either side; positions
+        come from the mask, so each row gives the logits of that prompt alone at its real positions."""
+        from .generation.inputs import prepare_logits_inputs
+
+        ids, mask, width = prepare_logits_inputs(self.config, input_ids, attention_mask)
+        fn = self._compiled.get(("logits", ids.shape))
+        if fn is None:
+
+            def run(ids, mask):
+                self.trace_count += 1
+                hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
+                return self.lm_head(hidden)
+
+            fn = self._compiled[("logits", ids.shape)] = tf.function(run, jit_compile=True)
+        return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
+
+    def generate(self, input_ids, attention_mask=None, **options):
+        """Generate continuations; see `minigen.generation.generate` for the options."""
+        from .generation.generate import generate
+
+        return generate(self, input_ids, attention_mask, **options)

@@ -1,0 +1,93 @@
+"""minigen's on-disk format, and `load()`.
+
+A minigen model directory holds:
+- `config.json`: the Hugging Face GPT-2 config, unchanged;
+- `model.safetensors`: the tensors named and shaped as `model.tensor_shapes` lists, with the
+  safetensors metadata `{"format": "minigen", "minigen_format_version": "1"}`;
+- `tokenizer.json` (optional), copied from the source checkpoint.
+
+`weights_tools convert` makes one from a Hugging Face GPT-2 checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .config import ConfigError, GPT2Config
+
+FORMAT_METADATA = {"format": "minigen", "minigen_format_version": "1"}
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class LoadError(ValueError):
+    """A path that does not hold a usable minigen model; the message says what to do."""
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of a safetensors file as NumPy arrays, plus its metadata; clear errors if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+        return tensors, metadata
+    except FileNotFoundError:
+        raise LoadError(f"{path} does not exist") from None
+    except Exception as e:  # safetensors raises its own error type for corrupt/truncated files
+        raise LoadError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+
+
+def check_shapes(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:
+    """Raise LoadError naming every missing tensor, or the first tensor whose shape differs from the config."""
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise LoadError(f"{source} is missing tensor(s): {shown}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise LoadError(
+                f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                f"but config.json implies {tuple(shape)}"
+            )
+
+
+def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
+    """Load a minigen model directory and return a `minigen.GPT2` ready for `logits()`/`generate()`.
+
+    dtype: the weights' storage type in memory ("float32", "bfloat16" or "float16");
+    activations and the KV cache stay float32.
+    """
+    from .model import GPT2, tensor_shapes
+
+    if path is None:
+        raise LoadError("load() needs a model directory (one made by `python -m weights_tools convert`)")
+    if dtype not in DTYPES:
+        raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise LoadError(f"model directory {path!r} does not exist")
+    weights = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) or not os.path.isfile(weights):
+        raise LoadError(
+            f"{path!r} is not a minigen model directory (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "make one from a Hugging Face GPT-2 with `python -m weights_tools convert SRC DST`"
+        )
+    try:
+        config = GPT2Config.from_json_file(os.path.join(path, CONFIG_FILE))
+    except ConfigError as e:
+        raise LoadError(f"{path}: {e}") from None
+    tensors, metadata = read_safetensors(weights)
+    if metadata.get("format") != FORMAT_METADATA["format"]:
+        raise LoadError(
+            f"{weights} is not in minigen's format (a Hugging Face checkpoint?); "
+            "convert it with `python -m weights_tools convert SRC DST`"
+        )
+    check_shapes(tensors, tensor_shapes(config), weights)
+    return GPT2(config, tensors, dtype=dtype)

@@ -1,0 +1,60 @@
+"""Command line: `python -m weights_tools convert SRC DST [--force] [--verify]` and `verify DST SRC`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m weights_tools", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_convert_arguments(sub.add_parser("convert", help="convert a Hugging Face GPT-2 directory to minigen's format"))
+    v = sub.add_parser("verify", help="check a converted model's logits against its source checkpoint")
+    v.add_argument("dst", help="the converted minigen model directory")
+    v.add_argument("src", help="the Hugging Face GPT-2 directory it was converted from")
+    v.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
+    return parser
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="Hugging Face GPT-2 directory: config.json + model.safetensors (or shards + index)")
+    p.add_argument("dst", help="minigen model directory to create")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
+    p.add_argument("--verify", action="store_true", help="after converting, compare logits with the source")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="storage dtype (default float32)"
+    )
+
+
+def run_convert(args) -> None:
+    from .convert import convert, verify
+
+    convert(args.src, args.dst, force=args.force, dtype=args.dtype)
+    if args.verify:
+        verify(args.dst, args.src)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from minigen.weights import LoadError
+
+    from .hf_checkpoint import CheckpointError
+
+    try:
+        if args.command == "convert":
+            run_convert(args)
+        else:
+            from .convert import verify
+
+            verify(args.dst, args.src, tolerance=args.tolerance)
+    except (CheckpointError, LoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Reading a Hugging Face GPT-2 checkpoint directory: config.json + model.safetensors (or shards).
+
+HF GPT-2 stores its projections as `Conv1D` modules whose weight is [in, out], the layout
+`x @ kernel` wants, so no tensor needs a transpose (nanoGPT transposes them only because it
+uses `nn.Linear`, which is [out, in]). Names lose the optional `transformer.` prefix; the causal
+mask buffers `attn.bias` / `attn.masked_bias` that old checkpoints saved are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from minigen.config import ConfigError, GPT2Config
+from minigen.weights import LoadError, read_safetensors
+
+INDEX_FILE = "model.safetensors.index.json"
+
+# HF name (after the prefix) -> minigen name; "{i}" is the layer index.
+NAME_MAP = {
+    "wte.weight": "wte",
+    "wpe.weight": "wpe",
+    "ln_f.weight": "ln_f.scale",
+    "ln_f.bias": "ln_f.bias",
+    "h.{i}.ln_1.weight": "h.{i}.ln_1.scale",
+    "h.{i}.ln_1.bias": "h.{i}.ln_1.bias",
+    "h.{i}.attn.c_attn.weight": "h.{i}.attn.qkv.kernel",
+    "h.{i}.attn.c_attn.bias": "h.{i}.attn.qkv.bias",
+    "h.{i}.attn.c_proj.weight": "h.{i}.attn.out.kernel",
+    "h.{i}.attn.c_proj.bias": "h.{i}.attn.out.bias",
+    "h.{i}.ln_2.weight": "h.{i}.ln_2.scale",
+    "h.{i}.ln_2.bias": "h.{i}.ln_2.bias",
+    "h.{i}.mlp.c_fc.weight": "h.{i}.mlp.up.kernel",
+    "h.{i}.mlp.c_fc.bias": "h.{i}.mlp.up.bias",
+    "h.{i}.mlp.c_proj.weight": "h.{i}.mlp.down.kernel",
+    "h.{i}.mlp.c_proj.bias": "h.{i}.mlp.down.bias",
+    "lm_head.weight": "lm_head",
+}
+IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+class CheckpointError(ValueError):
+    """A source checkpoint that cannot be converted; the message names the problem."""
+
+
+def read_config(src: str) -> tuple[GPT2Config, dict]:
+    """The checkpoint's GPT2Config and its raw config.json dictionary."""
+    path = os.path.join(src, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{src!r} has no config.json; expected a Hugging Face GPT-2 directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        return GPT2Config.from_dict(raw), raw
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def weight_files(src: str) -> list[str]:
+    """The safetensors file(s) holding the checkpoint: one file, or the shards its index lists."""
+    single = os.path.join(src, "model.safetensors")
+    index = os.path.join(src, INDEX_FILE)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        paths = [os.path.join(src, shard) for shard in shards]
+        absent = [p for p in paths if not os.path.isfile(p)]
+        if absent:
+            raise CheckpointError(f"{index} lists shard(s) that are missing: {', '.join(absent)}")
+        return paths
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(os.path.join(src, "pytorch_model.bin")):
+        raise CheckpointError(
+            f"{src!r} holds only pytorch_model.bin; minigen reads safetensors. Re-save it with "
+            "`GPT2LMHeadModel.from_pretrained(src).save_pretrained(dst)` (writes model.safetensors)"
+        )
+    raise CheckpointError(f"{src!r} has no model.safetensors or {INDEX_FILE}")
+
+
+def read_hf_tensors(src: str) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint under their HF names without the `transformer.` prefix."""
+    tensors = {}
+    for path in weight_files(src):
+        try:
+            part, _ = read_safetensors(path)
+        except LoadError as e:
+            raise CheckpointError(str(e)) from None
+        for name, value in part.items():
+            tensors[name.removeprefix("transformer.")] = value
+    return tensors
+
+
+def to_minigen_names(hf: dict[str, np.ndarray], config: GPT2Config, source: str) -> dict[str, np.ndarray]:
+    """Rename HF tensors to minigen's names; raise on any tensor we would not know what to do with."""
+    lookup = {}
+    for hf_name, ours in NAME_MAP.items():
+        if "{i}" in hf_name:
+            for i in range(config.n_layer):
+                lookup[hf_name.format(i=i)] = ours.format(i=i)
+        else:
+            lookup[hf_name] = ours
+    out, unknown = {}, []
+    for name, value in hf.items():
+        if IGNORED.match(name):
+            continue
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # tied to wte: the same tensor, saved twice by some exporters
+        if name not in lookup:
+            unknown.append(name)
+            continue
+        out[lookup[name]] = value
+    if unknown:
+        raise CheckpointError(f"{source} has tensor(s) that a GPT-2 of this config does not: {', '.join(unknown[:5])}")
+    return out
