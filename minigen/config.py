@@ -79,8 +79,10 @@ class GPT2Config:
     def _check_token_id(self, name, value):
         if value is None:
             return
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-            raise ConfigError(f"config field {name!r} must be a token id in [0, {self.vocab_size}), got {value!r}")
+        # HF's GPT2Config defaults bos/eos to 50256 even for small vocabularies; such an id can never
+        # be generated, so it is accepted here and simply never matches (see GenerationConfig.eos_ids).
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"config field {name!r} must be a non-negative token id, got {value!r}")
 
     # ---- reading and writing -------------------------------------------------------------------
 

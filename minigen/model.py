@@ -147,7 +147,10 @@ class GPT2:
         self.weight_dtype = tf.as_dtype(dtype)
 
         def var(name):
-            return tf.Variable(params[name], dtype=self.weight_dtype, trainable=False, name=name.replace(".", "/"))
+            # Matrices take the storage dtype; vectors (layer norms, biases) stay float32: they are tiny.
+            dtype = self.weight_dtype if params[name].ndim == 2 else tf.float32
+            value = np.asarray(params[name], np.float32) if params[name].dtype != dtype.as_numpy_dtype else params[name]
+            return tf.Variable(value, dtype=dtype, trainable=False, name=name.replace(".", "/"))
 
         self.wte = var("wte")  # [vocab, d]
         self.wpe = var("wpe")  # [n_positions, d]
@@ -173,7 +176,8 @@ class GPT2:
         """
         cfg = self.config
         s = tokens.shape[1]
-        x = tf.cast(tf.gather(self.wte, tokens) + tf.gather(self.wpe, positions), tf.float32)  # [batch, s, d]
+        x = tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
+        # x: [batch, s, d]
         mask = attention_mask(key_mask, index, s)  # [batch, 1, s, cache_len]
         keys, values = [], []
         for i, block in enumerate(self.blocks):

@@ -113,7 +113,8 @@ class GenerationConfig:
                 raise ValueError(f"seed must be a pair of 32-bit ints, e.g. (0, 42), got {self.seed!r}")
         if model_config is not None:
             vocab = model_config.vocab_size
-            for token in self.eos_ids(model_config):
+            eos = self.eos_token_id
+            for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else []:
                 if not _is_int(token) or not 0 <= token < vocab:
                     raise ValueError(f"eos_token_id must be token id(s) in [0, {vocab}), got {self.eos_token_id!r}")
             pad = self.pad_token_id
@@ -123,10 +124,12 @@ class GenerationConfig:
     # -- resolved values --
 
     def eos_ids(self, model_config) -> tuple[int, ...]:
+        """EOS ids in the vocabulary (a config default such as 50256 on a small vocab can never occur)."""
         eos = self.eos_token_id if self.eos_token_id is not None else model_config.eos_token_id
         if eos is None:
             return ()
-        return (eos,) if _is_int(eos) else tuple(eos)
+        ids = (eos,) if _is_int(eos) else tuple(eos)
+        return tuple(int(t) for t in ids if 0 <= t < model_config.vocab_size)
 
     def pad_id(self, model_config) -> int:
         """HF's rule: the pad id, else the model's pad id, else the first EOS id, else 0."""
