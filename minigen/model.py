@@ -258,7 +258,7 @@ class GPT2:
                 hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
                 return self.lm_head(hidden)
 
-            fn = self._compiled[("logits", ids.shape)] = tf.function(run, jit_compile=True)
+            fn = self._compiled[("logits", ids.shape)] = tf.function(run, jit_compile=True, autograph=False)
         return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
 
     def generate(self, input_ids, attention_mask=None, **options):

@@ -1,0 +1,150 @@
+"""Beam search as one XLA while loop, with the reference's (transformers 5.x) semantics.
+
+Beams are folded into the batch: the model sees `batch * num_beams` rows. Each step:
+  1. log_softmax + processors on every beam's next-token scores, plus the beam's running score;
+  2. the best `2 * num_beams` (or more with several EOS ids) continuations of each prompt over
+     `num_beams * vocab` candidates;
+  3. continuations that hit EOS (or the length limit), if among the best `num_beams`, are offered
+     to the finished buffer with score `sum_logprobs / generated_len ** length_penalty`;
+  4. the best `num_beams` continuations that did not finish become the running beams; the KV
+     cache rows are gathered from their parents;
+  5. the early-stopping rule decides whether any prompt can still improve.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from .. import cache as kv
+from .decode import Knobs, Static, is_eos, process_logits, written_slots
+
+BIG = 1.0e9  # the reference's "very large negative" offset
+
+
+class BeamState(NamedTuple):
+    step: tf.Tensor  # int32 scalar: tokens generated so far
+    cache: kv.KVCache  # rows = batch * num_beams
+    logits: tf.Tensor  # [batch * num_beams, vocab]: next-token scores of each running beam
+    running: tf.Tensor  # [batch, num_beams, width] int32: running sequences
+    running_scores: tf.Tensor  # [batch, num_beams] float32: sum of log-probs
+    finished: tf.Tensor  # [batch, num_beams, width] int32: best finished hypotheses
+    finished_scores: tf.Tensor  # [batch, num_beams] float32: length-penalised scores
+    is_finished: tf.Tensor  # [batch, num_beams] bool: slot holds a real finished hypothesis
+    can_improve: tf.Tensor  # [batch, 1] bool: the early-stopping heuristic is not yet satisfied
+    done: tf.Tensor  # bool scalar
+
+
+def _gather(tensor, index):
+    """tensor [batch, n, ...], index [batch, k] -> [batch, k, ...]"""
+    return tf.gather(tensor, index, batch_dims=1)
+
+
+def _length_scale(length, length_penalty):
+    """length ** length_penalty, computed in float64 like the reference's Python scalar, then float32."""
+    return tf.cast(tf.pow(tf.cast(length, tf.float64), tf.cast(length_penalty, tf.float64)), tf.float32)
+
+
+def beam_search(model, ids, mask, knobs: Knobs, static: Static):
+    """ids, mask: [batch * num_beams, bucket] (each prompt repeated num_beams times).
+
+    Returns (sequences [batch, num_return_sequences, width], scores [batch, num_return_sequences]).
+    """
+    nb, bucket, max_new = static.num_beams, static.bucket, static.max_new_tokens
+    width = bucket + max_new
+    rows = tf.shape(ids)[0]
+    batch = rows // nb
+    vocab = model.config.vocab_size
+    keep = max(2, 1 + len(static.eos_ids)) * nb  # continuations considered per prompt
+    top_nb = tf.range(keep) < nb  # only the best num_beams continuations may finish
+    never, early_true = static.early_stopping == "never", static.early_stopping is True
+
+    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=width)
+    positions = tf.reduce_sum(mask, axis=1)  # [rows]: next position id; equal across a prompt's beams
+    sequences = tf.concat([ids, tf.fill([rows, max_new], tf.constant(static.pad_id, tf.int32))], axis=1)
+    sequences = tf.reshape(sequences, [batch, nb, width])
+    first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
+    state = BeamState(
+        step=tf.constant(0),
+        cache=cache,
+        logits=model.lm_head(hidden[:, -1]),
+        running=sequences,
+        running_scores=tf.tile(first_beam_only[None, :], [batch, 1]),
+        finished=sequences,
+        finished_scores=tf.fill([batch, nb], -BIG),
+        is_finished=tf.zeros([batch, nb], tf.bool),
+        can_improve=tf.ones([batch, 1], tf.bool),
+        done=tf.constant(False),
+    )
+
+    def body(s: BeamState) -> BeamState:
+        slot = bucket + s.step
+        flat = tf.reshape(s.running, [rows, width])
+        valid = written_slots(mask, s.step, max_new)
+        logprobs = tf.nn.log_softmax(s.logits)
+        logprobs = process_logits(logprobs, flat, valid, s.step, slot, knobs, static)
+        totals = tf.reshape(logprobs, [batch, nb, vocab]) + s.running_scores[:, :, None]
+        top_scores, top_index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
+        parent, token = top_index // vocab, top_index % vocab
+        column = tf.one_hot(slot, width, on_value=True, off_value=False, dtype=tf.bool)
+        candidates = tf.where(column[None, None, :], token[:, :, None], _gather(s.running, parent))
+        hits = is_eos(tf.reshape(token, [-1]), static.eos_ids)
+        hits = tf.reshape(hits, [batch, keep]) | (s.step + 1 >= max_new)
+
+        # running beams for the next step: the best that did not finish
+        alive_scores = top_scores - tf.cast(hits, tf.float32) * BIG
+        _, best_alive = tf.math.top_k(alive_scores, nb)
+        running = _gather(candidates, best_alive)
+        running_scores = _gather(alive_scores, best_alive)
+        parents = _gather(parent, best_alive)
+
+        # offer finished continuations to the finished buffer
+        just_finished = hits & top_nb[None, :]
+        offered = top_scores / _length_scale(s.step + 1, knobs.length_penalty)
+        if early_true:
+            offered -= tf.cast(tf.reduce_all(s.is_finished, axis=1, keepdims=True), tf.float32) * BIG
+        offered -= tf.cast(~s.can_improve, tf.float32) * BIG
+        offered -= tf.cast(~just_finished, tf.float32) * BIG
+        merged_scores = tf.concat([s.finished_scores, offered], axis=1)
+        finished_scores, best_done = tf.math.top_k(merged_scores, nb)
+        finished = _gather(tf.concat([s.finished, candidates], axis=1), best_done)
+        is_finished = _gather(tf.concat([s.is_finished, just_finished], axis=1), best_done)
+
+        # early-stopping heuristic (the reference's _check_early_stop_heuristic)
+        generated = s.step + 1
+        if never:
+            best_len = tf.where(knobs.length_penalty > 0.0, max_new, generated)
+        else:
+            best_len = generated
+        best_possible = running_scores[:, :1] / _length_scale(best_len, knobs.length_penalty)
+        worst_done = tf.where(is_finished, tf.reduce_min(finished_scores, axis=1, keepdims=True), -BIG)
+        can_improve = s.can_improve & tf.reduce_any(best_possible > worst_done, axis=-1, keepdims=True)
+        all_done = tf.reduce_all(is_finished) if early_true else tf.constant(False)
+        done = ~tf.reduce_any(can_improve) | all_done | tf.reduce_all(hits)
+
+        # advance the running beams by one token: reorder the cache, then one decode step
+        flat_parents = tf.reshape(parents + tf.range(batch)[:, None] * nb, [rows])
+        cache = kv.reorder(s.cache, flat_parents)
+        next_tokens = tf.reshape(running[:, :, bucket + s.step], [rows])
+
+        def advance():
+            return model.decode_one_token(next_tokens, positions + s.step, key_mask, cache, slot)
+
+        logits, cache = tf.cond(done, lambda: (s.logits, cache), advance)
+        return BeamState(
+            step=s.step + 1,
+            cache=cache,
+            logits=logits,
+            running=running,
+            running_scores=running_scores,
+            finished=finished,
+            finished_scores=finished_scores,
+            is_finished=is_finished,
+            can_improve=can_improve,
+            done=done,
+        )
+
+    state = tf.while_loop(lambda s: ~s.done, lambda s: (body(s),), (state,), maximum_iterations=max_new)[0]
+    r = static.num_return_sequences
+    return state.finished[:, :r], state.finished_scores[:, :r]

@@ -1,0 +1,146 @@
+"""`generate`: check the options, bucket the prompt, call the compiled loop, shape the result.
+
+The compiled-function cache: one `tf.function(jit_compile=True)` per `Static` key (strategy,
+rows, bucket width, max_new_tokens and the options that change the graph). Everything numeric
+(temperature, top_k, top_p, penalties, min_new_tokens, seed) is a tensor argument, so new values
+reuse the compiled function; `model.trace_count` counts traces so tests can prove it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from .beam import beam_search
+from .config import GenerationConfig
+from .decode import Knobs, Static, generate_loop
+from .inputs import as_batch, left_pad_to
+
+logger = logging.getLogger("minigen")
+_lock = threading.Lock()
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    """What `generate(..., return_dict=True)` returns."""
+
+    sequences: np.ndarray  # [batch * num_return_sequences, prompt_width + max_new_tokens]
+    scores: np.ndarray | None = None  # greedy/sampling: [rows, max_new_tokens] log-prob of each chosen token
+    sequences_scores: np.ndarray | None = None  # beam search: [rows] length-penalised hypothesis scores
+
+
+def static_key(model, cfg: GenerationConfig, batch: int, bucket: int) -> Static:
+    strategy = cfg.strategy
+    expand = cfg.num_beams if strategy == "beam" else cfg.num_return_sequences
+    return Static(
+        strategy=strategy,
+        rows=batch * expand,
+        bucket=bucket,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_ids=cfg.eos_ids(model.config),
+        pad_id=cfg.pad_id(model.config),
+        use_repetition_penalty=cfg.repetition_penalty != 1.0,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        output_scores=cfg.output_scores and strategy != "beam",
+        num_beams=cfg.num_beams,
+        num_return_sequences=cfg.num_return_sequences if strategy == "beam" else 1,
+        early_stopping=cfg.early_stopping if strategy == "beam" else False,
+    )
+
+
+def make_knobs(cfg: GenerationConfig) -> Knobs:
+    seed = cfg.seed if cfg.seed is not None else np.random.randint(-(2**31), 2**31 - 1, size=2)
+    return Knobs(
+        temperature=tf.constant(cfg.temperature, tf.float32),
+        top_k=tf.constant(cfg.top_k, tf.int32),
+        top_p=tf.constant(cfg.top_p, tf.float32),
+        repetition_penalty=tf.constant(cfg.repetition_penalty, tf.float32),
+        length_penalty=tf.constant(cfg.length_penalty, tf.float32),
+        min_new_tokens=tf.constant(cfg.min_new_tokens, tf.int32),
+        seed=tf.constant(np.asarray(seed, np.int64).astype(np.int32), tf.int32),
+    )
+
+
+def compiled_generate(model, static: Static):
+    """The cached compiled function for this key, created (not yet traced) on first use."""
+    with _lock:
+        fn = model._compiled.get(static)
+        if fn is None:
+
+            def run(ids, mask, knobs):
+                model.trace_count += 1
+                if static.strategy == "beam":
+                    return beam_search(model, ids, mask, knobs, static)
+                return generate_loop(model, ids, mask, knobs, static)
+
+            fn = model._compiled[static] = tf.function(run, jit_compile=True, autograph=False)
+        return fn
+
+
+def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, **options):
+    """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
+
+    Args:
+        input_ids: [batch, width] (or [width]) token ids; pads anywhere the mask says.
+        attention_mask: [batch, width] of 0/1; None means no padding.
+        generation_config: a GenerationConfig; keyword options override its fields.
+        **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
+            num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
+            no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
+            pad_to_multiple_of, return_dict, output_scores).
+
+    Returns:
+        int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
+        (the prompt as given, then new tokens, pad_token_id after EOS), or a GenerateOutput when
+        return_dict or output_scores is set.
+    """
+    if generation_config is not None:
+        cfg = dataclasses.replace(generation_config, **options)
+    else:
+        cfg = GenerationConfig.from_options(**options)
+    cfg.validate(model.config)
+    ids, mask = as_batch(model.config, input_ids, attention_mask)
+    batch, width = ids.shape
+    longest = int(mask.sum(axis=1).max())
+    if longest + cfg.max_new_tokens > model.config.n_positions:
+        raise ValueError(
+            f"prompt length {longest} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
+            f"n_positions ({model.config.n_positions}); shorten the prompt or lower max_new_tokens"
+        )
+    bucket = -(-width // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of
+    ids, mask = left_pad_to(ids, mask, bucket)
+    static = static_key(model, cfg, batch, bucket)
+    expand = static.rows // batch
+    ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
+
+    fn = compiled_generate(model, static)
+    traces = model.trace_count
+    start = time.perf_counter()
+    sequences, scores = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg))
+    sequences, scores = sequences.numpy(), scores.numpy()
+    elapsed = time.perf_counter() - start
+    if model.trace_count != traces:
+        logger.info("compiled %s for %d rows x bucket %d (+%d new) in %.2fs (incl. first run)",
+                    static.strategy, static.rows, bucket, cfg.max_new_tokens, elapsed)
+    else:
+        logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s)", batch, cfg.max_new_tokens, elapsed,
+                    batch * cfg.max_new_tokens / elapsed)
+
+    cut = bucket - width  # drop the bucket's extra left padding: the caller gets its own width back
+    if static.strategy == "beam":
+        sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
+        sequences_scores, token_scores = scores.reshape(-1), None
+    else:
+        sequences, sequences_scores, token_scores = sequences[:, cut:], None, scores
+    if not (cfg.return_dict or cfg.output_scores):
+        return sequences
+    return GenerateOutput(
+        sequences=sequences,
+        scores=token_scores if cfg.output_scores else None,
+        sequences_scores=sequences_scores if cfg.output_scores else None,
+    )

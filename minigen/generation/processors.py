@@ -1,0 +1,129 @@
+"""Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
+
+    repetition_penalty -> no_repeat_ngram -> min_new_tokens -> temperature -> top_k -> top_p
+
+Where the reference reads `input_ids`, these read the row's sequence buffer `[batch, width]` plus a
+`valid` mask of the same shape (real prompt tokens and tokens generated so far). Unlike the
+reference, left padding is never counted as part of a prompt: a pad is not text the model saw.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+NEG_INF = float("-inf")
+CANDIDATES = 256  # top-k/top-p look for their cut among this many best tokens before sorting everything
+
+
+def token_presence(sequences, valid, vocab_size: int):
+    """[batch, vocab] bool: which tokens occur (at valid slots) in each row."""
+    batch, width = tf.shape(sequences)[0], sequences.shape[1]
+    tokens = tf.where(valid, sequences, vocab_size)  # invalid slots land in a spare column
+    rows = tf.repeat(tf.range(batch), width)
+    index = tf.stack([rows, tf.reshape(tokens, [-1])], axis=1)
+    seen = tf.scatter_nd(index, tf.ones([batch * width], tf.int32), [batch, vocab_size + 1])
+    return seen[:, :vocab_size] > 0
+
+
+def repetition_penalty(logits, sequences, valid, penalty):
+    """CTRL's penalty: a seen token's score is divided by `penalty` if positive, multiplied if negative."""
+    seen = token_presence(sequences, valid, logits.shape[-1])
+    penalized = tf.where(logits < 0, logits * penalty, logits / penalty)
+    return tf.where(seen, penalized, logits)
+
+
+def no_repeat_ngram(logits, sequences, valid, next_slot, n: int):
+    """Ban every token that would complete an n-gram already present in the row.
+
+    next_slot: scalar, the slot the next token goes to; slots before it that are `valid` form the row.
+    """
+    width, vocab = sequences.shape[1], logits.shape[-1]
+    if n > width:
+        return logits
+    # the n-1 tokens just before next_slot are the prefix a repeat would continue
+    prefix_slots = tf.maximum(next_slot - (n - 1) + tf.range(n - 1), 0)
+    prefix = tf.gather(sequences, prefix_slots, axis=1)  # [batch, n-1]
+    prefix_ok = tf.reduce_all(tf.gather(valid, prefix_slots, axis=1), axis=1) & (next_slot >= n - 1)
+    starts = width - n + 1  # windows sequences[:, j : j+n]
+    match = tf.ones([tf.shape(sequences)[0], starts], tf.bool)
+    window_valid = tf.ones_like(match)
+    for o in range(n):
+        column = sequences[:, o : o + starts]
+        window_valid &= valid[:, o : o + starts]
+        if o < n - 1:
+            match &= tf.equal(column, prefix[:, o : o + 1])
+    ends_before = tf.range(starts)[None, :] + n - 1 < next_slot  # the window's last token is already written
+    banned_here = match & window_valid & ends_before & prefix_ok[:, None]  # [batch, starts]
+    banned_tokens = tf.where(banned_here, sequences[:, n - 1 :], vocab)
+    banned = token_presence(banned_tokens, banned_here, vocab)
+    return tf.where(banned, NEG_INF, logits)
+
+
+def forbid_eos(logits, eos_ids: tuple[int, ...], active):
+    """min_new_tokens: while `active` (scalar bool), EOS tokens get -inf."""
+    if not eos_ids:
+        return logits
+    is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
+    return tf.where(is_eos[None, :] & active, NEG_INF, logits)
+
+
+def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
+    """Threshold logit for top-k then top-p, given each row's best logits in descending order.
+
+    sorted_desc: [batch, n]; keep_k: scalar, tokens top-k keeps (already clipped to [1, vocab]);
+    log_norm: [batch], the log-normaliser of the top-k-filtered distribution.
+    Returns (threshold [batch], mass [batch]): keep tokens with logit >= threshold; `mass` is the
+    probability the n listed tokens hold, so the caller can tell whether the top-p cut fell inside them.
+    """
+    n = sorted_desc.shape[1]
+    rank = tf.range(n)[None, :]
+    in_k = rank < keep_k
+    probs = tf.where(in_k, tf.exp(sorted_desc - log_norm[:, None]), 0.0)
+    before = tf.cumsum(probs, axis=1, exclusive=True)  # mass strictly above each token
+    keep = ((before < top_p) & in_k) | (rank == 0)  # HF: remove when ascending cumsum <= 1 - top_p
+    count = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    threshold = tf.gather(sorted_desc, count - 1, batch_dims=1)
+    return threshold, tf.reduce_sum(probs, axis=1)
+
+
+def top_k_top_p(logits, top_k, top_p):
+    """HF's TopKLogitsWarper then TopPLogitsWarper as one threshold per row; filtered logits get -inf.
+
+    top_k: scalar int (0 = off); top_p: scalar float (1.0 = off). Exact, and in the common case it
+    sorts only the best CANDIDATES logits: the full vocabulary is sorted only when the cut may lie
+    beyond them (top_k > CANDIDATES, or top_k off with a top_p mass spread wider than them).
+    """
+    vocab = logits.shape[-1]
+    n = min(CANDIDATES, vocab)
+    keep_k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    top_p_on = top_p < 1.0
+    full_norm = tf.reduce_logsumexp(logits, axis=1)  # [batch]
+
+    def threshold_from(sorted_desc):
+        count = sorted_desc.shape[1]
+        in_k = tf.range(count)[None, :] < keep_k
+        k_norm = tf.reduce_logsumexp(tf.where(in_k, sorted_desc, NEG_INF), axis=1)
+        norm = tf.where(keep_k < vocab, k_norm, full_norm)
+        k_threshold = tf.where(
+            keep_k < vocab, tf.gather(sorted_desc, tf.minimum(keep_k, count) - 1, axis=1), NEG_INF
+        )
+        p_threshold, mass = _cut_from_sorted(sorted_desc, keep_k, top_p, norm)
+        p_threshold = tf.where(top_p_on, p_threshold, NEG_INF)
+        return tf.maximum(k_threshold, p_threshold), mass
+
+    best = tf.math.top_k(logits, n).values  # [batch, n], descending
+    threshold, mass = threshold_from(best)
+    exact = (keep_k <= n) | ((keep_k == vocab) & (~top_p_on | tf.reduce_all(mass >= top_p)))
+    if n < vocab:
+        threshold = tf.cond(
+            exact, lambda: threshold, lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0]
+        )
+    return tf.where(logits >= threshold[:, None], logits, NEG_INF)
+
+
+def sample_token(logits, seed, step):
+    """One draw per row from softmax(logits) (stateless: same seed and step, same draw). Gumbel-max."""
+    key = tf.random.experimental.stateless_fold_in(seed, step)
+    uniform = tf.random.stateless_uniform(tf.shape(logits), key, minval=1e-20, maxval=1.0)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
