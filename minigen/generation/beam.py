@@ -53,7 +53,7 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
     """
     nb, bucket, max_new = static.num_beams, static.bucket, static.max_new_tokens
     width = bucket + max_new
-    rows = tf.shape(ids)[0]
+    rows = static.rows  # static, so the cache keeps its shape through the gathers
     batch = rows // nb
     vocab = model.config.vocab_size
     keep = max(2, 1 + len(static.eos_ids)) * nb  # continuations considered per prompt
