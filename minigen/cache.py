@@ -22,10 +22,6 @@ class KVCache(NamedTuple):
     keys: tuple  # n_layer x [batch, heads, cache_len, head_dim]
     values: tuple  # n_layer x [batch, heads, cache_len, head_dim]
 
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[2]
-
 
 def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: int, dtype=tf.float32) -> KVCache:
     """Zero-filled cache for `batch` rows and `cache_len` slots."""

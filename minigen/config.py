@@ -116,8 +116,3 @@ class GPT2Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{os.fspath(path)} must hold a JSON object")
         return cls.from_dict(raw)
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["model_type"] = "gpt2"
-        return out
