@@ -199,25 +199,30 @@ class GPT2:
         return x, kv.KVCache(tuple(keys), tuple(values))
 
     def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask):
-        """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache)."""
+        """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache).
+
+        The cache holds heads in its leading dimension ([batch * heads, cache_len, head_dim], see
+        cache.py), so the score and value matmuls read the freshly written buffer directly.
+        """
         cfg = self.config
-        batch, s = tf.shape(x)[0], x.shape[1]
+        batch, s, heads, head_dim = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim
         qkv = linear(x, block.qkv_kernel, block.qkv_bias)  # [batch, s, 3d]
-        qkv = tf.reshape(qkv, [batch, s, 3, cfg.n_head, cfg.head_dim])
-        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, s, head_dim]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index)  # [batch, heads, cache_len, head_dim]
+        qkv = tf.reshape(qkv, [batch, s, 3, heads, head_dim])
+        qkv = tf.reshape(tf.transpose(qkv, [2, 0, 3, 1, 4]), [3, batch * heads, s, head_dim])
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [batch * heads, s, head_dim]
+        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index)  # [batch * heads, cache_len, head_dim]
         v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), index)
         scale = 1.0
         if cfg.scale_attn_weights:
-            scale /= math.sqrt(cfg.head_dim)
+            scale /= math.sqrt(head_dim)
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= layer + 1
-        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale  # [batch, heads, s, cache_len]
-        scores = tf.where(mask, scores, MASKED)
-        probs = tf.nn.softmax(scores, axis=-1)
-        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [batch, heads, s, head_dim]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, s, cfg.n_embd])
+        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale  # [batch * heads, s, cache_len]
+        scores = tf.where(mask, tf.reshape(scores, [batch, heads, s, -1]), MASKED)  # [batch, heads, s, cache_len]
+        probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [batch * heads, s, -1])
+        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [batch * heads, s, head_dim]
+        out = tf.transpose(tf.reshape(out, [batch, heads, s, head_dim]), [0, 2, 1, 3])
+        out = tf.reshape(out, [batch, s, cfg.n_embd])
         return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache
 
     def lm_head(self, hidden):

@@ -84,10 +84,10 @@ def test_cache_is_written_in_place_not_grown(hf_and_minigen):
     ids = tf.constant([[1, 2, 3]], tf.int32)
     _, cache, _ = model.prefill(ids, tf.ones_like(ids), cache_len=10)
     assert len(cache.keys) == model.config.n_layer
-    assert cache.keys[0].shape == (1, model.config.n_head, 10, model.config.head_dim)
+    assert cache.keys[0].shape == (1 * model.config.n_head, 10, model.config.head_dim)
     # slots after the prompt are untouched zeros, the prompt's are filled
-    assert np.all(cache.keys[0].numpy()[:, :, 3:] == 0)
-    assert np.any(cache.keys[0].numpy()[:, :, :3] != 0)
+    assert np.all(cache.keys[0].numpy()[:, 3:] == 0)
+    assert np.any(cache.keys[0].numpy()[:, :3] != 0)
 
 
 def test_positions_from_mask():
