@@ -29,20 +29,35 @@ class KVCache(NamedTuple):
     values: tuple  # n_layer x [batch * heads, cache_len, head_dim]
 
 
-def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: int, dtype=tf.float32) -> KVCache:
-    """Zero-filled cache for `batch` rows and `cache_len` slots."""
-    shape = [batch * n_head, cache_len, head_dim]
+def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: int, dtype=tf.float32,
+             group: int = 1) -> KVCache:
+    """Zero-filled cache for `batch` rows and `cache_len` slots.
+
+    group > 1 (beam search, group = beams): the rows of one prompt's beams share a leading index
+    and lie side by side along the slot axis: [batch // group * heads, group * cache_len, head_dim].
+    """
+    shape = [batch // group * n_head, group * cache_len, head_dim]
     return KVCache(
         keys=tuple(tf.zeros(shape, dtype) for _ in range(n_layer)),
         values=tuple(tf.zeros(shape, dtype) for _ in range(n_layer)),
     )
 
 
-def write(buffer: tf.Tensor, new: tf.Tensor, index) -> tf.Tensor:
-    """Write `new` [batch * heads, s, head_dim] into `buffer` at slots index .. index+s-1, in place."""
+def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor:
+    """Write `new` [batch * heads, s, head_dim] into `buffer` at slots index .. index+s-1, in place.
+
+    With group > 1, `new`'s rows are ordered (prompt, head, beam) and beam q's slots start at
+    q * cache_len in `buffer`: one in-place update per beam.
+    """
     zero = tf.constant(0, tf.int32)
     index = tf.cast(index, tf.int32)
-    return xla.dynamic_update_slice(buffer, new, tf.stack([zero, index, zero]))
+    if group == 1:
+        return xla.dynamic_update_slice(buffer, new, tf.stack([zero, index, zero]))
+    cache_len = buffer.shape[1] // group
+    new = tf.reshape(new, [-1, group, new.shape[1], new.shape[2]])  # [prompts * heads, group, s, head_dim]
+    for q in range(group):
+        buffer = xla.dynamic_update_slice(buffer, new[:, q], tf.stack([zero, q * cache_len + index, zero]))
+    return buffer
 
 
 def reorder(cache: KVCache, rows: tf.Tensor) -> KVCache:

@@ -28,19 +28,19 @@ MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not
 
 
 class Block(NamedTuple):
-    """One transformer block's weights (kernels are [in, out]: y = x @ kernel + bias)."""
+    """One transformer block's weights. Kernels are held [out, in] (see `linear`); the file stores them [in, out]."""
 
     ln_1_scale: tf.Variable  # [d]
     ln_1_bias: tf.Variable  # [d]
-    qkv_kernel: tf.Variable  # [d, 3d]: q | k | v, each head-major
+    qkv_kernel: tf.Variable  # [3d, d]: q | k | v, each head-major
     qkv_bias: tf.Variable  # [3d]
     out_kernel: tf.Variable  # [d, d]
     out_bias: tf.Variable  # [d]
     ln_2_scale: tf.Variable  # [d]
     ln_2_bias: tf.Variable  # [d]
-    up_kernel: tf.Variable  # [d, inner]
+    up_kernel: tf.Variable  # [inner, d]
     up_bias: tf.Variable  # [inner]
-    down_kernel: tf.Variable  # [inner, d]
+    down_kernel: tf.Variable  # [d, inner]
     down_bias: tf.Variable  # [d]
 
 
@@ -94,16 +94,25 @@ def positions_from_mask(mask: tf.Tensor) -> tf.Tensor:
     return tf.maximum(tf.cumsum(mask, axis=-1) - 1, 0)
 
 
-def attention_mask(key_mask: tf.Tensor, index, s: int) -> tf.Tensor:
+def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tensor:
     """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
 
     key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
-    Returns [batch, 1, s, cache_len] bool, broadcast over heads.
+    lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
+        prompt's group holds each slot's key/value for each beam (see `GPT2.attention`).
+    Returns [batch, 1, s, cache_len] bool (broadcast over heads); with a lineage,
+    [prompts, 1, beams * s, beams * cache_len]: query (beam q, token i) -> key (beam row p, slot t).
     """
     cache_len = key_mask.shape[1]
     query_slots = tf.cast(index, tf.int32) + tf.range(s)  # [s]
     causal = tf.range(cache_len)[None, :] <= query_slots[:, None]  # [s, cache_len]
-    return causal[None, None, :, :] & key_mask[:, None, None, :]
+    mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [batch, 1, s, cache_len]
+    if lineage is None:
+        return mask
+    prompts, beams = tf.shape(lineage)[0], lineage.shape[1]
+    mask = tf.reshape(mask, [prompts, beams, s, 1, cache_len])
+    holder = lineage[:, :, None, None, :] == tf.range(beams)[None, None, None, :, None]  # [prompts, q, 1, p, t]
+    return tf.reshape(mask & holder, [prompts, 1, beams * s, beams * cache_len])
 
 
 def layer_norm(x, scale, bias, eps):
@@ -127,16 +136,20 @@ def activation(name: str):
 
 
 def linear(x, kernel, bias):
-    """x [..., in] @ kernel [in, out] + bias, as one 2-D matmul.
+    """x [..., in] @ kernel^T + bias, with kernel held [out, in].
 
-    The optimization barrier keeps XLA from fusing the bias add into the dot: on CPU that fusion
-    leaves the fast matrix-vector kernel, and the 48 block matmuls of a GPT-2-small decode step
-    take 20.5 ms fused vs 16.0 ms apart (batch 1); end to end, greedy went 34.5 -> 36.7 tok/s.
+    Computed as (kernel @ x^T)^T: XLA's CPU dot streams a weight matrix fastest as the left
+    operand with the few token rows on the right. Matmul-only probes of GPT-2 small's 48 block
+    matmuls per step (benchmarks/README.md): 15.1 -> 12.7 ms at 1 row, 30.1 -> 17.5 ms at 8 rows,
+    against the plain x @ [in, out] kernel.
+    The optimization barrier keeps XLA from fusing the bias add (and transpose) into the dot, which
+    on CPU leaves the fast kernel (20.5 vs 16.0 ms for the 48 matmuls when this was measured).
     """
     lead = tf.shape(x)[:-1]
-    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(kernel, x.dtype))
-    y = xla.optimization_barrier(y)[0] + tf.cast(bias, x.dtype)
-    return tf.reshape(y, tf.concat([lead, [kernel.shape[-1]]], 0))
+    flat = tf.reshape(x, [-1, x.shape[-1]])  # [tokens, in]
+    y_t = tf.matmul(tf.cast(kernel, x.dtype), flat, transpose_b=True)  # [out, tokens]
+    y = tf.transpose(xla.optimization_barrier(y_t)[0]) + tf.cast(bias, x.dtype)
+    return tf.reshape(y, tf.concat([lead, [kernel.shape[0]]], 0))
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -153,16 +166,19 @@ class GPT2:
         self.config = config
         self.weight_dtype = tf.as_dtype(dtype)
 
-        def var(name):
+        def var(name, transpose=False):
             # Matrices take the storage dtype; vectors (layer norms, biases) stay float32: they are tiny.
             dtype = self.weight_dtype if params[name].ndim == 2 else tf.float32
             value = np.asarray(params[name], np.float32) if params[name].dtype != dtype.as_numpy_dtype else params[name]
+            if transpose:
+                value = np.ascontiguousarray(value.T)
             return tf.Variable(value, dtype=dtype, trainable=False, name=name.replace(".", "/"))
 
         self.wte = var("wte")  # [vocab, d]
         self.wpe = var("wpe")  # [n_positions, d]
         self.blocks = [
-            Block(**{field: var(f"h.{i}.{name}") for field, name in BLOCK_TENSORS.items()})
+            # kernels: [in, out] in the file -> [out, in] here, for `linear`
+            Block(**{field: var(f"h.{i}.{name}", field.endswith("_kernel")) for field, name in BLOCK_TENSORS.items()})
             for i in range(config.n_layer)
         ]
         self.ln_f_scale = var("ln_f.scale")
@@ -174,22 +190,24 @@ class GPT2:
 
     # -- phases --
 
-    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index):
+    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None):
         """Run `s` new tokens per row through the model, writing their keys/values into the cache.
 
         tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
         once this call has written); index: scalar int32, the cache slot of tokens[:, 0].
+        lineage: beam search only, [prompts, beams, cache_len] int32 (see `attention`).
         Returns (hidden [batch, s, d] after the final layer norm, updated cache).
         """
         cfg = self.config
         s = tokens.shape[1]
         x = tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
         # x: [batch, s, d]
-        mask = attention_mask(key_mask, index, s)  # [batch, 1, s, cache_len]
+        mask = attention_mask(key_mask, index, s, lineage)  # [batch, 1, s, cache_len] (see there for beams)
+        group = 1 if lineage is None else lineage.shape[1]
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
-            h, k_cache, v_cache = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask)
+            h, k_cache, v_cache = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group)
             x = x + h
             h = layer_norm(x, block.ln_2_scale, block.ln_2_bias, cfg.layer_norm_epsilon)
             x = x + linear(self._act(linear(h, block.up_kernel, block.up_bias)), block.down_kernel, block.down_bias)
@@ -198,31 +216,44 @@ class GPT2:
         x = layer_norm(x, self.ln_f_scale, self.ln_f_bias, cfg.layer_norm_epsilon)
         return x, kv.KVCache(tuple(keys), tuple(values))
 
-    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask):
+    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask, group: int = 1):
         """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache).
 
         The cache holds heads in its leading dimension ([batch * heads, cache_len, head_dim], see
-        cache.py), so the score and value matmuls read the freshly written buffer directly.
+        cache.py), so the score and value matmuls read the freshly written buffer as it is: any
+        reshape between the in-place write and the matmul makes XLA copy the cache.
+
+        Beam search (group = beams > 1) never reorders the cache. A prompt's beam rows lie side by
+        side along the slot axis ([prompts * heads, beams * cache_len, head_dim]), so one matmul
+        scores every beam's queries against the keys of all beam rows of its prompt.
+        A beam row only ever writes at the current slot, so the keys a beam inherited from its
+        ancestors stay where the ancestors wrote them; the lineage mask keeps, for each query beam
+        and slot, only the row holding that beam's own history.
         """
         cfg = self.config
-        batch, s, heads, head_dim = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim
-        qkv = linear(x, block.qkv_kernel, block.qkv_bias)  # [batch, s, 3d]
-        qkv = tf.reshape(qkv, [batch, s, 3, heads, head_dim])
-        qkv = tf.reshape(tf.transpose(qkv, [2, 0, 3, 1, 4]), [3, batch * heads, s, head_dim])
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [batch * heads, s, head_dim]
-        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index)  # [batch * heads, cache_len, head_dim]
-        v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), index)
+        rows, s, heads, head_dim = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim
+        groups = rows // group
+        qkv = linear(x, block.qkv_kernel, block.qkv_bias)  # [rows, s, 3d]
+        qkv = tf.reshape(qkv, [groups, group, s, 3, heads, head_dim])
+        qkv = tf.transpose(qkv, [3, 0, 4, 1, 2, 5])  # [3, groups, heads, group, s, head_dim]
+        qkv = tf.reshape(qkv, [3, groups * heads * group, s, head_dim])
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [rows * heads, s, head_dim]
+        # caches: [groups * heads, group * cache_len, head_dim], written in place
+        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index, group)
+        v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), index, group)
         scale = 1.0
         if cfg.scale_attn_weights:
             scale /= math.sqrt(head_dim)
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= layer + 1
-        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale  # [batch * heads, s, cache_len]
-        scores = tf.where(mask, tf.reshape(scores, [batch, heads, s, -1]), MASKED)  # [batch, heads, s, cache_len]
-        probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [batch * heads, s, -1])
-        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [batch * heads, s, head_dim]
-        out = tf.transpose(tf.reshape(out, [batch, heads, s, head_dim]), [0, 2, 1, 3])
-        out = tf.reshape(out, [batch, s, cfg.n_embd])
+        q = tf.reshape(q, [groups * heads, group * s, head_dim])
+        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale
+        # scores: [groups * heads, group * s, group * cache_len]
+        scores = tf.where(mask, tf.reshape(scores, [groups, heads, group * s, -1]), MASKED)
+        probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [groups * heads, group * s, -1])
+        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [groups * heads, group * s, head_dim]
+        out = tf.transpose(tf.reshape(out, [groups, heads, group, s, head_dim]), [0, 2, 3, 1, 4])
+        out = tf.reshape(out, [rows, s, cfg.n_embd])
         return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache
 
     def lm_head(self, hidden):
@@ -232,11 +263,11 @@ class GPT2:
         logits = tf.matmul(flat, tf.cast(self.lm_head_weight, flat.dtype), transpose_b=True)
         return tf.reshape(logits, tf.concat([lead, [self.config.vocab_size]], 0))
 
-    def new_cache(self, batch: int, cache_len: int) -> kv.KVCache:
+    def new_cache(self, batch: int, cache_len: int, group: int = 1) -> kv.KVCache:
         cfg = self.config
-        return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32)
+        return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32, group)
 
-    def prefill(self, tokens, mask, cache_len: int):
+    def prefill(self, tokens, mask, cache_len: int, lineage=None):
         """Fill a fresh cache with a left-padded prompt batch.
 
         tokens, mask: [batch, width]. Returns (hidden [batch, width, d], cache, key_mask [batch, cache_len]).
@@ -245,13 +276,13 @@ class GPT2:
         """
         batch, width = tf.shape(tokens)[0], tokens.shape[1]
         key_mask = tf.concat([tf.cast(mask, tf.bool), tf.ones([batch, cache_len - width], tf.bool)], axis=1)
-        cache = self.new_cache(batch, cache_len)
-        hidden, cache = self.forward(tokens, positions_from_mask(mask), key_mask, cache, 0)
+        cache = self.new_cache(batch, cache_len, 1 if lineage is None else lineage.shape[1])
+        hidden, cache = self.forward(tokens, positions_from_mask(mask), key_mask, cache, 0, lineage)
         return hidden, cache, key_mask
 
-    def decode_one_token(self, tokens, positions, key_mask, cache, index):
+    def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
         """One decode step: tokens, positions [batch] -> (logits [batch, vocab], cache)."""
-        hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index)
+        hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index, lineage)
         return self.lm_head(hidden[:, 0]), cache
 
     # -- public API --

@@ -6,8 +6,9 @@ Beams are folded into the batch: the model sees `batch * num_beams` rows. Each s
      `num_beams * vocab` candidates;
   3. continuations that hit EOS (or the length limit), if among the best `num_beams`, are offered
      to the finished buffer with score `sum_logprobs / generated_len ** length_penalty`;
-  4. the best `num_beams` continuations that did not finish become the running beams; the KV
-     cache rows are gathered from their parents;
+  4. the best `num_beams` continuations that did not finish become the running beams; each
+     inherits its parent's lineage (which beam row holds each cache slot), so the KV cache itself
+     is never gathered or copied (see `GPT2.attention`);
   5. the early-stopping rule decides whether any prompt can still improve.
 """
 
@@ -25,7 +26,8 @@ BIG = 1.0e9  # the reference's "very large negative" offset
 
 class BeamState(NamedTuple):
     step: tf.Tensor  # int32 scalar: tokens generated so far
-    cache: kv.KVCache  # rows = batch * num_beams
+    cache: kv.KVCache  # rows = batch * num_beams, never reordered
+    lineage: tf.Tensor  # [batch, num_beams, width] int32: beam row holding each cache slot of each beam
     logits: tf.Tensor  # [batch * num_beams, vocab]: next-token scores of each running beam
     running: tf.Tensor  # [batch, num_beams, width] int32: running sequences
     running_scores: tf.Tensor  # [batch, num_beams] float32: sum of log-probs
@@ -60,7 +62,9 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
     top_nb = tf.range(keep) < nb  # only the best num_beams continuations may finish
     never, early_true = static.early_stopping == "never", static.early_stopping is True
 
-    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=width)
+    own_row = tf.range(nb)[None, :, None]  # [1, num_beams, 1]
+    lineage = tf.tile(own_row, [batch, 1, width])  # at first every beam row holds its own (identical) prompt
+    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=width, lineage=lineage)
     positions = tf.reduce_sum(mask, axis=1)  # [rows]: next position id; equal across a prompt's beams
     sequences = tf.concat([ids, tf.fill([rows, max_new], tf.constant(static.pad_id, tf.int32))], axis=1)
     sequences = tf.reshape(sequences, [batch, nb, width])
@@ -68,6 +72,7 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
     state = BeamState(
         step=tf.constant(0),
         cache=cache,
+        lineage=lineage,
         logits=model.lm_head(hidden[:, -1]),
         running=sequences,
         running_scores=tf.tile(first_beam_only[None, :], [batch, 1]),
@@ -123,18 +128,17 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
         all_done = tf.reduce_all(is_finished) if early_true else tf.constant(False)
         done = ~tf.reduce_any(can_improve) | all_done | tf.reduce_all(hits)
 
-        # advance the running beams by one token: reorder the cache, then one decode step
-        flat_parents = tf.reshape(parents + tf.range(batch)[:, None] * nb, [rows])
-        cache = kv.reorder(s.cache, flat_parents)
+        # advance the running beams by one token: inherit the parents' lineage, then one decode step
+        # that writes each beam's new key/value into its own row at `slot`
+        lineage = tf.where(column[None, None, :], own_row, _gather(s.lineage, parents))
         next_tokens = tf.reshape(running[:, :, bucket + s.step], [rows])
 
-        def advance():
-            return model.decode_one_token(next_tokens, positions + s.step, key_mask, cache, slot)
-
-        logits, cache = tf.cond(done, lambda: (s.logits, cache), advance)
+        # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
+        logits, cache = model.decode_one_token(next_tokens, positions + s.step, key_mask, s.cache, slot, lineage)
         return BeamState(
             step=s.step + 1,
             cache=cache,
+            lineage=lineage,
             logits=logits,
             running=running,
             running_scores=running_scores,
