@@ -86,12 +86,38 @@ def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
     return threshold, tf.reduce_sum(probs, axis=1)
 
 
+def _top_p_threshold_by_bisection(logits, log_norm, top_p):
+    """Top-p cut (top-k off) without sorting: the lowest logit HF's TopPLogitsWarper keeps, per row.
+
+    A token is kept when the probability mass of the tokens more likely than it is below top_p.
+    That mass only shrinks as the token's probability grows, and non-negative float32 values order
+    like their int32 bit patterns, so 31 halvings of the bit range find the least likely kept
+    probability exactly: 31 masked sums over the vocabulary instead of a full sort and cumsum.
+    """
+    probs = tf.exp(logits - log_norm[:, None])  # [batch, vocab]
+    bits = tf.bitcast(probs, tf.int32)
+    batch = tf.shape(logits)[0]
+
+    def halve(lo, hi):
+        mid = lo + (hi - lo) // 2
+        above = tf.reduce_sum(tf.where(bits > mid[:, None], probs, 0.0), axis=1)
+        kept = above < top_p  # a token with these bits would be kept
+        active = lo < hi  # rows already converged stay put
+        return tf.where(active & ~kept, mid + 1, lo), tf.where(active & kept, mid, hi)
+
+    lo = tf.zeros([batch], tf.int32)
+    hi = tf.fill([batch], tf.reduce_max(bits))  # the most likely token is always kept
+    lo, hi = tf.while_loop(lambda lo, hi: tf.reduce_any(lo < hi), halve, (lo, hi), maximum_iterations=32)
+    return tf.reduce_min(tf.where(bits >= lo[:, None], logits, float("inf")), axis=1)
+
+
 def top_k_top_p(logits, top_k, top_p):
     """HF's TopKLogitsWarper then TopPLogitsWarper as one threshold per row; filtered logits get -inf.
 
     top_k: scalar int (0 = off); top_p: scalar float (1.0 = off). Exact, and in the common case it
-    sorts only the best CANDIDATES logits: the full vocabulary is sorted only when the cut may lie
-    beyond them (top_k > CANDIDATES, or top_k off with a top_p mass spread wider than them).
+    sorts only the best CANDIDATES logits. When the top-p cut lies beyond them (a flat distribution)
+    with top-k off, a bisection finds it without sorting; only a top_k between CANDIDATES and the
+    vocabulary size sorts the full vocabulary.
     """
     vocab = logits.shape[-1]
     n = min(CANDIDATES, vocab)
@@ -115,9 +141,14 @@ def top_k_top_p(logits, top_k, top_p):
     threshold, mass = threshold_from(best)
     exact = (keep_k <= n) | ((keep_k == vocab) & (~top_p_on | tf.reduce_all(mass >= top_p)))
     if n < vocab:
-        threshold = tf.cond(
-            exact, lambda: threshold, lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0]
-        )
+        def slow():
+            return tf.cond(
+                keep_k == vocab,
+                lambda: _top_p_threshold_by_bisection(logits, full_norm, top_p),
+                lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0],
+            )
+
+        threshold = tf.cond(exact, lambda: threshold, slow)
     return tf.where(logits >= threshold[:, None], logits, NEG_INF)
 
 
