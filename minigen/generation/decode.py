@@ -1,9 +1,10 @@
 """Greedy search and sampling: one loop, differing only in how the next token is chosen.
 
-Phases, all inside one XLA-compiled function:
-    prefill            the left-padded prompt fills the static cache and gives the first logits
-    while_loop body    choose a token from the logits, write it, run decode_one_token for the next logits
-    final choice       the last token needs no forward pass after it
+Phases, all inside one XLA-compiled function (`generate_loop`):
+    start (prefill)    the left-padded prompt fills the static cache and gives the first logits
+    run_steps          while_loop: choose a token from the logits, write it, run decode_one_token for
+                       the next logits; the last token is chosen without a forward pass after it
+Streaming compiles `start` and `run_steps` apart and calls run_steps once per chunk of tokens.
 
 The loop exits early once every row has produced an EOS.
 """
@@ -48,7 +49,7 @@ class Static(NamedTuple):
 
 
 class DecodeState(NamedTuple):
-    step: tf.Tensor  # int32 scalar: tokens generated so far
+    step: tf.Tensor  # int32 scalar: tokens chosen so far
     cache: kv.KVCache
     logits: tf.Tensor  # [rows, vocab] float32: scores for the next token
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
@@ -79,8 +80,8 @@ def is_eos(tokens, eos_ids):
     return tf.reduce_any(tf.equal(tokens[:, None], tf.constant(eos_ids)[None, :]), axis=1)
 
 
-def generate_loop(model, ids, mask, knobs: Knobs, static: Static):
-    """Greedy or sampled generation. ids, mask: [rows, bucket]. Returns (sequences, scores)."""
+def start(model, ids, mask, static: Static) -> tuple[DecodeState, tf.Tensor]:
+    """Prefill: the prompt fills a fresh cache. Returns (state before the first choice, key_mask)."""
     bucket, max_new = static.bucket, static.max_new_tokens
     rows = tf.shape(ids)[0]
     hidden, cache, key_mask = model.prefill(ids, mask, cache_len=bucket + max_new)
@@ -94,6 +95,18 @@ def generate_loop(model, ids, mask, knobs: Knobs, static: Static):
         finished=tf.zeros([rows], tf.bool),
         scores=tf.zeros([rows, max_new], tf.float32),
     )
+    return state, key_mask
+
+
+def run_steps(model, state: DecodeState, mask, key_mask, knobs: Knobs, static: Static, limit) -> DecodeState:
+    """Choose tokens until `limit` have been chosen in all (or max_new_tokens, or every row finished).
+
+    state.step counts the tokens chosen so far. One-shot generation calls this once with
+    limit = max_new_tokens; streaming calls it per chunk with a growing limit, carrying the state
+    (the cache included) from chunk to chunk, so both produce the same tokens.
+    """
+    bucket, max_new = static.bucket, static.max_new_tokens
+    rows = tf.shape(mask)[0]
 
     def choose(state: DecodeState) -> DecodeState:
         """Pick the next token from state.logits and write it (pad for rows already finished)."""
@@ -114,18 +127,30 @@ def generate_loop(model, ids, mask, knobs: Knobs, static: Static):
         column = tf.one_hot(slot, bucket + max_new, on_value=True, off_value=False, dtype=tf.bool)
         sequences = tf.where(column[None, :], token[:, None], state.sequences)
         return state._replace(
-            sequences=sequences, finished=state.finished | is_eos(token, static.eos_ids), scores=scores
+            step=state.step + 1, sequences=sequences, finished=state.finished | is_eos(token, static.eos_ids), scores=scores
         )
 
     def step(state: DecodeState) -> DecodeState:
+        """Choose a token, then run it through the model for the next token's logits."""
+        slot = bucket + state.step
         state = choose(state)
-        token = state.sequences[:, bucket + state.step]
-        logits, cache = model.decode_one_token(token, state.positions, key_mask, state.cache, bucket + state.step)
-        return state._replace(step=state.step + 1, cache=cache, logits=logits, positions=state.positions + 1)
+        token = state.sequences[:, slot]
+        logits, cache = model.decode_one_token(token, state.positions, key_mask, state.cache, slot)
+        return state._replace(cache=cache, logits=logits, positions=state.positions + 1)
+
+    stop = tf.minimum(tf.cast(limit, tf.int32), max_new - 1)
 
     def running(state: DecodeState):
-        return (state.step < max_new - 1) & ~tf.reduce_all(state.finished)
+        return (state.step < stop) & ~tf.reduce_all(state.finished)
 
     state = tf.while_loop(running, lambda s: (step(s),), (state,), maximum_iterations=max_new - 1)[0]
-    state = tf.cond(tf.reduce_all(state.finished), lambda: state, lambda: choose(state))
+    # the last token needs no forward pass after it
+    last = (state.step == max_new - 1) & (limit >= max_new) & ~tf.reduce_all(state.finished)
+    return tf.cond(last, lambda: choose(state), lambda: state)
+
+
+def generate_loop(model, ids, mask, knobs: Knobs, static: Static):
+    """Greedy or sampled generation. ids, mask: [rows, bucket]. Returns (sequences, scores)."""
+    state, key_mask = start(model, ids, mask, static)
+    state = run_steps(model, state, mask, key_mask, knobs, static, static.max_new_tokens)
     return state.sequences, state.scores

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from .beam import beam_search
 from .config import GenerationConfig
-from .decode import Knobs, Static, generate_loop
+from .decode import Knobs, Static, generate_loop, run_steps, start
 from .inputs import as_batch, left_pad_to
 
 logger = logging.getLogger("minigen")
@@ -82,22 +82,10 @@ def compiled_generate(model, static: Static):
         return fn
 
 
-def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, **options):
-    """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
+def prepare(model, input_ids, attention_mask, generation_config, options):
+    """Validate options and inputs, left-pad to the bucket, repeat rows for beams/return sequences.
 
-    Args:
-        input_ids: [batch, width] (or [width]) token ids; pads anywhere the mask says.
-        attention_mask: [batch, width] of 0/1; None means no padding.
-        generation_config: a GenerationConfig; keyword options override its fields.
-        **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
-            num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
-            no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
-            pad_to_multiple_of, return_dict, output_scores).
-
-    Returns:
-        int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
-        (the prompt as given, then new tokens, pad_token_id after EOS), or a GenerateOutput when
-        return_dict or output_scores is set.
+    Returns (cfg, ids, mask, batch, width, static): ids/mask are [static.rows, bucket] int32.
     """
     if generation_config is not None:
         cfg = dataclasses.replace(generation_config, **options)
@@ -117,13 +105,34 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     static = static_key(model, cfg, batch, bucket)
     expand = static.rows // batch
     ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
+    return cfg, ids, mask, batch, width, static
 
+
+def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, **options):
+    """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
+
+    Args:
+        input_ids: [batch, width] (or [width]) token ids; pads anywhere the mask says.
+        attention_mask: [batch, width] of 0/1; None means no padding.
+        generation_config: a GenerationConfig; keyword options override its fields.
+        **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
+            num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
+            no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
+            pad_to_multiple_of, return_dict, output_scores).
+
+    Returns:
+        int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
+        (the prompt as given, then new tokens, pad_token_id after EOS), or a GenerateOutput when
+        return_dict or output_scores is set.
+    """
+    cfg, ids, mask, batch, width, static = prepare(model, input_ids, attention_mask, generation_config, options)
+    bucket = static.bucket
     fn = compiled_generate(model, static)
     traces = model.trace_count
-    start = time.perf_counter()
+    began = time.perf_counter()
     sequences, scores = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg))
     sequences, scores = sequences.numpy(), scores.numpy()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - began
     if model.trace_count != traces:
         logger.info("compiled %s for %d rows x bucket %d (+%d new) in %.2fs (incl. first run)",
                     static.strategy, static.rows, bucket, cfg.max_new_tokens, elapsed)
@@ -144,3 +153,53 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         scores=token_scores if cfg.output_scores else None,
         sequences_scores=sequences_scores if cfg.output_scores else None,
     )
+
+
+def compiled_stream(model, static: Static):
+    """The cached (start, run_steps) pair of compiled functions for streaming with this key."""
+    with _lock:
+        fns = model._compiled.get(("stream", static))
+        if fns is None:
+
+            def begin(ids, mask):
+                model.trace_count += 1
+                return start(model, ids, mask, static)
+
+            def advance(state, mask, key_mask, knobs, limit):
+                model.trace_count += 1
+                return run_steps(model, state, mask, key_mask, knobs, static, limit)
+
+            fns = model._compiled[("stream", static)] = (
+                tf.function(begin, jit_compile=True, autograph=False),
+                tf.function(advance, jit_compile=True, autograph=False),
+            )
+        return fns
+
+
+def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generation_config=None, **options):
+    """Generate like `generate`, yielding new tokens as they come: int32 arrays [batch, n] (n <= chunk_size).
+
+    The compiled decode loop runs `chunk_size` steps at a time and hands its state (the static KV
+    cache included) back for the next chunk, so the tokens are exactly `generate`'s. Rows that
+    finished get pad_token_id. Greedy search and sampling only (beam search's best hypothesis is
+    only known at the end).
+    """
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    cfg, ids, mask, batch, width, static = prepare(model, input_ids, attention_mask, generation_config, options)
+    if static.strategy == "beam":
+        raise ValueError("streaming supports greedy search and sampling, not num_beams > 1")
+    begin, advance = compiled_stream(model, static)
+    knobs = make_knobs(cfg)
+    mask_t = tf.constant(mask)
+    state, key_mask = begin(tf.constant(ids), mask_t)
+    bucket, done = static.bucket, 0
+    while done < cfg.max_new_tokens:
+        limit = min(done + chunk_size, cfg.max_new_tokens)
+        state = advance(state, mask_t, key_mask, knobs, tf.constant(limit, tf.int32))
+        chosen = int(state.step)
+        if chosen > done:
+            yield state.sequences[:, bucket + done:bucket + chosen].numpy()
+        done = chosen
+        if done < limit:  # every row finished early
+            break
