@@ -140,7 +140,7 @@ def linear(x, kernel, bias):
 
     Computed as (kernel @ x^T)^T: XLA's CPU dot streams a weight matrix fastest as the left
     operand with the few token rows on the right. Matmul-only probes of GPT-2 small's 48 block
-    matmuls per step (benchmarks/README.md): 15.1 -> 12.7 ms at 1 row, 30.1 -> 17.5 ms at 8 rows,
+    matmuls per step (benchmarks/probe_matmul.py): 15.1 -> 12.7 ms at 1 row, 30.1 -> 17.5 ms at 8 rows,
     against the plain x @ [in, out] kernel.
     The optimization barrier keeps XLA from fusing the bias add (and transpose) into the dot, which
     on CPU leaves the fast kernel (20.5 vs 16.0 ms for the 48 matmuls when this was measured).
@@ -185,6 +185,7 @@ class GPT2:
         self.ln_f_bias = var("ln_f.bias")
         self.lm_head_weight = self.wte if config.tie_word_embeddings else var("lm_head")  # [vocab, d]
         self._act = activation(config.activation_function)
+        self.tokenizer = None  # a minigen.Tokenizer, set by minigen.load when the directory has one
         self._compiled = {}  # compiled-function cache, see generation.compiled
         self.trace_count = 0  # bumped each time a generation/logits function is traced
 
@@ -309,3 +310,21 @@ class GPT2:
         from .generation.generate import generate
 
         return generate(self, input_ids, attention_mask, **options)
+
+    def generate_text(self, prompts, return_full_text: bool = False, **options) -> list[str]:
+        """Continue text prompts with this model's tokenizer; see `minigen.text.generate_text`."""
+        from .text import generate_text
+
+        return generate_text(self, prompts, return_full_text, **options)
+
+    def stream(self, prompt: str, chunk_size: int = 8, **options):
+        """Yield text pieces of one prompt's continuation as they are generated; see `minigen.text.stream_text`."""
+        from .text import stream_text
+
+        return stream_text(self, prompt, chunk_size, **options)
+
+    def stream_tokens(self, input_ids, attention_mask=None, chunk_size: int = 8, **options):
+        """Yield new token ids [batch, n] chunk by chunk; see `minigen.generation.generate.stream`."""
+        from .generation.generate import stream
+
+        return stream(self, input_ids, attention_mask, chunk_size=chunk_size, **options)

@@ -90,4 +90,13 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
             "convert it with `python -m weights_tools convert SRC DST`"
         )
     check_shapes(tensors, tensor_shapes(config), weights)
-    return GPT2(config, tensors, dtype=dtype)
+    model = GPT2(config, tensors, dtype=dtype)
+    if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
+        from .tokenizer import Tokenizer
+
+        try:
+            eos = config.eos_token_id if isinstance(config.eos_token_id, int) else None
+            model.tokenizer = Tokenizer.from_dir(path, eos_id=eos)
+        except Exception as e:  # noqa: BLE001 - any failure reading it is reported as a LoadError
+            raise LoadError(f"{path}: could not load its tokenizer: {e}") from None
+    return model

@@ -1,0 +1,83 @@
+"""Text in, text out: `generate_text` over a model that carries its tokenizer."""
+
+from __future__ import annotations
+
+from .tokenizer import Tokenizer
+
+
+def _tokenizer_of(model) -> Tokenizer:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("this model has no tokenizer: load a directory holding tokenizer.json "
+                         "(or vocab.json + merges.txt), or set model.tokenizer")
+    return tokenizer
+
+
+def _check_prompts(prompts) -> None:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("prompts is empty: pass a string or a list of strings")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+        if not p:
+            raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
+
+
+def generate_text(model, prompts, return_full_text: bool = False, **options) -> list[str]:
+    """Continue each prompt; returns one string per prompt and return sequence, in input order.
+
+    Args:
+        model: a `minigen.GPT2` loaded from a directory with a tokenizer (`model.tokenizer`).
+        prompts: a string or a list of strings (none empty).
+        return_full_text: prepend the prompt to its continuation.
+        **options: `generate`'s options (max_new_tokens, do_sample, temperature, top_k, top_p,
+            num_beams, num_return_sequences, seed, pad_to_multiple_of, ...).
+    """
+    tokenizer = _tokenizer_of(model)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    _check_prompts(prompts)
+    ids, mask = tokenizer.encode_batch(prompts)
+    options.setdefault("pad_token_id", tokenizer.pad_id)
+    sequences = model.generate(ids, mask, **options)
+    width = ids.shape[1]
+    repeat = len(sequences) // len(prompts)  # num_return_sequences
+    texts = []
+    for row, seq in enumerate(sequences):
+        text = tokenizer.decode(seq[width:])
+        texts.append(prompts[row // repeat] + text if return_full_text else text)
+    return texts
+
+
+def stream_text(model, prompt: str, chunk_size: int = 8, **options):
+    """Yield the continuation of one prompt in pieces as the compiled loop produces tokens.
+
+    Joined, the pieces equal `generate_text(model, prompt, **options)[0]`. A piece is held back
+    while it ends inside a multi-byte character (decoding would show U+FFFD).
+    """
+    from .generation.generate import stream
+
+    tokenizer = _tokenizer_of(model)
+    _check_prompts([prompt] if isinstance(prompt, str) else prompt)
+    if not isinstance(prompt, str):
+        raise ValueError("stream takes one prompt (a string)")
+    ids, mask = tokenizer.encode_batch([prompt])
+    options.setdefault("pad_token_id", tokenizer.pad_id)
+    if options.get("num_return_sequences", 1) != 1:
+        raise ValueError("stream returns one continuation: num_return_sequences must be 1")
+    new_ids: list[int] = []
+    shown = ""
+    for chunk in stream(model, ids, mask, chunk_size=chunk_size, **options):
+        new_ids.extend(int(t) for t in chunk[0])
+        text = tokenizer.decode(new_ids)
+        if text.endswith("\ufffd"):
+            continue
+        if len(text) > len(shown):
+            yield text[len(shown):]
+        shown = text
+    text = tokenizer.decode(new_ids)
+    if len(text) > len(shown):
+        yield text[len(shown):]
