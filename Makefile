@@ -20,6 +20,10 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/bench_generate.py $(BENCH_ARGS)
+
 demo: $(STAMP)
 	$(PY) -m minigen.demo $(DEMO_ARGS)
 
