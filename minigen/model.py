@@ -268,17 +268,28 @@ class GPT2:
         cfg = self.config
         return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32, group)
 
-    def prefill(self, tokens, mask, cache_len: int, lineage=None):
+    def prefill(self, tokens, mask, cache_len: int, lineage=None, prefix=None):
         """Fill a fresh cache with a left-padded prompt batch.
 
-        tokens, mask: [batch, width]. Returns (hidden [batch, width, d], cache, key_mask [batch, cache_len]).
+        tokens, mask: [batch, width]. Returns (hidden [batch, s, d], cache, key_mask [batch, cache_len]).
         key_mask marks prompt slots that are real tokens plus every slot after the prompt (decode steps
         write them in order, and `attention_mask`'s causal part hides those not yet written).
+        prefix: None, or (cache, filled) from an earlier call whose slots [0, filled) hold the keys and
+        values of tokens[:, :filled]: they are copied, not recomputed, and only the rest of the
+        tokens run through the model (hidden then covers tokens[:, filled:], s = width - filled).
         """
         batch, width = tf.shape(tokens)[0], tokens.shape[1]
         key_mask = tf.concat([tf.cast(mask, tf.bool), tf.ones([batch, cache_len - width], tf.bool)], axis=1)
         cache = self.new_cache(batch, cache_len, 1 if lineage is None else lineage.shape[1])
-        hidden, cache = self.forward(tokens, positions_from_mask(mask), key_mask, cache, 0, lineage)
+        positions, filled = positions_from_mask(mask), 0
+        if prefix is not None:
+            old, filled = prefix
+            cache = kv.KVCache(
+                keys=tuple(kv.write(new, o[:, :filled], 0) for new, o in zip(cache.keys, old.keys)),
+                values=tuple(kv.write(new, o[:, :filled], 0) for new, o in zip(cache.values, old.values)),
+            )
+            tokens, positions = tokens[:, filled:], positions[:, filled:]
+        hidden, cache = self.forward(tokens, positions, key_mask, cache, filled, lineage)
         return hidden, cache, key_mask
 
     def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
@@ -306,7 +317,8 @@ class GPT2:
         return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
 
     def generate(self, input_ids, attention_mask=None, **options):
-        """Generate continuations; see `minigen.generation.generate` for the options."""
+        """Generate continuations; see `minigen.generation.generate.generate` for the options
+        (including cache=/return_state= to continue a conversation without recomputing it)."""
         from .generation.generate import generate
 
         return generate(self, input_ids, attention_mask, **options)

@@ -199,3 +199,38 @@ def test_cli_stream_equals_non_streamed(text_model_dir):
     streamed = minigen_cli("generate", PROMPTS[1], "--model", path, "--max-new-tokens", 9, "--stream")
     assert plain.returncode == 0 and streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == plain.stdout
+
+
+def test_continuing_from_a_state_equals_generating_from_the_concatenation(text_model_dir):
+    _, lm = text_model_dir
+    tok = lm.tokenizer
+    first = ["The quick brown", "A journey of a thousand miles"]
+    second = [" and then", " To be, or not"]
+    for options in (dict(), dict(do_sample=True, seed=(7, 8), top_k=0)):
+        ids1, mask1 = tok.encode_batch(first)
+        out1 = lm.generate(ids1, mask1, max_new_tokens=6, eos_token_id=[], return_state=True, **options)
+        ids2, mask2 = tok.encode_batch(second)
+        out2 = lm.generate(ids2, mask2, max_new_tokens=7, eos_token_id=[], cache=out1.state, **options)
+        assert out2.shape == (2, ids2.shape[1] + 7)  # the new segment's layout, as if it were the prompt
+        assert out1.state.cache.keys[0].shape[1] == out1.state.width  # the state holds the filled cache
+
+        # the same conversation as one left-padded batch of token histories, generated from scratch
+        histories = []
+        for row in range(2):
+            turn1 = [int(t) for t, m in zip(out1.sequences[row], np.r_[mask1[row], np.ones(6)]) if m]
+            histories.append(turn1 + [int(t) for t, m in zip(ids2[row], mask2[row]) if m])
+        width = max(map(len, histories))
+        ids = np.array([[tok.pad_id] * (width - len(h)) + h for h in histories])
+        mask = np.array([[0] * (width - len(h)) + [1] * len(h) for h in histories])
+        scratch = lm.generate(ids, mask, max_new_tokens=7, eos_token_id=[], **options)
+        np.testing.assert_array_equal(out2[:, -7:], scratch[:, -7:])
+
+
+def test_continuing_rejects_beams_and_mismatched_rows(text_model_dir):
+    _, lm = text_model_dir
+    ids, mask = lm.tokenizer.encode_batch(["one", "two"])
+    with pytest.raises(ValueError, match="num_beams"):
+        lm.generate(ids, mask, max_new_tokens=2, num_beams=2, return_state=True)
+    state = lm.generate(ids, mask, max_new_tokens=2, return_state=True).state
+    with pytest.raises(ValueError, match="2 rows"):
+        lm.generate(ids[:1], mask[:1], max_new_tokens=2, cache=state)

@@ -1,4 +1,5 @@
-"""Command line: `python -m weights_tools convert SRC DST [--force] [--verify]` and `verify DST SRC`."""
+"""Command line: `python -m weights_tools convert SRC DST [--force] [--verify]`, `verify DST SRC`,
+and `train CORPUS OUT [...]` (see weights_tools/train.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dst", help="the converted minigen model directory")
     v.add_argument("src", help="the Hugging Face GPT-2 directory it was converted from")
     v.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
+    from .train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train a small GPT-2 on a text corpus (Hugging Face format out)"))
     return parser
 
 
@@ -46,6 +50,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "convert":
             run_convert(args)
+        elif args.command == "train":
+            from .train import train
+
+            train(args)
         else:
             from .convert import verify
 

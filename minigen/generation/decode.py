@@ -46,6 +46,8 @@ class Static(NamedTuple):
     num_beams: int = 1
     num_return_sequences: int = 1
     early_stopping: object = False
+    prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
+    return_cache: bool = False  # also return the final cache (for a later continuation)
 
 
 class DecodeState(NamedTuple):
@@ -80,11 +82,13 @@ def is_eos(tokens, eos_ids):
     return tf.reduce_any(tf.equal(tokens[:, None], tf.constant(eos_ids)[None, :]), axis=1)
 
 
-def start(model, ids, mask, static: Static) -> tuple[DecodeState, tf.Tensor]:
-    """Prefill: the prompt fills a fresh cache. Returns (state before the first choice, key_mask)."""
+def start(model, ids, mask, static: Static, prefix_cache=None) -> tuple[DecodeState, tf.Tensor]:
+    """Prefill: the prompt fills a fresh cache (its first static.prefix slots copied from
+    prefix_cache when continuing). Returns (state before the first choice, key_mask)."""
     bucket, max_new = static.bucket, static.max_new_tokens
     rows = tf.shape(ids)[0]
-    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=bucket + max_new)
+    prefix = None if prefix_cache is None else (prefix_cache, static.prefix)
+    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=bucket + max_new, prefix=prefix)
     new_region = tf.fill([rows, max_new], tf.constant(static.pad_id, tf.int32))
     state = DecodeState(
         step=tf.constant(0),
@@ -149,8 +153,13 @@ def run_steps(model, state: DecodeState, mask, key_mask, knobs: Knobs, static: S
     return tf.cond(last, lambda: choose(state), lambda: state)
 
 
-def generate_loop(model, ids, mask, knobs: Knobs, static: Static):
-    """Greedy or sampled generation. ids, mask: [rows, bucket]. Returns (sequences, scores)."""
-    state, key_mask = start(model, ids, mask, static)
+def generate_loop(model, ids, mask, knobs: Knobs, static: Static, prefix_cache=None):
+    """Greedy or sampled generation. ids, mask: [rows, bucket].
+
+    Returns (sequences, scores), plus the final cache when static.return_cache.
+    """
+    state, key_mask = start(model, ids, mask, static, prefix_cache)
     state = run_steps(model, state, mask, key_mask, knobs, static, static.max_new_tokens)
+    if static.return_cache:
+        return state.sequences, state.scores, state.cache
     return state.sequences, state.scores

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from ..cache import KVCache
 from .beam import beam_search
 from .config import GenerationConfig
 from .decode import Knobs, Static, generate_loop, run_steps, start
@@ -32,6 +33,35 @@ class GenerateOutput:
     sequences: np.ndarray  # [batch * num_return_sequences, prompt_width + max_new_tokens]
     scores: np.ndarray | None = None  # greedy/sampling: [rows, max_new_tokens] log-prob of each chosen token
     sequences_scores: np.ndarray | None = None  # beam search: [rows] length-penalised hypothesis scores
+    state: "GenerationState | None" = None  # with return_state=True: pass as generate(..., cache=state)
+
+
+@dataclasses.dataclass
+class GenerationState:
+    """What `generate(..., return_state=True)` returns in `.state`: pass it back as
+    `generate(new_ids, cache=state)` to continue without recomputing what came before.
+
+    sequences, mask: [rows, width], every slot so far: prompts (left padding has mask 0), generated
+    tokens, and pads after a row's EOS (mask 0). The cache holds the keys/values of slots
+    [0, width - 1); the last slot's token is run through the model by the next call.
+    """
+
+    cache: KVCache
+    sequences: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.sequences.shape[1]
+
+
+def generated_mask(new_tokens: np.ndarray, eos_ids: tuple) -> np.ndarray:
+    """1 for generated tokens up to and including each row's first EOS, 0 for the pads after it."""
+    if not eos_ids:
+        return np.ones_like(new_tokens, np.int32)
+    hit = np.isin(new_tokens, eos_ids)
+    before = np.cumsum(hit, axis=1) - hit  # EOS seen strictly before this token
+    return (before == 0).astype(np.int32)
 
 
 def static_key(model, cfg: GenerationConfig, batch: int, bucket: int) -> Static:
@@ -72,11 +102,11 @@ def compiled_generate(model, static: Static):
         fn = model._compiled.get(static)
         if fn is None:
 
-            def run(ids, mask, knobs):
+            def run(ids, mask, knobs, prefix_cache=None):
                 model.trace_count += 1
                 if static.strategy == "beam":
                     return beam_search(model, ids, mask, knobs, static)
-                return generate_loop(model, ids, mask, knobs, static)
+                return generate_loop(model, ids, mask, knobs, static, prefix_cache)
 
             fn = model._compiled[static] = tf.function(run, jit_compile=True, autograph=False)
         return fn
@@ -108,13 +138,17 @@ def prepare(model, input_ids, attention_mask, generation_config, options):
     return cfg, ids, mask, batch, width, static
 
 
-def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, **options):
+def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
+             cache: GenerationState | None = None, return_state: bool = False, **options):
     """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
 
     Args:
         input_ids: [batch, width] (or [width]) token ids; pads anywhere the mask says.
         attention_mask: [batch, width] of 0/1; None means no padding.
         generation_config: a GenerationConfig; keyword options override its fields.
+        cache: a GenerationState from an earlier call: input_ids then continue that conversation
+            (one new segment per row), its keys/values reused, not recomputed. Greedy/sampling.
+        return_state: also return the state to continue from (in GenerateOutput.state).
         **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
             num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
             no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
@@ -123,35 +157,61 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     Returns:
         int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
         (the prompt as given, then new tokens, pad_token_id after EOS), or a GenerateOutput when
-        return_dict or output_scores is set.
+        return_dict, output_scores or return_state is set. With `cache`, the layout is that of the
+        new segment alone as the prompt.
     """
     cfg, ids, mask, batch, width, static = prepare(model, input_ids, attention_mask, generation_config, options)
-    bucket = static.bucket
+    if (cache is not None or return_state) and static.strategy == "beam":
+        raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, not num_beams > 1")
+    if (cache is not None or return_state) and cfg.num_return_sequences != 1:
+        raise ValueError("cache/return_state need num_return_sequences=1: one continuation per row")
+    bucket, prefix_cache = static.bucket, None
+    if cache is not None:
+        if not isinstance(cache, GenerationState):
+            raise ValueError(f"cache must be the GenerationState of an earlier call, got {type(cache).__name__}")
+        if cache.sequences.shape[0] != ids.shape[0]:
+            raise ValueError(f"cache holds {cache.sequences.shape[0]} rows but input_ids has {ids.shape[0]}")
+        real = int((cache.mask.sum(axis=1) + mask.sum(axis=1)).max())
+        if real + cfg.max_new_tokens > model.config.n_positions:
+            raise ValueError(f"conversation length {real} + max_new_tokens {cfg.max_new_tokens} exceeds the "
+                             f"model's n_positions ({model.config.n_positions})")
+        ids = np.concatenate([cache.sequences, ids], axis=1).astype(np.int32)
+        mask = np.concatenate([cache.mask, mask], axis=1).astype(np.int32)
+        static = static._replace(bucket=ids.shape[1], prefix=cache.width - 1)
+        prefix_cache = cache.cache
+    static = static._replace(return_cache=return_state)
     fn = compiled_generate(model, static)
     traces = model.trace_count
     began = time.perf_counter()
-    sequences, scores = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg))
-    sequences, scores = sequences.numpy(), scores.numpy()
+    args = (tf.constant(ids), tf.constant(mask), make_knobs(cfg)) + (() if prefix_cache is None else (prefix_cache,))
+    result = fn(*args)
+    sequences, scores = result[0].numpy(), result[1].numpy()
     elapsed = time.perf_counter() - began
     if model.trace_count != traces:
         logger.info("compiled %s for %d rows x bucket %d (+%d new) in %.2fs (incl. first run)",
-                    static.strategy, static.rows, bucket, cfg.max_new_tokens, elapsed)
+                    static.strategy, static.rows, static.bucket, cfg.max_new_tokens, elapsed)
     else:
         logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s)", batch, cfg.max_new_tokens, elapsed,
                     batch * cfg.max_new_tokens / elapsed)
 
-    cut = bucket - width  # drop the bucket's extra left padding: the caller gets its own width back
+    state = None
+    if return_state:
+        gen = generated_mask(sequences[:, static.bucket:], static.eos_ids)
+        state = GenerationState(cache=result[2], sequences=sequences, mask=np.concatenate([mask, gen], axis=1))
+    # drop the bucket's extra left padding (and, continuing, the history): the caller's width back
+    cut = static.bucket - width
     if static.strategy == "beam":
         sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
         sequences_scores, token_scores = scores.reshape(-1), None
     else:
         sequences, sequences_scores, token_scores = sequences[:, cut:], None, scores
-    if not (cfg.return_dict or cfg.output_scores):
+    if not (cfg.return_dict or cfg.output_scores or return_state):
         return sequences
     return GenerateOutput(
         sequences=sequences,
         scores=token_scores if cfg.output_scores else None,
         sequences_scores=sequences_scores if cfg.output_scores else None,
+        state=state,
     )
 
 
