@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue prompts", description=(
         "Continue one prompt (argument), or one prompt per line from --input FILE or stdin."))
     g.add_argument("prompt", nargs="?", help="the prompt; omit to read prompts from --input or stdin")
-    g.add_argument("--model", required=True, help="a minigen model directory (made by `minigen convert`)")
+    g.add_argument("--model", default=None,
+                   help="a minigen model directory (made by `minigen convert`) or a shipped model's name; "
+                        "default: the shipped gutenberg-6l")
     g.add_argument("--input", help="file with one prompt per line")
     g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")

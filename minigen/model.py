@@ -85,6 +85,24 @@ def tensor_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02, scale_residual: bool = True):
+    """Freshly initialised weights in minigen's names and file layout ([in, out] kernels):
+    N(0, std) matrices (GPT-2 scales the residual output projections by 1/sqrt(2 * n_layer) when
+    scale_residual), layer-norm scales 1, biases 0."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in tensor_shapes(config).items():
+        if name.endswith(".scale"):
+            params[name] = np.ones(shape, np.float32)
+        elif name.endswith(".bias"):
+            params[name] = np.zeros(shape, np.float32)
+        else:
+            residual = scale_residual and name.endswith(("attn.out.kernel", "mlp.down.kernel"))
+            scale = std / math.sqrt(2 * config.n_layer) if residual else std
+            params[name] = (rng.standard_normal(shape) * scale).astype(np.float32)
+    return params
+
+
 # ---- small pure functions ----------------------------------------------------------------------
 
 

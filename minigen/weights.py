@@ -58,19 +58,45 @@ def check_shapes(tensors: dict[str, np.ndarray], expected: dict[str, tuple], sou
             )
 
 
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+DEFAULT_MODEL = "gutenberg-6l"  # the shipped target model (weights_tools/TRAINING.md)
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package (minigen/models/<name>/)."""
+    if not os.path.isdir(MODELS_DIR):
+        return []
+    return sorted(n for n in os.listdir(MODELS_DIR) if os.path.isfile(os.path.join(MODELS_DIR, n, WEIGHTS_FILE)))
+
+
+def resolve(path: str | os.PathLike | None) -> str:
+    """A model directory for `path`: None = the default shipped model, a shipped model's name, or a directory."""
+    if path is None:
+        path = DEFAULT_MODEL
+    path = os.fspath(path)
+    if not os.path.isdir(path) and path in shipped_models():
+        return os.path.join(MODELS_DIR, path)
+    if path == DEFAULT_MODEL and not os.path.isdir(path):
+        raise LoadError(f"the default model {DEFAULT_MODEL!r} is not in this installation ({MODELS_DIR}); "
+                        "pass a model directory made by `minigen convert`")
+    return path
+
+
 def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
     """Load a minigen model directory and return a `minigen.GPT2` ready for `logits()`/`generate()`.
+
+    path: a directory made by `minigen convert`, the name of a shipped model (`shipped_models()`),
+    or None for the default shipped model (DEFAULT_MODEL, a small GPT-2 trained by us on
+    public-domain novels; see weights_tools/TRAINING.md).
 
     dtype: the weights' storage type in memory ("float32", "bfloat16" or "float16");
     activations and the KV cache stay float32.
     """
     from .model import GPT2, tensor_shapes
 
-    if path is None:
-        raise LoadError("load() needs a model directory (one made by `python -m weights_tools convert`)")
     if dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    path = os.fspath(path)
+    path = resolve(path)
     if not os.path.isdir(path):
         raise LoadError(f"model directory {path!r} does not exist")
     weights = os.path.join(path, WEIGHTS_FILE)

@@ -100,18 +100,20 @@ def test_positions_from_mask():
     )
 
 
-def test_bfloat16_weights_stay_close(hf_and_minigen, tmp_path):
+@pytest.mark.parametrize("dtype, rel", [("bfloat16", 0.15), ("float16", 0.02)])
+def test_reduced_precision_weights_stay_close(hf_and_minigen, tmp_path, dtype, rel):
     import minigen
 
     _, hf_dir, model = hf_and_minigen("odd")
     from weights_tools.convert import convert
 
     convert(str(hf_dir), str(tmp_path / "m"), quiet=True)
-    low = minigen.load(tmp_path / "m", dtype="bfloat16")
+    low = minigen.load(tmp_path / "m", dtype=dtype)
     ids = np.random.default_rng(5).integers(0, 1003, size=(2, 8))
     ref, got = model.logits(ids), low.logits(ids)
-    # bfloat16 keeps 8 bits of mantissa: logits move, the ranking at the top mostly does not
-    assert np.abs(ref - got).max() < 0.15 * np.abs(ref).max()
+    # bfloat16 keeps 8 bits of mantissa, float16 11: logits move, the ranking at the top mostly does not
+    assert np.abs(ref - got).max() < rel * np.abs(ref).max()
+    assert 0 < np.abs(ref - got).max()  # the weights really were rounded
     assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.8
 
 

@@ -234,3 +234,24 @@ def test_continuing_rejects_beams_and_mismatched_rows(text_model_dir):
     state = lm.generate(ids, mask, max_new_tokens=2, return_state=True).state
     with pytest.raises(ValueError, match="2 rows"):
         lm.generate(ids[:1], mask[:1], max_new_tokens=2, cache=state)
+
+
+def test_cli_verbose_reports_compile_and_speed(text_model_dir):
+    path, _ = text_model_dir
+    result = minigen_cli("generate", "--model", path, "--max-new-tokens", 5, "--verbose", "--batch-size", 1,
+                         stdin=PROMPTS[0] + "\n" + PROMPTS[1] + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("minigen: compiled greedy") == 1  # the one-off XLA compile, with its time
+    assert "minigen: generated 1 x 5 tokens in" in result.stderr and "tok/s" in result.stderr  # the second batch
+
+
+def test_make_demo_runs():
+    """What `make demo` runs (the Makefile's demo target calls `python -m minigen.demo`)."""
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "-m minigen.demo" in makefile
+    result = subprocess.run([sys.executable, "-m", "minigen.demo", "--max-new-tokens", "3"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "greedy" in result.stdout and "beam search" in result.stdout

@@ -96,24 +96,6 @@ def hf_config(args, vocab_size: int, eot: int) -> dict:
     }
 
 
-def initial_params(config, seed: int) -> dict[str, np.ndarray]:
-    """GPT-2's initialisation in minigen's tensor names and file layout ([in, out] kernels):
-    N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layer), layer norms 1/0."""
-    from minigen.model import tensor_shapes
-
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in tensor_shapes(config).items():
-        if name.endswith(".scale"):
-            params[name] = np.ones(shape, np.float32)
-        elif name.endswith(".bias"):
-            params[name] = np.zeros(shape, np.float32)
-        else:
-            std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith(("attn.out.kernel", "mlp.down.kernel")) else 0.02
-            params[name] = (rng.standard_normal(shape) * std).astype(np.float32)
-    return params
-
-
 def variables_by_name(model) -> dict:
     """minigen tensor name -> the model's tf.Variable (kernels are held [out, in] in memory)."""
     from minigen.model import BLOCK_TENSORS
@@ -184,7 +166,7 @@ def train(args) -> dict:
     from tokenizers import Tokenizer
 
     from minigen.config import GPT2Config
-    from minigen.model import GPT2
+    from minigen.model import GPT2, random_params
 
     from .hf_checkpoint import NAME_MAP
 
@@ -206,7 +188,7 @@ def train(args) -> dict:
     eot = tok.token_to_id(EOT)
     hf = hf_config(args, tok.get_vocab_size(), eot)
     config = GPT2Config.from_dict(hf)
-    params = initial_params(config, args.seed)
+    params = random_params(config, args.seed)  # GPT-2's initialisation
     checkpoint = out / "checkpoint.npz"
     start_step, history = 0, []
     moments = None

@@ -1,0 +1,53 @@
+"""The reverse of `convert`: a minigen model directory back to a Hugging Face GPT-2 directory.
+
+Used to check a shipped minigen model against `transformers` (which reads only HF's format), and
+handy for anyone who wants to take a minigen model elsewhere. Tensors are written in float32 with
+HF's names; no tensor is transposed (both formats keep GPT-2's Conv1D `[in, out]` layout).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from minigen.config import GPT2Config
+from minigen.weights import CONFIG_FILE, WEIGHTS_FILE, read_safetensors
+
+from .hf_checkpoint import NAME_MAP
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hf_names(config: GPT2Config) -> dict[str, str]:
+    """minigen tensor name -> Hugging Face name (with the `transformer.` prefix GPT2LMHeadModel uses)."""
+    names = {}
+    for hf, ours in NAME_MAP.items():
+        if "{i}" in hf:
+            for i in range(config.n_layer):
+                names[ours.format(i=i)] = "transformer." + hf.format(i=i)
+        elif ours == "lm_head":
+            names[ours] = "lm_head.weight"
+        else:
+            names[ours] = "transformer." + hf
+    return names
+
+
+def export_hf(src: str, dst: str) -> str:
+    """Write the minigen model at `src` as a Hugging Face GPT-2 directory at `dst` (must not exist)."""
+    from safetensors.numpy import save_file
+
+    if os.path.exists(dst):
+        raise FileExistsError(f"{dst} exists; choose a new directory")
+    config = GPT2Config.from_json_file(os.path.join(src, CONFIG_FILE))
+    tensors, _ = read_safetensors(os.path.join(src, WEIGHTS_FILE))
+    names = hf_names(config)
+    out = {names[n]: np.asarray(t, np.float32) for n, t in tensors.items()}
+    os.makedirs(dst)
+    save_file(out, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy2(os.path.join(src, CONFIG_FILE), os.path.join(dst, "config.json"))
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    return dst
