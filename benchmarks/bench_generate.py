@@ -130,6 +130,25 @@ def ctranslate2_system(hf_dir, new, work):
     return run
 
 
+def run_tf_xla_peer(python, hf_dir, work, loads, new, runs, results):
+    """transformers 4.x TF + XLA in its own environment (it cannot share a venv with transformers 5)."""
+    import subprocess
+
+    spec = Path(work) / "workloads.json"
+    spec.write_text(json.dumps([{"name": n, "prompts": p, "options": o, "new": new} for n, p, o in loads]))
+    script = Path(__file__).with_name("peer_tf_xla.py")
+    print("running transformers TF + XLA with", python, flush=True)
+    done = subprocess.run([python, str(script), str(hf_dir), str(spec), str(runs)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"transformers TF + XLA failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        return
+    for name, r in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        tokens = new * len(next(p for n, p, _ in loads if n == name))
+        r["tok_s"] = tokens / statistics.median(r["times"])
+        results[(name, "transformers-tf-xla")] = r
+        print(f"{name:26s} {'transformers-tf-xla':14s} {r['tok_s']:8.1f} tok/s   first call {r['first']:6.2f} s", flush=True)
+
+
 # ---- model files ------------------------------------------------------------------------------
 
 
@@ -219,6 +238,9 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--systems", default="minigen,minigen-bf16,minigen-fp16,transformers,ctranslate2",
                         help="comma-separated subset of the default list")
+    parser.add_argument("--peer-python", default=None,
+                        help="python of a venv with transformers<5 + tf-keras: also run the reference's TF + XLA "
+                             "generate (benchmarks/peer_tf_xla.py), after the alternating runs")
     parser.add_argument("--out", default=None,
                         help="directory for the table and chart (default benchmarks/results/, a temp dir with --quick)")
     args = parser.parse_args(argv)
@@ -282,6 +304,9 @@ def main(argv=None):
             r["tok_s"] = tokens / statistics.median(r["times"])
             print(f"{wname:26s} {s:14s} {r['tok_s']:8.1f} tok/s   first call {r['first']:6.2f} s", flush=True)
 
+    if args.peer_python:
+        run_tf_xla_peer(args.peer_python, hf_dir, work, workloads(shape["vocab_size"], prompt_len, new), new, runs, results)
+
     recompiles = None
     if "minigen" in systems:  # a new prompt length in an already-compiled bucket must not compile
         model = systems["minigen"].model
@@ -322,7 +347,7 @@ def render(shape, new, prompt_len, runs, bandwidth_probe, ceiling, results, rss)
         lines.append(f"| {w} (tok/s) | " + " | ".join(cells) + " |")
     firsts = [f"{results[(names[0], s)]['first']:.1f} s" if (names[0], s) in results else "" for s in systems]
     lines.append("| first call, b1 greedy | " + " | ".join(firsts) + " |")
-    lines.append("| resident memory added by loading + first call | " + " | ".join(f"{rss.get(s, 0):.0f} MB" for s in systems) + " |")
+    lines.append("| resident memory added by loading + first call | " + " | ".join(f"{rss[s]:.0f} MB" if s in rss else "(own process)" for s in systems) + " |")
     lines += ["", "minigen speed-up (float32):", ""]
     for w in names:
         if (w, "minigen") not in results:
