@@ -1,4 +1,4 @@
-"""The `minigen` command: `minigen generate ...` and `minigen convert SRC DST` (weights_tools' converter).
+"""The `minigen` command: `minigen generate ...`, `minigen export MODEL OUT` (SavedModel) and `minigen convert SRC DST`.
 
 Exit codes: 0 ok, 2 bad usage (unknown flag, bad value, empty prompt), 1 runtime failure (a model
 directory that cannot be loaded, a failed conversion). Errors are one line on stderr.
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true",
                    help="print the continuation as it is generated (one prompt; greedy or sampling)")
     g.add_argument("--verbose", action="store_true", help="report compile time vs generation time and tokens/s")
+
+    e = sub.add_parser("export", help="write a TensorFlow SavedModel of the whole compiled generate (TF Serving)")
+    e.add_argument("model", help="a minigen model directory or a shipped model's name")
+    e.add_argument("out", help="SavedModel directory to create")
+    e.add_argument("--batch-size", default="1", help="rows per request, or 'none' for any (greedy/sample only); default 1")
+    e.add_argument("--bucket", type=int, default=64, help="prompt width: inputs are left-padded to it (default 64)")
+    e.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
+    e.add_argument("--strategy", default="greedy",
+                   help="comma-separated signatures to export: greedy, sample, beam (default greedy; the first "
+                        "is also serving_default)")
+    e.add_argument("--num-beams", type=int, default=4, help="beams of the beam signature (default 4)")
 
     c = sub.add_parser("convert", help="convert a Hugging Face GPT-2 directory (same as `python -m weights_tools convert`)")
     from weights_tools.__main__ import add_convert_arguments
@@ -175,6 +186,26 @@ def run_generate(args) -> None:
             out.close()
 
 
+def run_export(args) -> None:
+    import minigen
+    from minigen.export import export
+
+    if args.batch_size.lower() == "none":
+        batch = None
+    else:
+        try:
+            batch = int(args.batch_size)
+        except ValueError:
+            raise UsageError(f"--batch-size must be an int >= 1 or 'none', got {args.batch_size!r}") from None
+    lm = minigen.load(args.model)
+    try:
+        export(lm, args.out, batch_size=batch, bucket=args.bucket, max_new_tokens=args.max_new_tokens,
+               strategies=[s.strip() for s in args.strategy.split(",")], num_beams=args.num_beams)
+    except (ValueError, FileExistsError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {args.out} (signatures: {args.strategy}; inspect with `saved_model_cli show --dir {args.out} --all`)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import_tensorflow_quietly()
@@ -186,6 +217,8 @@ def main(argv=None) -> int:
             from weights_tools.__main__ import run_convert
 
             run_convert(args)
+        elif args.command == "export":
+            run_export(args)
         else:
             run_generate(args)
     except UsageError as e:

@@ -353,6 +353,12 @@ class GPT2:
 
         return stream_text(self, prompt, chunk_size, **options)
 
+    def export(self, out_dir: str, **options) -> str:
+        """Write a TensorFlow SavedModel of the compiled generate; see `minigen.export.export`."""
+        from .export import export
+
+        return export(self, out_dir, **options)
+
     def stream_tokens(self, input_ids, attention_mask=None, chunk_size: int = 8, **options):
         """Yield new token ids [batch, n] chunk by chunk; see `minigen.generation.generate.stream`."""
         from .generation.generate import stream
