@@ -84,12 +84,22 @@ def convert(src: str, dst: str, force: bool = False, dtype: str = "float32", qui
         for name in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(src, name)):
                 shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+        _usual_permissions(tmp)
         _replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _say(f"wrote {dst}", quiet)
     return dst
+
+
+def _usual_permissions(path: str) -> None:
+    """mkdtemp makes a private (0700) directory; give DST the permissions a plain mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    for name in os.listdir(path):
+        os.chmod(os.path.join(path, name), 0o666 & ~umask)
 
 
 def _replace(tmp: str, dst: str) -> None:
