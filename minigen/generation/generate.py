@@ -102,11 +102,18 @@ def compiled_generate(model, static: Static):
         fn = model._compiled.get(static)
         if fn is None:
 
-            def run(ids, mask, knobs, prefix_cache=None):
+            def run(ids, mask, knobs):
                 model.trace_count += 1
                 if static.strategy == "beam":
                     return beam_search(model, ids, mask, knobs, static)
+                return generate_loop(model, ids, mask, knobs, static)
+
+            def run_continued(ids, mask, knobs, prefix_cache):  # static.prefix > 0: continuing a state
+                model.trace_count += 1
                 return generate_loop(model, ids, mask, knobs, static, prefix_cache)
+
+            if static.prefix:
+                run = run_continued
 
             fn = model._compiled[static] = tf.function(run, jit_compile=True, autograph=False)
         return fn
