@@ -61,3 +61,14 @@ def test_shipped_target_writes_text(target_pair):
     text = lm.generate_text("The ship sailed", max_new_tokens=30)[0]
     words = text.split()
     assert len(words) >= 10 and sum(w.isalpha() for w in words) >= 5, text
+
+
+def test_draft_shares_the_target_vocabulary():
+    import minigen
+
+    assert "gutenberg-2l" in shipped_models()
+    with open(os.path.join(MODELS_DIR, DEFAULT_MODEL, "tokenizer.json"), "rb") as a, \
+            open(os.path.join(MODELS_DIR, "gutenberg-2l", "tokenizer.json"), "rb") as b:
+        assert a.read() == b.read()
+    draft = minigen.load("gutenberg-2l")
+    assert draft.config.n_layer == 2 and draft.config.vocab_size == minigen.load().config.vocab_size
