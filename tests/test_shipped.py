@@ -72,3 +72,15 @@ def test_draft_shares_the_target_vocabulary():
         assert a.read() == b.read()
     draft = minigen.load("gutenberg-2l")
     assert draft.config.n_layer == 2 and draft.config.vocab_size == minigen.load().config.vocab_size
+
+
+def test_cli_uses_the_shipped_model_by_default(target_pair):
+    import subprocess
+    import sys
+
+    _, lm = target_pair
+    exe = os.path.join(os.path.dirname(sys.executable), "minigen")
+    result = subprocess.run([exe, "generate", "The ship sailed", "--max-new-tokens", "12"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The ship sailed" + lm.generate_text("The ship sailed", max_new_tokens=12)[0] + "\n"
