@@ -58,14 +58,3 @@ def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor
     for q in range(group):
         buffer = xla.dynamic_update_slice(buffer, new[:, q], tf.stack([zero, q * cache_len + index, zero]))
     return buffer
-
-
-def reorder(cache: KVCache, rows: tf.Tensor) -> KVCache:
-    """Gather batch rows [new_batch] (beam search: each surviving beam takes its parent's cache)."""
-
-    def gather(buffer):
-        heads = buffer.shape[0] // rows.shape[0] if buffer.shape[0] is not None else None
-        split = tf.reshape(buffer, [-1, heads, *buffer.shape[1:]])  # [batch, heads, cache_len, head_dim]
-        return tf.reshape(tf.gather(split, rows, axis=0), [-1, *buffer.shape[1:]])
-
-    return KVCache(keys=tuple(gather(k) for k in cache.keys), values=tuple(gather(v) for v in cache.values))

@@ -13,9 +13,7 @@ def _tokenizer_of(model) -> Tokenizer:
     return tokenizer
 
 
-def _check_prompts(prompts) -> None:
-    if isinstance(prompts, str):
-        prompts = [prompts]
+def _check_prompts(prompts: list) -> None:
     if not prompts:
         raise ValueError("prompts is empty: pass a string or a list of strings")
     for i, p in enumerate(prompts):
@@ -61,9 +59,9 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
     from .generation.generate import stream
 
     tokenizer = _tokenizer_of(model)
-    _check_prompts([prompt] if isinstance(prompt, str) else prompt)
     if not isinstance(prompt, str):
         raise ValueError("stream takes one prompt (a string)")
+    _check_prompts([prompt])
     ids, mask = tokenizer.encode_batch([prompt])
     options.setdefault("pad_token_id", tokenizer.pad_id)
     if options.get("num_return_sequences", 1) != 1:

@@ -168,7 +168,7 @@ def train(args) -> dict:
     from minigen.config import GPT2Config
     from minigen.model import GPT2, random_params
 
-    from .hf_checkpoint import NAME_MAP
+    from .export_hf import hf_names
 
     register_gradients()
     out = Path(args.out)
@@ -281,14 +281,8 @@ def train(args) -> dict:
             return {"stopped_at": done}
 
     # the Hugging Face directory
-    hf_names = {}
-    for hf_name, ours in NAME_MAP.items():
-        if "{i}" in hf_name:
-            for i in range(config.n_layer):
-                hf_names[ours.format(i=i)] = "transformer." + hf_name.format(i=i)
-        elif ours in named:
-            hf_names[ours] = "transformer." + hf_name
-    tensors = {hf_names[n]: file_layout(n, named[n].numpy()) for n in names}
+    to_hf = hf_names(config)
+    tensors = {to_hf[n]: file_layout(n, named[n].numpy()) for n in names}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     record = {

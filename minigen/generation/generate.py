@@ -172,7 +172,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, not num_beams > 1")
     if (cache is not None or return_state) and cfg.num_return_sequences != 1:
         raise ValueError("cache/return_state need num_return_sequences=1: one continuation per row")
-    bucket, prefix_cache = static.bucket, None
+    prefix_cache = None
     if cache is not None:
         if not isinstance(cache, GenerationState):
             raise ValueError(f"cache must be the GenerationState of an earlier call, got {type(cache).__name__}")
