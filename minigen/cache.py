@@ -46,11 +46,20 @@ def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: in
 def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor:
     """Write `new` [batch * heads, s, head_dim] into `buffer` at slots index .. index+s-1, in place.
 
+    index: scalar, or [batch] (each row at its own slot; the batch size must be static).
+
     With group > 1, `new`'s rows are ordered (prompt, head, beam) and beam q's slots start at
     q * cache_len in `buffer`: one in-place update per beam.
     """
     zero = tf.constant(0, tf.int32)
     index = tf.cast(index, tf.int32)
+    if index.shape.rank == 1:  # one slot per batch row: one in-place update per row
+        per_row = buffer.shape[0] // index.shape[0]  # heads
+        for r in range(index.shape[0]):
+            buffer = xla.dynamic_update_slice(
+                buffer, new[r * per_row:(r + 1) * per_row], tf.stack([tf.constant(r * per_row), index[r], zero])
+            )
+        return buffer
     if group == 1:
         return xla.dynamic_update_slice(buffer, new, tf.stack([zero, index, zero]))
     cache_len = buffer.shape[1] // group

@@ -6,7 +6,8 @@ query attend to the cache slots at or before its own that hold real tokens:
 
 - prefill: the whole (left-padded) prompt, `index = 0`;
 - decode step: one token per row, `index` = the slot after the last one written;
-- verify block (speculative decoding): `s` drafted tokens at once.
+- verify block (speculative decoding): `s` drafted tokens at once, each row at its own slot
+  (`index` is then a [batch] vector: rows accept different numbers of tokens).
 
 Nothing here branches in Python on a tensor's value, so every phase compiles under
 `tf.function(jit_compile=True)`.
@@ -116,15 +117,23 @@ def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tenso
     """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
 
     key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
+    index: scalar int32 (every row writes at the same slot), or [batch] int32 (speculative decoding:
+        rows accept different numbers of tokens, so each has its own length).
     lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
         prompt's group holds each slot's key/value for each beam (see `GPT2.attention`).
     Returns [batch, 1, s, cache_len] bool (broadcast over heads); with a lineage,
     [prompts, 1, beams * s, beams * cache_len]: query (beam q, token i) -> key (beam row p, slot t).
     """
     cache_len = key_mask.shape[1]
-    query_slots = tf.cast(index, tf.int32) + tf.range(s)  # [s]
-    causal = tf.range(cache_len)[None, :] <= query_slots[:, None]  # [s, cache_len]
-    mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [batch, 1, s, cache_len]
+    index = tf.cast(index, tf.int32)
+    if index.shape.rank == 0:
+        query_slots = index + tf.range(s)  # [s]
+        causal = tf.range(cache_len)[None, :] <= query_slots[:, None]  # [s, cache_len]
+        mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [batch, 1, s, cache_len]
+    else:  # one start slot per row (speculative decoding)
+        query_slots = index[:, None] + tf.range(s)[None, :]  # [batch, s]
+        causal = tf.range(cache_len)[None, None, :] <= query_slots[:, :, None]  # [batch, s, cache_len]
+        mask = (causal & key_mask[:, None, :])[:, None]  # [batch, 1, s, cache_len]
     if lineage is None:
         return mask
     prompts, beams = tf.shape(lineage)[0], lineage.shape[1]
@@ -213,7 +222,8 @@ class GPT2:
         """Run `s` new tokens per row through the model, writing their keys/values into the cache.
 
         tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
-        once this call has written); index: scalar int32, the cache slot of tokens[:, 0].
+        once this call has written); index: the cache slot of tokens[:, 0], a scalar int32 or,
+        when rows have different lengths (speculative decoding), one slot per row [batch] int32.
         lineage: beam search only, [prompts, beams, cache_len] int32 (see `attention`).
         Returns (hidden [batch, s, d] after the final layer norm, updated cache).
         """

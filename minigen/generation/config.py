@@ -33,6 +33,10 @@ class GenerationConfig:
         pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
         seed: pair of ints for the stateless sampler; same seed, same output. None draws a fresh one.
         pad_to_multiple_of: prompts are left-padded to this bucket width so new lengths reuse compiles.
+        prompt_lookup_num_tokens: speculative decoding with prompt lookup: candidates per verify step
+            copied from the row's own earlier text (None = off).
+        max_matching_ngram_size: prompt lookup matches the row's last n tokens, n from this down to 1.
+        num_assistant_tokens: speculative decoding with `assistant_model=`: draft tokens per verify step.
         return_dict, output_scores: return a GenerateOutput with per-step chosen-token log-probs
             (and sequences_scores for beam search) instead of a bare array.
     """
@@ -53,6 +57,9 @@ class GenerationConfig:
     pad_token_id: int | None = None
     seed: tuple[int, int] | None = None
     pad_to_multiple_of: int = 16
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int = 2
+    num_assistant_tokens: int = 4
     return_dict: bool = False
     output_scores: bool = False
 
@@ -86,6 +93,11 @@ class GenerationConfig:
         positive_int("no_repeat_ngram_size", 0)
         positive_int("pad_to_multiple_of")
         positive_int("top_k", 0)
+        positive_int("max_matching_ngram_size")
+        positive_int("num_assistant_tokens")
+        if self.prompt_lookup_num_tokens is not None:
+            positive_int("prompt_lookup_num_tokens")
+            self.check_speculative("prompt_lookup_num_tokens")
         for name in ("do_sample", "return_dict", "output_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -120,6 +132,14 @@ class GenerationConfig:
             pad = self.pad_token_id
             if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")
+
+    def check_speculative(self, option: str) -> None:
+        """Speculative decoding (prompt lookup or an assistant model) works with greedy search and sampling."""
+        if self.num_beams > 1:
+            raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
+        for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+            if getattr(self, name) != off:
+                raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
 
     # -- resolved values --
 

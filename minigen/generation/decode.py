@@ -48,6 +48,9 @@ class Static(NamedTuple):
     early_stopping: object = False
     prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
     return_cache: bool = False  # also return the final cache (for a later continuation)
+    speculation: str = ""  # "" | "lookup" (prompt lookup) | "draft" (assistant model), see speculative.py
+    num_candidates: int = 0  # tokens proposed per verify step
+    ngram: int = 0  # prompt lookup: longest n-gram matched
 
 
 class DecodeState(NamedTuple):

@@ -20,6 +20,7 @@ from ..cache import KVCache
 from .beam import beam_search
 from .config import GenerationConfig
 from .decode import Knobs, Static, generate_loop, run_steps, start
+from .speculative import speculative_loop
 from .inputs import as_batch, left_pad_to
 
 logger = logging.getLogger("minigen")
@@ -34,6 +35,9 @@ class GenerateOutput:
     scores: np.ndarray | None = None  # greedy/sampling: [rows, max_new_tokens] log-prob of each chosen token
     sequences_scores: np.ndarray | None = None  # beam search: [rows] length-penalised hypothesis scores
     state: "GenerationState | None" = None  # with return_state=True: pass as generate(..., cache=state)
+    # speculative decoding: verify_steps, mean_accepted_tokens (candidates accepted per row and verify
+    # step), tokens_per_step (mean_accepted_tokens + 1: the target adds one token of its own)
+    speculation: dict | None = None
 
 
 @dataclasses.dataclass
@@ -96,14 +100,17 @@ def make_knobs(cfg: GenerationConfig) -> Knobs:
     )
 
 
-def compiled_generate(model, static: Static):
-    """The cached compiled function for this key, created (not yet traced) on first use."""
+def compiled_generate(model, static: Static, assistant=None):
+    """The cached compiled function for this key (and draft model), created (not yet traced) on first use."""
+    key = static if assistant is None else ("assisted", static, assistant)
     with _lock:
-        fn = model._compiled.get(static)
+        fn = model._compiled.get(key)
         if fn is None:
 
             def run(ids, mask, knobs):
                 model.trace_count += 1
+                if static.speculation:
+                    return speculative_loop(model, assistant, ids, mask, knobs, static)
                 if static.strategy == "beam":
                     return beam_search(model, ids, mask, knobs, static)
                 return generate_loop(model, ids, mask, knobs, static)
@@ -115,7 +122,7 @@ def compiled_generate(model, static: Static):
             if static.prefix:
                 run = run_continued
 
-            fn = model._compiled[static] = tf.function(run, jit_compile=True, autograph=False)
+            fn = model._compiled[key] = tf.function(run, jit_compile=True, autograph=False)
         return fn
 
 
@@ -145,8 +152,36 @@ def prepare(model, input_ids, attention_mask, generation_config, options):
     return cfg, ids, mask, batch, width, static
 
 
+def check_assistant(model, assistant, cfg: GenerationConfig, longest: int) -> None:
+    """ValueError unless `assistant` can draft for `model` with these options."""
+    from ..model import GPT2
+
+    if not isinstance(assistant, GPT2):
+        raise ValueError(f"assistant_model must be a minigen model (minigen.load(...)), got {type(assistant).__name__}")
+    if assistant is model:
+        raise ValueError("assistant_model is the model itself; pass a smaller draft model (or use prompt_lookup_num_tokens)")
+    if assistant.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"assistant_model has vocab_size {assistant.config.vocab_size} but the model has "
+                         f"{model.config.vocab_size}; the draft must share the target's tokenizer")
+    if cfg.prompt_lookup_num_tokens is not None:
+        raise ValueError("use either assistant_model or prompt_lookup_num_tokens, not both")
+    cfg.check_speculative("assistant_model")
+    if longest + cfg.max_new_tokens > assistant.config.n_positions:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {cfg.max_new_tokens} exceeds the assistant "
+                         f"model's n_positions ({assistant.config.n_positions})")
+
+
+def speculation_key(static: Static, cfg: GenerationConfig, assistant) -> Static:
+    if assistant is not None:
+        return static._replace(speculation="draft", num_candidates=cfg.num_assistant_tokens)
+    if cfg.prompt_lookup_num_tokens is not None:
+        return static._replace(speculation="lookup", num_candidates=cfg.prompt_lookup_num_tokens,
+                               ngram=cfg.max_matching_ngram_size)
+    return static
+
+
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
-             cache: GenerationState | None = None, return_state: bool = False, **options):
+             cache: GenerationState | None = None, return_state: bool = False, assistant_model=None, **options):
     """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
 
     Args:
@@ -156,10 +191,14 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         cache: a GenerationState from an earlier call: input_ids then continue that conversation
             (one new segment per row), its keys/values reused, not recomputed. Greedy/sampling.
         return_state: also return the state to continue from (in GenerateOutput.state).
+        assistant_model: a smaller minigen model with the same vocabulary: speculative decoding,
+            num_assistant_tokens drafted per step and verified in one pass of this model. Greedy
+            output is this model's own greedy output; sampled output has its distribution.
         **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
             num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
             no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
-            pad_to_multiple_of, return_dict, output_scores).
+            pad_to_multiple_of, return_dict, output_scores, prompt_lookup_num_tokens,
+            max_matching_ngram_size, num_assistant_tokens).
 
     Returns:
         int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
@@ -168,6 +207,11 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         new segment alone as the prompt.
     """
     cfg, ids, mask, batch, width, static = prepare(model, input_ids, attention_mask, generation_config, options)
+    if assistant_model is not None:
+        check_assistant(model, assistant_model, cfg, int(mask.sum(axis=1).max()))
+    static = speculation_key(static, cfg, assistant_model)
+    if (cache is not None or return_state) and static.speculation:
+        raise ValueError("cache/return_state (continuing a generation) do not combine with speculative decoding")
     if (cache is not None or return_state) and static.strategy == "beam":
         raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, not num_beams > 1")
     if (cache is not None or return_state) and cfg.num_return_sequences != 1:
@@ -187,7 +231,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         static = static._replace(bucket=ids.shape[1], prefix=cache.width - 1)
         prefix_cache = cache.cache
     static = static._replace(return_cache=return_state)
-    fn = compiled_generate(model, static)
+    fn = compiled_generate(model, static, assistant_model)
     traces = model.trace_count
     began = time.perf_counter()
     args = (tf.constant(ids), tf.constant(mask), make_knobs(cfg)) + (() if prefix_cache is None else (prefix_cache,))
@@ -201,6 +245,13 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s)", batch, cfg.max_new_tokens, elapsed,
                     batch * cfg.max_new_tokens / elapsed)
 
+    speculation = None
+    if static.speculation:
+        steps, accepted, row_steps = (int(x) for x in result[2].numpy())
+        mean = accepted / row_steps if row_steps else 0.0
+        speculation = {"verify_steps": steps, "mean_accepted_tokens": mean, "tokens_per_step": mean + 1}
+        logger.info("speculative (%s): %d verify steps, %.2f candidates accepted per step",
+                    static.speculation, steps, mean)
     state = None
     if return_state:
         gen = generated_mask(sequences[:, static.bucket:], static.eos_ids)
@@ -219,6 +270,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         scores=token_scores if cfg.output_scores else None,
         sequences_scores=sequences_scores if cfg.output_scores else None,
         state=state,
+        speculation=speculation,
     )
 
 
@@ -256,6 +308,8 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     cfg, ids, mask, batch, width, static = prepare(model, input_ids, attention_mask, generation_config, options)
     if static.strategy == "beam":
         raise ValueError("streaming supports greedy search and sampling, not num_beams > 1")
+    if cfg.prompt_lookup_num_tokens is not None:
+        raise ValueError("streaming does not support prompt_lookup_num_tokens; use generate")
     begin, advance = compiled_stream(model, static)
     knobs = make_knobs(cfg)
     mask_t = tf.constant(mask)

@@ -1,0 +1,266 @@
+"""Speculative decoding: propose k tokens cheaply, check them with one forward pass of the target.
+
+Two sources of proposals share one loop:
+    prompt lookup   the k tokens that followed the latest earlier occurrence of the row's last n
+                    tokens (n from max_matching_ngram_size down to 1), found with tensor ops
+    draft model     a smaller model with the same vocabulary runs k decode steps on its own static cache
+
+Phases, all inside one XLA-compiled function (`speculative_loop`):
+    start       prefill the target (and the draft) with the prompt; choose the first token
+    while_loop:
+      propose   k candidate tokens per row
+      verify    the target runs [pending, c_1 .. c_k] as one block, each row at its own cache slot
+      accept    greedy: the candidates agreeing with the target's argmax, then the target's own token.
+                sampling: accept c_j with probability min(1, p(c_j) / q(c_j)); the first rejected one
+                is redrawn from max(p - q, 0) renormalised, or a bonus token comes from p when all
+                pass, so every token is distributed exactly as the target alone would draw it.
+      commit    write the accepted tokens; each row's length grows by its own count
+
+Nothing is rolled back by copying: a rejected token's keys and values sit in cache slots at or past
+its row's new length, where the causal mask hides them until the next block overwrites them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from .. import cache as kv
+from . import processors as P
+from .decode import Knobs, Static, is_eos
+
+
+class SpecState(NamedTuple):
+    cache: kv.KVCache  # the target's
+    draft_cache: tuple  # the draft model's KVCache, or () with prompt lookup
+    sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, accepted tokens, pad after
+    lengths: tf.Tensor  # [rows] int32: slots of `sequences` written (bucket + tokens generated)
+    finished: tf.Tensor  # [rows] bool: EOS produced or max_new_tokens reached
+    scores: tf.Tensor  # [rows, max_new] float32: log-prob of each token (0 after EOS)
+    iteration: tf.Tensor  # int32 scalar: verify steps run
+    accepted: tf.Tensor  # int32 scalar: candidates accepted, summed over rows and steps
+    row_steps: tf.Tensor  # int32 scalar: verify steps summed over the rows still running
+
+
+# ---- small pure functions ----------------------------------------------------------------------
+
+
+def write_runs(buffer, values, start, count):
+    """buffer [rows, width] with values[r, :count[r]] written at columns start[r] .. start[r]+count[r]-1."""
+    offset = tf.range(buffer.shape[1])[None, :] - start[:, None]  # [rows, width]
+    inside = (offset >= 0) & (offset < count[:, None])
+    picked = tf.gather(values, tf.clip_by_value(offset, 0, values.shape[1] - 1), batch_dims=1)
+    return tf.where(inside, picked, buffer)
+
+
+def leading_true(flags):
+    """[rows, k] bool -> [rows] int32: how many flags are True before the first False."""
+    return tf.reduce_sum(tf.math.cumprod(tf.cast(flags, tf.int32), axis=1), axis=1)
+
+
+def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id: int):
+    """Prompt lookup: per row, the k tokens after the latest earlier match of its last n tokens.
+
+    sequences, valid: [rows, width]; lengths: [rows], slots written. The longest n (<= max_ngram)
+    with a match wins; a match must end before the row's own last n tokens and be followed by at
+    least one written token. Rows without a match get pad_id candidates (verified, then rejected).
+    Returns [rows, k] int32.
+    """
+    rows, width = tf.shape(sequences)[0], sequences.shape[1]
+    start = tf.fill([rows], -1)  # slot where the copied continuation begins
+    for n in range(max_ngram, 0, -1):
+        if n >= width:
+            continue
+        suffix_slots = lengths[:, None] - n + tf.range(n)[None, :]  # [rows, n]
+        suffix = tf.gather(sequences, tf.maximum(suffix_slots, 0), batch_dims=1)
+        suffix_ok = tf.reduce_all(tf.gather(valid, tf.maximum(suffix_slots, 0), batch_dims=1), axis=1)
+        windows = width - n  # window j covers slots j .. j+n-1; its continuation starts at j+n
+        match = tf.ones([rows, windows], tf.bool)
+        for o in range(n):
+            match &= tf.equal(sequences[:, o:o + windows], suffix[:, o:o + 1]) & valid[:, o:o + windows]
+        j = tf.range(windows)[None, :]
+        match &= j + n < lengths[:, None]  # not the suffix itself, and a written token follows
+        latest = tf.reduce_max(tf.where(match, j, -1), axis=1)  # [rows]
+        take = (start < 0) & (latest >= 0) & suffix_ok & (lengths >= n)
+        start = tf.where(take, latest + n, start)
+    slots = start[:, None] + tf.range(k)[None, :]  # [rows, k]
+    known = (start[:, None] >= 0) & (slots < lengths[:, None])
+    tokens = tf.gather(sequences, tf.clip_by_value(slots, 0, width - 1), batch_dims=1)
+    return tf.where(known, tokens, pad_id)
+
+
+def forbid_early_eos(logits, eos_ids: tuple, token_number, min_new):
+    """min_new_tokens per row and block position: logits [rows, s, vocab]; token_number [rows, s] is
+    the index (0-based, among generated tokens) of the token each position chooses."""
+    if not eos_ids:
+        return logits
+    vocab = logits.shape[-1]
+    eos = tf.reduce_any(tf.equal(tf.range(vocab)[:, None], tf.constant(eos_ids)[None, :]), axis=1)  # [vocab]
+    early = token_number < min_new  # [rows, s]
+    return tf.where(eos[None, None, :] & early[:, :, None], P.NEG_INF, logits)
+
+
+def warp(logits, knobs: Knobs):
+    """Sampling warpers (temperature, top-k, top-p) over the last axis of [rows, s, vocab]."""
+    shape = tf.shape(logits)
+    flat = tf.reshape(logits, [-1, logits.shape[-1]]) / knobs.temperature
+    return tf.reshape(P.top_k_top_p(flat, knobs.top_k, knobs.top_p), shape)
+
+
+def draw(log_weights, key):
+    """One Gumbel-max draw per row from unnormalised log-weights [rows, vocab] (stateless key)."""
+    uniform = tf.random.stateless_uniform(tf.shape(log_weights), key, minval=1e-20, maxval=1.0)
+    return tf.argmax(log_weights - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
+
+
+def rng_key(seed, iteration, purpose: int):
+    """Stateless key for one use (`purpose`) in one verify step."""
+    return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(seed, iteration), purpose)
+
+
+# ---- proposals -----------------------------------------------------------------------------------
+
+
+def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs, static: Static):
+    """Run the draft model k steps from each row's last two tokens.
+
+    The draft's cache holds every accepted token but possibly the last two (the newest accepted
+    candidate was never fed to it, and the target's own token is new), so the first draft call is a
+    2-token block at slots L-2, L-1; each row at its own slot. Returns (candidates [rows, k],
+    q [rows, k, vocab] probabilities the candidates were drawn from (None when greedy), draft cache).
+    """
+    k, bucket = static.num_candidates, static.bucket
+    lengths = state.lengths
+    last_two = tf.gather(state.sequences, tf.stack([lengths - 2, lengths - 1], axis=1), batch_dims=1)  # [rows, 2]
+    positions = (prompt_len + lengths - 1 - bucket)[:, None] + tf.constant([[-1, 0]])
+    hidden, cache = draft.forward(last_two, positions, key_mask, state.draft_cache, lengths - 2)
+    logits = draft.lm_head(hidden[:, 1])  # [rows, vocab]
+    tokens, probs = [], []
+    for i in range(k):
+        if static.strategy == "sample":
+            warped = warp(logits[:, None], knobs)[:, 0]
+            token = draw(warped, rng_key(knobs.seed, state.iteration + 1, 10 + i))
+            probs.append(tf.nn.softmax(warped))
+        else:
+            token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        tokens.append(token)
+        if i + 1 < k:  # the last candidate needs no forward pass
+            position = prompt_len + lengths - bucket + i
+            logits, cache = draft.decode_one_token(token, position, key_mask, cache, lengths + i)
+    candidates = tf.stack(tokens, axis=1)  # [rows, k]
+    q = tf.stack(probs, axis=1) if probs else None  # [rows, k, vocab]
+    return candidates, q, cache
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+
+def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
+    """Greedy search or sampling with prompt lookup (draft None) or a draft model. ids, mask: [rows, bucket].
+
+    Returns (sequences [rows, bucket + max_new], scores [rows, max_new], stats [3] int32:
+    verify steps, candidates accepted, row-steps).
+    """
+    bucket, max_new, k = static.bucket, static.max_new_tokens, static.num_candidates
+    rows = ids.shape[0]
+    cache_len = bucket + max_new + k  # a finished row's last block may reach k slots past the end
+    sampling = static.strategy == "sample"
+    prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]
+    prompt_valid = tf.cast(mask, tf.bool)
+
+    # -- start: prefill, then the first token from the prompt's last logits
+    hidden, cache, key_mask = model.prefill(ids, mask, cache_len)
+    draft_cache = ()
+    if draft is not None:
+        _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
+    logits = forbid_early_eos(model.lm_head(hidden[:, -1:]), static.eos_ids, tf.zeros([rows, 1], tf.int32),
+                              knobs.min_new_tokens)
+    if sampling:
+        logits = warp(logits, knobs)
+        first = draw(logits[:, 0], rng_key(knobs.seed, 0, 1))
+    else:
+        first = tf.argmax(logits[:, 0], axis=-1, output_type=tf.int32)
+    first_score = tf.gather(tf.nn.log_softmax(logits[:, 0]), first, batch_dims=1)
+    state = SpecState(
+        cache=cache,
+        draft_cache=draft_cache,
+        sequences=tf.concat([ids, first[:, None], tf.fill([rows, max_new - 1], static.pad_id)], axis=1),
+        lengths=tf.fill([rows], bucket + 1),
+        finished=is_eos(first, static.eos_ids) | (max_new == 1),
+        scores=tf.concat([first_score[:, None], tf.zeros([rows, max_new - 1])], axis=1),
+        iteration=tf.constant(0),
+        accepted=tf.constant(0),
+        row_steps=tf.constant(0),
+    )
+
+    def propose(state: SpecState):
+        if draft is not None:
+            return draft_candidates(draft, state, key_mask, prompt_len, knobs, static)
+        written = tf.range(bucket + max_new)[None, :] < state.lengths[:, None]
+        valid = tf.concat([prompt_valid, tf.ones([rows, max_new], tf.bool)], axis=1) & written
+        candidates = lookup_candidates(state.sequences, valid, state.lengths, k, static.ngram, static.pad_id)
+        q = tf.one_hot(candidates, model.config.vocab_size) if sampling else None  # a lookup is certain
+        return candidates, q, ()
+
+    def accept(logits, candidates, q, iteration):
+        """(tokens [rows, k+1]: the accepted candidates then the target's token; accepted count [rows])."""
+        if not sampling:
+            choice = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [rows, k+1]
+            return choice, leading_true(tf.equal(candidates, choice[:, :k]))
+        p = tf.nn.softmax(logits)  # [rows, k+1, vocab]
+        p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
+        q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
+        u = tf.random.stateless_uniform([rows, k], rng_key(knobs.seed, iteration, 2))
+        n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
+        residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
+        redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
+        empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
+        redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
+        token = draw(tf.math.log(redraw_from), rng_key(knobs.seed, iteration, 3))
+        padded = tf.concat([candidates, candidates[:, :1]], axis=1)
+        return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
+
+    def verify_step(state: SpecState) -> SpecState:
+        iteration = state.iteration + 1
+        lengths, generated = state.lengths, state.lengths - bucket
+        candidates, q, draft_cache = propose(state)
+        pending = tf.gather(state.sequences, lengths - 1, batch_dims=1)  # [rows], not yet run by the target
+        block = tf.concat([pending[:, None], candidates], axis=1)  # [rows, k+1]
+        positions = (prompt_len + generated - 1)[:, None] + tf.range(k + 1)[None, :]
+        hidden, cache = model.forward(block, positions, key_mask, state.cache, lengths - 1)
+        number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
+        logits = forbid_early_eos(model.lm_head(hidden), static.eos_ids, number, knobs.min_new_tokens)
+        if sampling:
+            logits = warp(logits, knobs)
+        tokens, n = accept(logits, candidates, q, iteration)
+        # how many tokens each row keeps: the accepted candidates and one more, cut at EOS / max_new
+        count = tf.minimum(n + 1, max_new - generated)
+        eos = is_eos(tf.reshape(tokens, [-1]), static.eos_ids)
+        eos = tf.reshape(eos, [rows, k + 1]) & (tf.range(k + 1)[None, :] < count[:, None])
+        first_eos = tf.argmax(tf.cast(eos, tf.int32), axis=1, output_type=tf.int32)
+        hit = tf.reduce_any(eos, axis=1)
+        count = tf.where(hit, first_eos + 1, count)
+        count = tf.where(state.finished, 0, count)
+        scores = state.scores
+        if static.output_scores:
+            logprobs = tf.gather(tf.nn.log_softmax(logits), tokens[:, :, None], batch_dims=2)[:, :, 0]
+            scores = write_runs(scores, logprobs, generated, count)
+        active = ~state.finished
+        return SpecState(
+            cache=cache,
+            draft_cache=draft_cache,
+            sequences=write_runs(state.sequences, tokens, lengths, count),
+            lengths=lengths + count,
+            finished=state.finished | hit | (generated + count >= max_new),
+            scores=scores,
+            iteration=iteration,
+            accepted=state.accepted + tf.reduce_sum(tf.where(active, tf.minimum(n, count), 0)),
+            row_steps=state.row_steps + tf.reduce_sum(tf.cast(active, tf.int32)),
+        )
+
+    state = tf.while_loop(
+        lambda s: ~tf.reduce_all(s.finished), lambda s: (verify_step(s),), (state,), maximum_iterations=max_new - 1
+    )[0]
+    stats = tf.stack([state.iteration, state.accepted, state.row_steps])
+    return state.sequences, state.scores, stats
