@@ -84,3 +84,30 @@ def test_cli_uses_the_shipped_model_by_default(target_pair):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "The ship sailed" + lm.generate_text("The ship sailed", max_new_tokens=12)[0] + "\n"
+
+
+@pytest.mark.parametrize("method", ["draft", "lookup"])
+def test_shipped_pair_speculative_greedy_equals_transformers(target_pair, method):
+    """Greedy with the shipped draft (or prompt lookup) gives the reference's greedy tokens,
+    each prompt alone and as one left-padded batch of 4."""
+    import torch
+
+    import minigen
+
+    hf, lm = target_pair
+    eos = lm.config.eos_token_id
+    if method == "draft":
+        options = dict(assistant_model=minigen.load("gutenberg-2l"), num_assistant_tokens=3)
+    else:
+        options = dict(prompt_lookup_num_tokens=6)
+    ids, mask = lm.tokenizer.encode_batch(PROMPTS)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+                          max_new_tokens=40, do_sample=False, pad_token_id=eos).numpy()
+    ref = np.pad(ref, ((0, 0), (0, ids.shape[1] + 40 - ref.shape[1])), constant_values=eos)
+    batch = lm.generate(ids, mask, max_new_tokens=40, return_dict=True, **options)
+    np.testing.assert_array_equal(batch.sequences, ref)
+    assert batch.speculation["mean_accepted_tokens"] > 0.3, batch.speculation
+    for row, prompt in enumerate(PROMPTS):
+        alone = lm.generate([lm.tokenizer.encode(prompt)], max_new_tokens=40, **options)
+        np.testing.assert_array_equal(alone[0, -40:], ref[row, -40:], err_msg=prompt)
