@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generate.py            # GPT-2 small shape, the figures in the README
     python benchmarks/bench_generate.py --quick    # tiny model, 2 runs: checks the script works
+    python benchmarks/bench_generate.py --speculative   # prompt lookup and the shipped draft/target pair
 
 All systems run the same random GPT-2 weights (saved once in the Hugging Face format, then
 converted for minigen and CTranslate2). Every row forces the full length (no EOS stop), so each
@@ -12,8 +13,14 @@ warm-up call, whose time is reported as "first call" (minigen: XLA compile + one
 Also measured: the machine's memory read bandwidth (an XLA reduction over 1 GiB) and the batch-1
 ceiling it implies for a model that reads all its weights once per token (the roofline).
 
-Writes benchmarks/results/<machine>.md (table) and .png (chart; needs matplotlib, `pip install
+Writes benchmarks/results/gpt2-small.md (table) and .png (chart; needs matplotlib, `pip install
 -e .[bench]`).
+
+--speculative measures speculative decoding instead (benchmarks/results/speculative.md): the shipped
+target alone, with prompt lookup and with the shipped draft, beside transformers' greedy, prompt lookup
+and assisted generation (PyTorch, batch 1) on the same weights, on two tasks built from the held-out
+novel of ../shared/data: repeating a passage (input-grounded) and continuing novel openings.
+Every system's tokens are checked equal to minigen's plain greedy output.
 """
 
 from __future__ import annotations
@@ -241,9 +248,13 @@ def main(argv=None):
     parser.add_argument("--peer-python", default=None,
                         help="python of a venv with transformers<5 + tf-keras: also run the reference's TF + XLA "
                              "generate (benchmarks/peer_tf_xla.py), after the alternating runs")
+    parser.add_argument("--speculative", action="store_true",
+                        help="benchmark prompt lookup and the shipped draft/target pair instead (see above)")
     parser.add_argument("--out", default=None,
                         help="directory for the table and chart (default benchmarks/results/, a temp dir with --quick)")
     args = parser.parse_args(argv)
+    if args.speculative:
+        return speculative_main(args)
     shape = SHAPES["quick" if args.quick else "small"]
     runs = 2 if args.quick else args.runs
     new = 8 if args.quick else args.new_tokens
@@ -328,6 +339,130 @@ def main(argv=None):
          "results": {f"{w} | {s}": r for (w, s), r in results.items()}, "rss_mb": rss}, indent=1))
     chart(results, out / f"{stem}.png")
     print(f"wrote {out / (stem + '.md')}", flush=True)
+
+
+# ---- speculative decoding ------------------------------------------------------------------------
+
+HELD_OUT = ROOT.parent / "shared" / "data" / "corpora" / "gutenberg-classics" / "98-a-tale-of-two-cities.txt"
+LOOKUP_K, DRAFT_K = 8, 3
+
+
+def speculative_tasks(tokenizer, quick: bool):
+    """(name, prompts as id lists, max_new_tokens) from the held-out novel (not seen in training)."""
+    if not HELD_OUT.is_file():
+        raise SystemExit(f"--speculative needs the held-out novel at {HELD_OUT} (see ../shared/data/SOURCE.md)")
+    text = HELD_OUT.read_text(encoding="utf-8")
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    passages = [p for p in paragraphs if 250 < len(p) < 400][10:16]
+    sentences = [p for p in paragraphs if 60 < len(p) < 160][40:46]
+    count = 2 if quick else 6
+    repeat = []  # the passage, a blank line, then its first words: the model should copy the rest
+    for p in passages[:count]:
+        ids = tokenizer.encode(p)
+        repeat.append(ids + tokenizer.encode("\n\n") + ids[:4])
+    openings = [tokenizer.encode(s) for s in sentences[:count]]
+    new = 16 if quick else 96
+    return [("repeat a passage (input-grounded)", repeat, new), ("continue novel openings", openings, new)]
+
+
+def speculative_main(args):
+    import torch
+    import transformers
+
+    import minigen
+    from minigen.weights import resolve
+    from weights_tools.export_hf import export_hf
+
+    runs = 2 if args.quick else args.runs
+    work = tempfile.mkdtemp(prefix="minigen-bench-spec-")
+    target, draft = minigen.load("gutenberg-6l"), minigen.load("gutenberg-2l")
+    hf_target = transformers.GPT2LMHeadModel.from_pretrained(export_hf(resolve("gutenberg-6l"), f"{work}/t")).eval()
+    hf_draft = transformers.GPT2LMHeadModel.from_pretrained(export_hf(resolve("gutenberg-2l"), f"{work}/d")).eval()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"machine: {machine_name()}", flush=True)
+
+    def ours(options):
+        def run(prompt, new):
+            out = target.generate([prompt], max_new_tokens=new, min_new_tokens=new, return_dict=True, **options)
+            return out.sequences[0, len(prompt):], out.speculation
+        return run
+
+    def theirs(options):
+        def run(prompt, new):
+            with torch.inference_mode():
+                ids = torch.tensor([prompt], dtype=torch.long)
+                out = hf_target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                         min_new_tokens=new, do_sample=False, pad_token_id=0, **options)
+            return out[0, len(prompt):].numpy(), None
+        return run
+
+    systems = {
+        "minigen greedy": ours({}),
+        f"minigen prompt lookup k={LOOKUP_K}": ours(dict(prompt_lookup_num_tokens=LOOKUP_K)),
+        f"minigen draft k={DRAFT_K}": ours(dict(assistant_model=draft, num_assistant_tokens=DRAFT_K)),
+        "transformers greedy": theirs({}),
+        f"transformers prompt lookup k={LOOKUP_K}": theirs(dict(prompt_lookup_num_tokens=LOOKUP_K)),
+        f"transformers assisted k={DRAFT_K}": theirs(dict(assistant_model=hf_draft, num_assistant_tokens=DRAFT_K,
+                                                           num_assistant_tokens_schedule="constant")),
+    }
+    results = {}  # (task, system) -> dict
+    for task, prompts, new in speculative_tasks(target.tokenizer, args.quick):
+        reference = [ours({})(p, new)[0] for p in prompts]  # also compiles minigen's plain loop
+        for name, run in systems.items():
+            accepted = []
+            for p, want in zip(prompts, reference):  # warm-up (compiles) and the exactness check
+                got, stats = run(p, new)
+                if not np.array_equal(got, want):
+                    raise SystemExit(f"{name} on {task!r}: tokens differ from minigen's plain greedy output")
+                if stats:
+                    accepted.append(stats["mean_accepted_tokens"])
+            results[(task, name)] = dict(times=[], accepted=float(np.mean(accepted)) if accepted else None)
+        for _ in range(runs):  # one run = every prompt of the task, systems alternating
+            for name, run in systems.items():
+                start = time.perf_counter()
+                for p in prompts:
+                    run(p, new)
+                results[(task, name)]["times"].append(time.perf_counter() - start)
+        for name in systems:
+            r = results[(task, name)]
+            r["tok_s"] = len(prompts) * new / statistics.median(r["times"])
+            extra = f"  {r['accepted']:.2f} accepted/step" if r["accepted"] is not None else ""
+            print(f"{task:36s} {name:34s} {r['tok_s']:8.1f} tok/s{extra}", flush=True)
+    report = render_speculative(results, systems, runs)
+    print(report)
+    out = Path(args.out or (Path(work) / "results" if args.quick else ROOT / "benchmarks" / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "speculative-quick" if args.quick else "speculative"
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps(
+        {"machine": machine_name(), "results": {f"{t} | {s}": r for (t, s), r in results.items()}}, indent=1))
+    print(f"wrote {out / (stem + '.md')}", flush=True)
+
+
+def render_speculative(results, systems, runs) -> str:
+    tasks = list(dict.fromkeys(t for t, _ in results))
+    lines = [
+        f"Machine: {machine_name()}. Shipped target gutenberg-6l (6 x 256) and draft gutenberg-2l (2 x 256), batch 1, "
+        f"greedy, prompts from the held-out novel, median of {runs} runs (each run = all prompts of the task), "
+        "systems alternating; every system's tokens equal minigen's plain greedy output (checked). "
+        "Command: `python benchmarks/bench_generate.py --speculative`.",
+        "",
+        "| system | " + " | ".join(f"{t} (tok/s)" for t in tasks) + " | " + " | ".join(
+            f"{t}: speed-up, accepted/step" for t in tasks) + " |",
+        "|---|" + "---|" * (2 * len(tasks)),
+    ]
+    for name in systems:
+        speeds = [f"{results[(t, name)]['tok_s']:.1f}" for t in tasks]
+        ratios = []
+        for t in tasks:
+            r = results[(t, name)]
+            base = results[(t, "minigen greedy" if name.startswith("minigen") else "transformers greedy")]
+            accepted = f", {r['accepted']:.2f}" if r["accepted"] is not None else ""
+            ratios.append(f"{r['tok_s'] / base['tok_s']:.2f}x{accepted}")
+        lines.append(f"| {name} | " + " | ".join(speeds) + " | " + " | ".join(ratios) + " |")
+    lines += ["", "Speed-ups are against the same library's plain greedy (minigen rows vs minigen greedy, "
+              "transformers rows vs transformers greedy)."]
+    return "\n".join(lines) + "\n"
 
 
 def render(shape, new, prompt_len, runs, bandwidth_probe, ceiling, results, rss) -> str:
