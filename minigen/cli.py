@@ -1,4 +1,5 @@
-"""The `minigen` command: `minigen generate ...`, `minigen export MODEL OUT` (SavedModel) and `minigen convert SRC DST`.
+"""The `minigen` command: `minigen generate ...`, `minigen batch --input X --output Y` (Apache Beam),
+`minigen export MODEL OUT` (SavedModel) and `minigen convert SRC DST`.
 
 Exit codes: 0 ok, 2 bad usage (unknown flag, bad value, empty prompt), 1 runtime failure (a model
 directory that cannot be loaded, a failed conversion). Errors are one line on stderr.
@@ -47,6 +48,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def add_generation_arguments(p) -> None:
+    """The generate options shared by `minigen generate` and `minigen batch`."""
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default 1.0)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--seed", type=int, nargs=2, metavar=("A", "B"), help="two ints: the stateless sampling seed")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype in memory (default float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="minigen", description="XLA-compiled GPT-2 text generation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -60,20 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", help="file with one prompt per line")
     g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
-    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0 (default 1.0)")
-    g.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default 1.0)")
-    g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)")
-    g.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
-    g.add_argument("--seed", type=int, nargs=2, metavar=("A", "B"), help="two ints: the stateless sampling seed")
-    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="weights' dtype in memory (default float32)")
+    add_generation_arguments(g)
     g.add_argument("--stream", action="store_true",
                    help="print the continuation as it is generated (one prompt; greedy or sampling)")
     g.add_argument("--verbose", action="store_true", help="report compile time vs generation time and tokens/s")
+
+    b = sub.add_parser("batch", help="generate for a JSONL file of prompts with an Apache Beam pipeline", description=(
+        "Run prompts from --input (JSONL: {\"prompt\": ..., \"id\": ...} or a JSON string per line; a file "
+        "pattern is fine) through RunInference and write one JSON line per prompt to --output, and one error "
+        "record per unusable line to --errors. Needs `pip install \"minigen[beam]\"`. Any other --flag is "
+        "passed to Beam as a pipeline option (e.g. --runner=DataflowRunner --project=...); default DirectRunner."))
+    b.add_argument("--input", required=True, help="JSONL file (or file pattern) of prompts")
+    b.add_argument("--output", required=True, help="JSONL file to write the results to")
+    b.add_argument("--errors", default=None, help="JSONL file for error records (default: OUTPUT with .errors.jsonl)")
+    b.add_argument("--model", default=None, help="a minigen model directory or a shipped model's name")
+    b.add_argument("--rows", type=int, default=8, help="prompts per generate call on a worker (default 8)")
+    b.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_generation_arguments(b)
 
     e = sub.add_parser("export", help="write a TensorFlow SavedModel of the whole compiled generate (TF Serving)")
     e.add_argument("model", help="a minigen model directory or a shipped model's name")
@@ -127,12 +146,10 @@ def progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def run_generate(args) -> None:
-    import minigen
+def generation_options(args) -> dict:
+    """`generate` options from the shared flags, validated (UsageError naming the bad one)."""
     from minigen.generation.config import GenerationConfig
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
@@ -141,6 +158,15 @@ def run_generate(args) -> None:
         GenerationConfig.from_options(**options).validate(None)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return options
+
+
+def run_generate(args) -> None:
+    import minigen
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    options = generation_options(args)
     prompts = read_prompts(args)
     if args.verbose:
         logging.basicConfig(format="minigen: %(message)s", stream=sys.stderr)
@@ -186,6 +212,39 @@ def run_generate(args) -> None:
             out.close()
 
 
+def run_batch(args, pipeline_args: list[str]) -> None:
+    options = generation_options(args)
+    if args.rows < 1:
+        raise UsageError(f"--rows must be >= 1, got {args.rows}")
+    logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time and runner warnings are not ours
+    logging.basicConfig(format="minigen batch: %(message)s", stream=sys.stderr)
+    logging.getLogger("minigen").setLevel(logging.INFO)  # progress: one line per batch a worker finishes
+    try:
+        from minigen import beam as minigen_beam
+    except ImportError as e:
+        raise UsageError(f"minigen batch needs Apache Beam ({e}); install it with: pip install \"minigen[beam]\"") from None
+    errors = args.errors or minigen_beam.default_errors_path(args.output)
+    if errors == args.output:
+        raise UsageError("--errors must differ from --output")
+    for path in (args.output, errors):
+        if os.path.exists(path) and not args.overwrite:
+            raise UsageError(f"{path} exists; choose another path or pass --overwrite")
+    from minigen.weights import resolve
+
+    resolve(args.model)  # a bad --model fails here, before a pipeline starts
+    started = time.perf_counter()
+    print(f"minigen batch: {args.input} -> {args.output} (errors: {errors}); pipeline options: "
+          f"{' '.join(pipeline_args) or 'none (DirectRunner)'}", file=sys.stderr, flush=True)
+    try:
+        counts = minigen_beam.run_pipeline(args.input, args.output, errors, model=args.model, rows=args.rows,
+                                           dtype=args.dtype, pipeline_args=pipeline_args, **options)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    print(f"minigen batch: {counts['prompts_generated']} prompts generated, {counts['invalid_prompts']} invalid "
+          f"(see {errors}), {counts['compiles']} compiles, {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+
+
 def run_export(args) -> None:
     import minigen
     from minigen.export import export
@@ -207,7 +266,10 @@ def run_export(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "batch":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     import_tensorflow_quietly()
     from minigen.weights import LoadError
     from weights_tools.hf_checkpoint import CheckpointError
@@ -219,6 +281,8 @@ def main(argv=None) -> int:
             run_convert(args)
         elif args.command == "export":
             run_export(args)
+        elif args.command == "batch":
+            run_batch(args, extra)
         else:
             run_generate(args)
     except UsageError as e:

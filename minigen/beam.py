@@ -1,0 +1,238 @@
+"""Batch generation on Apache Beam: a `RunInference` model handler and the `minigen batch` pipeline.
+
+Needs the optional extra (`pip install "minigen[beam]"`); the rest of minigen never imports this module.
+
+    JSONL lines --number--> (source, line, text) --validate--> prompts --RunInference--> results JSONL
+                                                         \\--> error records JSONL (id, error, input)
+
+Each input line is a JSON object with a "prompt" string and optionally an "id" (any JSON value), or a
+bare JSON string. A record without an id gets its line number (0-based; "file:line" when the input
+pattern matches several files), so results can be joined back to inputs whatever order a runner
+writes them in. Blank lines are not records. A line that is not JSON, has no prompt string, or whose
+prompt is empty or too long for the model becomes an error record in the separate errors output;
+the rest of the batch completes.
+
+`MinigenModelHandler` loads the model once per worker process and groups each batch Beam hands it
+by prompt bucket (`pad_to_multiple_of`), padding every group to a fixed number of rows, so a
+worker compiles one function per bucket and reuses it for every batch after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+METRICS_NAMESPACE = "minigen"
+logger = logging.getLogger("minigen")
+
+
+# ---- reading and validating ----------------------------------------------------------------------
+
+
+def numbered_lines(readable_file) -> Iterable[tuple[str, int, str]]:
+    """(file path, 0-based line number, line) for every line of one matched file."""
+    path = readable_file.metadata.path
+    with readable_file.open() as f:
+        for number, raw in enumerate(f):
+            yield path, number, raw.decode("utf-8").rstrip("\r\n")
+
+
+class ValidatePrompts(beam.DoFn):
+    """Parse a numbered line into {"id", "prompt", "prompt_tokens"}; anything unusable goes to the
+    "errors" output as {"id", "error", "input"} instead of failing the pipeline."""
+
+    ERRORS = "errors"
+
+    def __init__(self, model: str | None, max_new_tokens: int, single_file: bool):
+        self.model, self.max_new_tokens, self.single_file = model, max_new_tokens, single_file
+
+    def setup(self):
+        from .config import GPT2Config
+        from .tokenizer import Tokenizer
+        from .weights import resolve
+
+        path = resolve(self.model)
+        self.tokenizer = Tokenizer.from_dir(path)
+        self.n_positions = GPT2Config.from_json_file(f"{path}/config.json").n_positions
+        self.errors = Metrics.counter(METRICS_NAMESPACE, "invalid_prompts")
+
+    def process(self, item):
+        path, number, line = item
+        if not line.strip():
+            return
+        record_id: Any = number if self.single_file else f"{path}:{number}"
+
+        def error(reason):
+            self.errors.inc()
+            return beam.pvalue.TaggedOutput(self.ERRORS, {"id": record_id, "error": reason, "input": line})
+
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield error(f"line {number + 1} is not JSON ({e.msg}); write one JSON object or string per line")
+            return
+        if isinstance(record, dict):
+            record_id = record.get("id", record_id)
+            prompt = record.get("prompt")
+        else:
+            prompt = record
+        if not isinstance(prompt, str):
+            yield error('no prompt: a line must be a JSON string or an object with a "prompt" string')
+            return
+        tokens = len(self.tokenizer.encode(prompt)) if prompt else 0
+        if tokens == 0:
+            yield error("the prompt is empty: every prompt needs at least one token")
+            return
+        if tokens + self.max_new_tokens > self.n_positions:
+            yield error(f"the prompt is too long: {tokens} tokens + max_new_tokens {self.max_new_tokens} exceeds "
+                        f"the model's n_positions ({self.n_positions})")
+            return
+        yield {"id": record_id, "prompt": prompt, "prompt_tokens": tokens}
+
+
+# ---- inference --------------------------------------------------------------------------------------
+
+
+class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
+    """RunInference handler: examples are {"id", "prompt", "prompt_tokens"} dicts (as
+    ValidatePrompts yields them); each result's inference is {"id", "prompt", "text",
+    "prompt_tokens", "new_tokens"} ("text" a list with num_return_sequences > 1).
+
+    Args:
+        model: a minigen model directory or shipped model name (None: the default shipped model).
+        rows: prompts per generate call; every call is padded to this many rows so the compiled
+            function depends on the bucket alone.
+        dtype: weight storage dtype.
+        **options: `generate` options (max_new_tokens, do_sample, temperature, top_k, top_p,
+            num_beams, num_return_sequences, repetition_penalty, seed, pad_to_multiple_of, ...).
+    """
+
+    def __init__(self, model: str | None = None, rows: int = 8, dtype: str = "float32", **options):
+        super().__init__()
+        from .generation.config import GenerationConfig
+
+        if not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+        GenerationConfig.from_options(**options).validate(None)  # bad options fail at construction
+        self.model, self.rows, self.dtype, self.options = model, rows, dtype, options
+        self.pad_to = options.get("pad_to_multiple_of", GenerationConfig.pad_to_multiple_of)
+        self.compiles = Metrics.counter(METRICS_NAMESPACE, "compiles")
+        self.generated = Metrics.counter(METRICS_NAMESPACE, "prompts_generated")
+
+    def load_model(self):
+        from . import load
+
+        return load(self.model, dtype=self.dtype)
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 4 * self.rows}
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+    def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[PredictionResult]:
+        by_bucket = defaultdict(list)
+        for example in batch:
+            by_bucket[-(-example["prompt_tokens"] // self.pad_to)].append(example)
+        results = {}
+        for group in by_bucket.values():
+            for start in range(0, len(group), self.rows):
+                chunk = group[start:start + self.rows]
+                for example, texts in zip(chunk, self._generate(model, [e["prompt"] for e in chunk])):
+                    results[id(example)] = (example, texts)
+        self.generated.inc(len(batch))
+        self.done = getattr(self, "done", 0) + len(batch)
+        logger.info("%d prompts generated by this worker", self.done)
+        for example in batch:  # in the order given
+            example, (texts, new_tokens) = results[id(example)]
+            inference = {"id": example["id"], "prompt": example["prompt"],
+                         "text": texts[0] if len(texts) == 1 else texts,
+                         "prompt_tokens": example["prompt_tokens"],
+                         "new_tokens": new_tokens[0] if len(new_tokens) == 1 else new_tokens}
+            yield PredictionResult(example, inference)
+
+    def _generate(self, model, prompts: list[str]) -> list[tuple[list[str], list[int]]]:
+        """(texts, new token counts) per prompt; the call is padded to `rows` rows with copies of the
+        last prompt, which are dropped."""
+        from .generation.generate import generated_mask
+
+        tokenizer = model.tokenizer
+        padded = prompts + [prompts[-1]] * (self.rows - len(prompts))
+        ids, mask = tokenizer.encode_batch(padded)
+        options = dict(self.options)
+        options.setdefault("pad_token_id", tokenizer.pad_id)
+        traces = model.trace_count
+        sequences = model.generate(ids, mask, **options)
+        self.compiles.inc(model.trace_count - traces)
+        width, per = ids.shape[1], len(sequences) // len(padded)
+        eos = tuple(model.config.eos_token_ids) if options.get("eos_token_id") is None else options["eos_token_id"]
+        eos = (eos,) if isinstance(eos, int) else tuple(eos)
+        out = []
+        for i in range(len(prompts)):
+            rows = sequences[i * per:(i + 1) * per, width:]
+            counts = generated_mask(rows, eos).sum(axis=1)
+            out.append(([tokenizer.decode(r) for r in rows], [int(c) for c in counts]))
+        return out
+
+
+# ---- the pipeline -----------------------------------------------------------------------------------
+
+
+def build(pipeline: beam.Pipeline, input_pattern: str, output: str, errors_output: str,
+          handler: MinigenModelHandler, single_file: bool = True) -> None:
+    """Add the read -> validate -> RunInference -> write steps to `pipeline`."""
+    lines = (pipeline
+             | "Match" >> fileio.MatchFiles(input_pattern)
+             | "Open" >> fileio.ReadMatches()
+             | "Number lines" >> beam.FlatMap(numbered_lines))
+    checked = lines | "Validate" >> beam.ParDo(
+        ValidatePrompts(handler.model, handler.options.get("max_new_tokens", 20), single_file)
+    ).with_outputs(ValidatePrompts.ERRORS, main="prompts")
+    (checked.prompts
+     | "Generate" >> RunInference(handler)
+     | "Results to JSON" >> beam.Map(lambda r: json.dumps(r.inference, ensure_ascii=False))
+     | "Write results" >> beam.io.WriteToText(output, shard_name_template="", num_shards=1))
+    (checked[ValidatePrompts.ERRORS]
+     | "Errors to JSON" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
+     | "Write errors" >> beam.io.WriteToText(errors_output, shard_name_template="", num_shards=1))
+
+
+def run_pipeline(input_pattern: str, output: str, errors_output: str | None = None, model: str | None = None,
+                 rows: int = 8, dtype: str = "float32", pipeline_args: Sequence[str] = (), **options) -> dict:
+    """Run `minigen batch`'s pipeline and wait for it; returns its counters.
+
+    input_pattern: a JSONL file or a file pattern; output / errors_output: JSONL files to write
+    (errors_output defaults to output with ".errors.jsonl" in place of ".jsonl"). pipeline_args: Beam
+    pipeline options (DirectRunner unless --runner says otherwise). **options: `generate` options.
+    Returns {"compiles", "prompts_generated", "invalid_prompts"} summed over workers.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics.metric import MetricsFilter
+
+    errors_output = errors_output or default_errors_path(output)
+    handler = MinigenModelHandler(model, rows=rows, dtype=dtype, **options)
+    matched = FileSystems.match([input_pattern])[0].metadata_list
+    if not matched:
+        raise FileNotFoundError(f"no input file matches {input_pattern!r}")
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+    build(pipeline, input_pattern, output, errors_output, handler, single_file=len(matched) == 1)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {}
+    for name in ("compiles", "prompts_generated", "invalid_prompts"):
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))["counters"]
+        counters[name] = sum(c.committed or 0 for c in found)
+    return counters
+
+
+def default_errors_path(output: str) -> str:
+    stem = output[:-len(".jsonl")] if output.endswith(".jsonl") else output
+    return stem + ".errors.jsonl"
