@@ -11,9 +11,12 @@ the bitcast then sits between the in-place write and its reader, and XLA answere
 every layer's cache twice per decode step (GPT-2 small: 24 x 2 x 0.5 MB per token at a 160-slot
 cache). With one merged dimension the write stays in place for every batch size.
 
-Every row of a batch shares one write index: prompts are left-padded to a common width, so slot `i`
-is the i-th token of the padded layout for all rows. Which slots hold real tokens is a per-row
-boolean mask kept beside the cache (see `model.key_mask`), not a per-row write position.
+Greedy search, sampling and beam search give every row one shared write index: prompts are
+left-padded to a common width, so slot `i` is the i-th token of the padded layout for all rows, and
+which slots hold real tokens is a per-row boolean mask kept beside the cache (`key_mask`).
+Speculative decoding is the exception: rows accept different numbers of drafted tokens, so each has
+its own length and `write` takes one index per row (one in-place update per row). A row's rejected
+tokens stay in the slots past its length, hidden by the causal mask until its next block overwrites them.
 """
 
 from __future__ import annotations
