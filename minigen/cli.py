@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     add_generation_arguments(g)
+    g.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
+                   help="speculative decoding: K candidate tokens per step copied from the prompt/output")
+    g.add_argument("--assistant-model", default=None,
+                   help="speculative decoding with this draft model (same tokenizer), e.g. gutenberg-2l")
+    g.add_argument("--num-assistant-tokens", type=int, default=4, help="draft tokens per step (default 4)")
     g.add_argument("--stream", action="store_true",
                    help="print the continuation as it is generated (one prompt; greedy or sampling)")
     g.add_argument("--verbose", action="store_true", help="report compile time vs generation time and tokens/s")
@@ -167,6 +172,12 @@ def run_generate(args) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = generation_options(args)
+    if args.prompt_lookup is not None:
+        options["prompt_lookup_num_tokens"] = args.prompt_lookup
+    if args.assistant_model is not None:
+        options["num_assistant_tokens"] = args.num_assistant_tokens
+    if args.stream and (args.prompt_lookup is not None or args.assistant_model is not None):
+        raise UsageError("--stream does not combine with --prompt-lookup / --assistant-model")
     prompts = read_prompts(args)
     if args.verbose:
         logging.basicConfig(format="minigen: %(message)s", stream=sys.stderr)
@@ -174,6 +185,8 @@ def run_generate(args) -> None:
     lm = minigen.load(args.model, dtype=args.dtype)
     if lm.tokenizer is None:
         raise minigen.LoadError(f"{args.model!r} has no tokenizer.json (or vocab.json + merges.txt)")
+    if args.assistant_model is not None:
+        options["assistant_model"] = minigen.load(args.assistant_model, dtype=args.dtype)
 
     if args.stream:
         if len(prompts) != 1 or args.output or args.num_return_sequences != 1:

@@ -255,3 +255,14 @@ def test_make_demo_runs():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "greedy" in result.stdout and "beam search" in result.stdout
+
+
+def test_cli_speculative_flags_equal_plain_greedy():
+    """--assistant-model (the shipped draft) and --prompt-lookup print plain greedy's text."""
+    prompt = "It was the best of times, it was the worst of times,"
+    plain = minigen_cli("generate", prompt, "--max-new-tokens", 24)
+    draft = minigen_cli("generate", prompt, "--max-new-tokens", 24, "--assistant-model", "gutenberg-2l", "--verbose")
+    lookup = minigen_cli("generate", prompt, "--max-new-tokens", 24, "--prompt-lookup", 6)
+    assert plain.returncode == draft.returncode == lookup.returncode == 0, draft.stderr + lookup.stderr
+    assert draft.stdout == plain.stdout and lookup.stdout == plain.stdout
+    assert "candidates accepted per step" in draft.stderr
