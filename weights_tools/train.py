@@ -15,12 +15,6 @@ Hugging Face GPT-2 directory (config.json, model.safetensors with HF names, toke
    every --checkpoint-every steps: OUT/checkpoint.npz (weights, optimizer moments, step), written to
    a temporary file and renamed, from which an interrupted run resumes.
 5. At the end, OUT holds the Hugging Face directory and OUT/training.json the run's record.
-
---init DIR starts from a trained model's weights (a Hugging Face GPT-2 directory this tool wrote, or a
-minigen model directory) instead of a fresh initialisation. --copy-fraction F makes that share of the
-training windows a passage followed by repeats of itself: a small model trained only on prose copies
-poorly from its context, and input-grounded work (repeating, quoting, editing a given text; prompt
-lookup decoding) needs it to.
 """
 
 from __future__ import annotations
@@ -157,38 +151,6 @@ def windows(tokens: np.ndarray, batch: int, context: int, rng: np.random.Generat
     return np.stack([tokens[s:s + context + 1] for s in starts])  # [batch, context + 1]
 
 
-def copy_windows(tokens: np.ndarray, batch: int, context: int, separator: list[int],
-                 rng: np.random.Generator) -> np.ndarray:
-    """Windows of context + 1 tokens made of one corpus passage (8 .. context/3 tokens) repeated,
-    each repeat after `separator`, so predicting a repeat means copying from the context."""
-    rows = []
-    for _ in range(batch):
-        length = int(rng.integers(8, context // 3 + 1))
-        start = int(rng.integers(0, len(tokens) - length))
-        unit = list(tokens[start:start + length]) + separator
-        rows.append((unit * (context // len(unit) + 2))[:context + 1])
-    return np.asarray(rows, np.int32)
-
-
-def initial_params(init: str, config) -> dict:
-    """Float32 weights in minigen's names and file layout from a trained model directory."""
-    from safetensors.numpy import load_file
-
-    from minigen.model import tensor_shapes
-
-    from .export_hf import hf_names
-
-    tensors = load_file(str(Path(init) / "model.safetensors"))
-    from_hf = {hf: name for name, hf in hf_names(config).items()}
-    params = {from_hf.get(k, k): np.asarray(v, np.float32) for k, v in tensors.items() if from_hf.get(k, k) in
-              tensor_shapes(config)}
-    for name, shape in tensor_shapes(config).items():
-        if name not in params or params[name].shape != shape:
-            raise SystemExit(f"error: --init {init}: tensor {name} missing or not {shape}; match its --layers/--width/"
-                             "--heads/--context/--vocab-size")
-    return params
-
-
 def progress_line(step, total, loss, tok_s, started_at, first_step):
     done = (step - first_step) / max(total - first_step, 1)
     eta = (time.time() - started_at) / max(done, 1e-9) * (1 - done) if done > 0 else 0
@@ -226,7 +188,7 @@ def train(args) -> dict:
     eot = tok.token_to_id(EOT)
     hf = hf_config(args, tok.get_vocab_size(), eot)
     config = GPT2Config.from_dict(hf)
-    params = initial_params(args.init, config) if args.init else random_params(config, args.seed)
+    params = random_params(config, args.seed)  # GPT-2's initialisation
     checkpoint = out / "checkpoint.npz"
     start_step, history = 0, []
     moments = None
@@ -293,15 +255,10 @@ def train(args) -> dict:
         np.savez(tmp, step=np.int64(step), history=np.array(json.dumps(history)), **arrays)
         os.replace(tmp, checkpoint)
 
-    separator = tok.encode("\n\n").ids
     started, last_t, last_step = time.time(), time.time(), start_step
     loss = float("nan")
     for step in range(start_step, args.steps):
-        rng = np.random.default_rng([args.seed, step])
-        tokens = windows(train_ids, batch, context, rng)
-        copies = int(round(args.copy_fraction * batch))
-        if copies:
-            tokens[:copies] = copy_windows(train_ids, copies, context, separator, rng)
+        tokens = windows(train_ids, batch, context, np.random.default_rng([args.seed, step]))
         loss, _ = train_step(tf.constant(tokens), tf.constant(step))
         loss = float(loss)
         if not math.isfinite(loss):
@@ -358,8 +315,5 @@ def add_train_arguments(p) -> None:
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", help="start from this trained model directory's weights (same shape options)")
-    p.add_argument("--copy-fraction", type=float, default=0.0,
-                   help="share of training windows that repeat a passage (teaches copying from context)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop this invocation after N steps, with a checkpoint (as an interruption would); rerun to resume")
