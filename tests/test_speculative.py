@@ -76,8 +76,12 @@ def test_prompt_lookup_copies_from_the_row(hf_and_minigen):
     lengths = np.array([9, 9], np.int32)
     valid = (np.arange(12)[None, :] < lengths[:, None]) & (np.arange(12)[None, :] >= [[2], [0]])
     got = lookup_candidates(tf.constant(seq), tf.constant(valid), tf.constant(lengths), 4, 2, 99).numpy()
-    # row 0: "5 6" last seen at slots 2-3 -> 7 8 9 5; row 1: "1 2" latest earlier match at 4-5 -> 4 1 2, then unknown
-    np.testing.assert_array_equal(got, [[7, 8, 9, 5], [4, 1, 2, 99]])
+    # row 0: "5 6" seen before only at slots 2-3 -> 7 8 9 5. row 1: "1 2" at 1-2 and 4-5; only the
+    # earlier one is followed by 4 written tokens -> 3 1 2 4
+    np.testing.assert_array_equal(got, [[7, 8, 9, 5], [3, 1, 2, 4]])
+    # with k = 3 both are, and the latest wins
+    got = lookup_candidates(tf.constant(seq), tf.constant(valid), tf.constant(lengths), 3, 2, 99).numpy()
+    np.testing.assert_array_equal(got, [[7, 8, 9], [4, 1, 2]])
 
 
 def tiny_pair():

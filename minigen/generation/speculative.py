@@ -1,8 +1,8 @@
 """Speculative decoding: propose k tokens cheaply, check them with one forward pass of the target.
 
 Two sources of proposals share one loop:
-    prompt lookup   the k tokens that followed the latest earlier occurrence of the row's last n
-                    tokens (n from max_matching_ngram_size down to 1), found with tensor ops
+    prompt lookup   the k tokens that followed an earlier occurrence of the row's last n tokens
+                    (n from max_matching_ngram_size down to 1), found with tensor ops
     draft model     a smaller model with the same vocabulary runs k decode steps on its own static cache
 
 Phases, all inside one XLA-compiled function (`speculative_loop`):
@@ -64,7 +64,8 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
 
     sequences, valid: [rows, width]; lengths: [rows], slots written. The longest n (<= max_ngram)
     with a match wins; a match must end before the row's own last n tokens and be followed by at
-    least one written token. Rows without a match get pad_id candidates (verified, then rejected).
+    least one written token. Among matches, the latest one followed by k written tokens is taken,
+    else the latest one. Rows without a match get pad_id candidates (verified, then rejected).
     Returns [rows, k] int32.
     """
     rows, width = tf.shape(sequences)[0], sequences.shape[1]
@@ -81,7 +82,10 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
             match &= tf.equal(sequences[:, o:o + windows], suffix[:, o:o + 1]) & valid[:, o:o + windows]
         j = tf.range(windows)[None, :]
         match &= j + n < lengths[:, None]  # not the suffix itself, and a written token follows
-        latest = tf.reduce_max(tf.where(match, j, -1), axis=1)  # [rows]
+        # the latest match followed by k written tokens, else the latest at all (a loop's latest
+        # match is right behind the suffix, with only a token or two known after it)
+        full = tf.reduce_max(tf.where(match & (j + n + k <= lengths[:, None]), j, -1), axis=1)
+        latest = tf.where(full >= 0, full, tf.reduce_max(tf.where(match, j, -1), axis=1))  # [rows]
         take = (start < 0) & (latest >= 0) & suffix_ok & (lengths >= n)
         start = tf.where(take, latest + n, start)
     slots = start[:, None] + tf.range(k)[None, :]  # [rows, k]
