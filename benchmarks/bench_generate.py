@@ -329,16 +329,21 @@ def main(argv=None):
     if recompiles is not None:
         report += (f"A prompt of {prompt_len - 3} tokens after the {prompt_len}-token runs (same bucket of 16): "
                    f"{recompiles} new compiles.\n")
+    out = write_report(args, work, "quick" if args.quick else "gpt2-small", report,
+                       {"machine": machine_name(), "bandwidth_gbs": bandwidth, "ceiling_tok_s": ceiling,
+                        "results": {f"{w} | {s}": r for (w, s), r in results.items()}, "rss_mb": rss})
+    chart(results, out / ("quick.png" if args.quick else "gpt2-small.png"))
+
+
+def write_report(args, work, stem: str, report: str, data: dict) -> Path:
+    """Print the report and write it (markdown) and the raw results (JSON) to the results directory."""
     print(report)
     out = Path(args.out or (Path(work) / "results" if args.quick else ROOT / "benchmarks" / "results"))
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "gpt2-small"
     (out / f"{stem}.md").write_text(report)
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"machine": machine_name(), "bandwidth_gbs": bandwidth, "ceiling_tok_s": ceiling,
-         "results": {f"{w} | {s}": r for (w, s), r in results.items()}, "rss_mb": rss}, indent=1))
-    chart(results, out / f"{stem}.png")
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
     print(f"wrote {out / (stem + '.md')}", flush=True)
+    return out
 
 
 # ---- speculative decoding ------------------------------------------------------------------------
@@ -428,15 +433,9 @@ def speculative_main(args):
             r["tok_s"] = len(prompts) * new / statistics.median(r["times"])
             extra = f"  {r['accepted']:.2f} accepted/step" if r["accepted"] is not None else ""
             print(f"{task:36s} {name:34s} {r['tok_s']:8.1f} tok/s{extra}", flush=True)
-    report = render_speculative(results, systems, runs)
-    print(report)
-    out = Path(args.out or (Path(work) / "results" if args.quick else ROOT / "benchmarks" / "results"))
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "speculative-quick" if args.quick else "speculative"
-    (out / f"{stem}.md").write_text(report)
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"machine": machine_name(), "results": {f"{t} | {s}": r for (t, s), r in results.items()}}, indent=1))
-    print(f"wrote {out / (stem + '.md')}", flush=True)
+    write_report(args, work, "speculative-quick" if args.quick else "speculative",
+                 render_speculative(results, systems, runs),
+                 {"machine": machine_name(), "results": {f"{t} | {s}": r for (t, s), r in results.items()}})
 
 
 def render_speculative(results, systems, runs) -> str:
