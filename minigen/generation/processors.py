@@ -60,11 +60,15 @@ def no_repeat_ngram(logits, sequences, valid, next_slot, n: int):
 
 
 def forbid_eos(logits, eos_ids: tuple[int, ...], active):
-    """min_new_tokens: while `active` (scalar bool), EOS tokens get -inf."""
+    """min_new_tokens: where `active`, EOS tokens get -inf.
+
+    logits: [..., vocab]; active: bool of logits' leading shape ([] for one flag for every row,
+    [rows, s] for each position of a speculative verify block).
+    """
     if not eos_ids:
         return logits
     is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
-    return tf.where(is_eos[None, :] & active, NEG_INF, logits)
+    return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
 
 
 def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
@@ -153,8 +157,12 @@ def top_k_top_p(logits, top_k, top_p):
 
 
 def sample_token(logits, seed, step):
-    """One draw per row from softmax(logits) (stateless: same seed and step, same draw). Gumbel-max."""
-    key = tf.random.experimental.stateless_fold_in(seed, step)
+    """One draw per row from softmax(logits) (stateless: same seed and step, same draw)."""
+    return gumbel_argmax(logits, tf.random.experimental.stateless_fold_in(seed, step))
+
+
+def gumbel_argmax(logits, key):
+    """One draw per row from softmax(logits) [rows, vocab] (unnormalised is fine), stateless `key`: Gumbel-max."""
     uniform = tf.random.stateless_uniform(tf.shape(logits), key, minval=1e-20, maxval=1.0)
     gumbel = -tf.math.log(-tf.math.log(uniform))
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)

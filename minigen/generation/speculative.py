@@ -94,28 +94,11 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
     return tf.where(known, tokens, pad_id)
 
 
-def forbid_early_eos(logits, eos_ids: tuple, token_number, min_new):
-    """min_new_tokens per row and block position: logits [rows, s, vocab]; token_number [rows, s] is
-    the index (0-based, among generated tokens) of the token each position chooses."""
-    if not eos_ids:
-        return logits
-    vocab = logits.shape[-1]
-    eos = tf.reduce_any(tf.equal(tf.range(vocab)[:, None], tf.constant(eos_ids)[None, :]), axis=1)  # [vocab]
-    early = token_number < min_new  # [rows, s]
-    return tf.where(eos[None, None, :] & early[:, :, None], P.NEG_INF, logits)
-
-
 def warp(logits, knobs: Knobs):
     """Sampling warpers (temperature, top-k, top-p) over the last axis of [rows, s, vocab]."""
     shape = tf.shape(logits)
     flat = tf.reshape(logits, [-1, logits.shape[-1]]) / knobs.temperature
     return tf.reshape(P.top_k_top_p(flat, knobs.top_k, knobs.top_p), shape)
-
-
-def draw(log_weights, key):
-    """One Gumbel-max draw per row from unnormalised log-weights [rows, vocab] (stateless key)."""
-    uniform = tf.random.stateless_uniform(tf.shape(log_weights), key, minval=1e-20, maxval=1.0)
-    return tf.argmax(log_weights - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
 
 
 def rng_key(seed, iteration, purpose: int):
@@ -144,7 +127,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     for i in range(k):
         if static.strategy == "sample":
             warped = warp(logits[:, None], knobs)[:, 0]
-            token = draw(warped, rng_key(knobs.seed, state.iteration + 1, 10 + i))
+            token = P.gumbel_argmax(warped, rng_key(knobs.seed, state.iteration + 1, 10 + i))
             probs.append(tf.nn.softmax(warped))
         else:
             token = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -178,11 +161,10 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
     draft_cache = ()
     if draft is not None:
         _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
-    logits = forbid_early_eos(model.lm_head(hidden[:, -1:]), static.eos_ids, tf.zeros([rows, 1], tf.int32),
-                              knobs.min_new_tokens)
+    logits = P.forbid_eos(model.lm_head(hidden[:, -1:]), static.eos_ids, 0 < knobs.min_new_tokens)
     if sampling:
         logits = warp(logits, knobs)
-        first = draw(logits[:, 0], rng_key(knobs.seed, 0, 1))
+        first = P.gumbel_argmax(logits[:, 0], rng_key(knobs.seed, 0, 1))
     else:
         first = tf.argmax(logits[:, 0], axis=-1, output_type=tf.int32)
     first_score = tf.gather(tf.nn.log_softmax(logits[:, 0]), first, batch_dims=1)
@@ -221,7 +203,7 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
         redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
         empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
         redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
-        token = draw(tf.math.log(redraw_from), rng_key(knobs.seed, iteration, 3))
+        token = P.gumbel_argmax(tf.math.log(redraw_from), rng_key(knobs.seed, iteration, 3))
         padded = tf.concat([candidates, candidates[:, :1]], axis=1)
         return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
 
@@ -234,7 +216,7 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
         positions = (prompt_len + generated - 1)[:, None] + tf.range(k + 1)[None, :]
         hidden, cache = model.forward(block, positions, key_mask, state.cache, lengths - 1)
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
-        logits = forbid_early_eos(model.lm_head(hidden), static.eos_ids, number, knobs.min_new_tokens)
+        logits = P.forbid_eos(model.lm_head(hidden), static.eos_ids, number < knobs.min_new_tokens)
         if sampling:
             logits = warp(logits, knobs)
         tokens, n = accept(logits, candidates, q, iteration)
