@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 # Activations GPT-2 checkpoints in the wild declare, and whether we implement them.
@@ -69,12 +70,24 @@ class GPT2Config:
                 f"activation_function {self.activation_function!r} is not implemented; "
                 f"supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
             )
-        if not (isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0):
-            raise ConfigError(f"layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
-        for name in ("bos_token_id", "pad_token_id"):
-            self._check_token_id(name, getattr(self, name))
-        for token in self.eos_token_ids:
-            self._check_token_id("eos_token_id", token)
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"layer_norm_epsilon must be a finite positive number, got {eps!r}")
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
+        self._check_token_id("bos_token_id", self.bos_token_id)
+        eos = self.eos_token_id
+        if isinstance(eos, list):
+            for token in eos:
+                self._check_token_id("eos_token_id", token)
+        elif eos is not None:
+            self._check_token_id("eos_token_id", eos)
+        self._check_token_id("pad_token_id", self.pad_token_id)
+        if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
+            # unlike bos/eos (below), a pad id is written into outputs: it must be a real token
+            raise ConfigError(f"config field 'pad_token_id' is {self.pad_token_id}, outside the vocabulary "
+                              f"[0, {self.vocab_size})")
 
     def _check_token_id(self, name, value):
         if value is None:
@@ -82,7 +95,8 @@ class GPT2Config:
         # HF's GPT2Config defaults bos/eos to 50256 even for small vocabularies; such an id can never
         # be generated, so it is accepted here and simply never matches (see GenerationConfig.eos_ids).
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"config field {name!r} must be a non-negative token id, got {value!r}")
+            what = "a non-negative token id" + (" or a list of them" if name == "eos_token_id" else "")
+            raise ConfigError(f"config field {name!r} must be {what}, got {value!r}")
 
     # ---- reading and writing -------------------------------------------------------------------
 

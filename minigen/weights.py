@@ -44,18 +44,62 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise LoadError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
 
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what a weight tensor may be stored as
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The metadata of a safetensors file without reading its tensors ({} if it has none or is unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable is reported by the caller as "not minigen's format"
+        return {}
+
+
 def check_shapes(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:
-    """Raise LoadError naming every missing tensor, or the first tensor whose shape differs from the config."""
+    """Raise LoadError naming every missing or unexpected tensor, or the first whose shape differs from the config.
+
+    An unexpected tensor means the file and config.json disagree (more layers than n_layer, an
+    `lm_head` while the config ties the head to `wte`): running either reading would be silently wrong.
+    """
     missing = [name for name in expected if name not in tensors]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise LoadError(f"{source} is missing tensor(s): {shown}")
+        raise LoadError(f"{source} is missing tensor(s): {_listed(missing)}")
+    extra = sorted(name for name in tensors if name not in expected)
+    if extra:
+        hint = ""
+        if "lm_head" in extra:
+            hint = " (an lm_head needs tie_word_embeddings: false in config.json)"
+        elif any(name.startswith("h.") for name in extra):
+            hint = " (more layers than config.json's n_layer?)"
+        raise LoadError(f"{source} has tensor(s) that config.json does not describe: {_listed(extra)}{hint}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != tuple(shape):
             raise LoadError(
                 f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
                 f"but config.json implies {tuple(shape)}"
             )
+
+
+def check_values(tensors: dict[str, np.ndarray], source: str) -> None:
+    """Raise LoadError naming the first tensor that is not floating point or holds NaN/inf.
+
+    Integer or bool weights would be cast silently, and a NaN weight makes every logit NaN, whose
+    argmax is then an arbitrary id: both must stop at load time, not surface as odd text.
+    """
+    for name, value in tensors.items():
+        if str(value.dtype) not in FLOAT_DTYPES:
+            raise LoadError(f"{source}: tensor {name!r} has dtype {value.dtype}; weights must be one of "
+                            f"{', '.join(FLOAT_DTYPES)}")
+        if not np.isfinite(value).all():
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise LoadError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s)")
 
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -82,6 +126,24 @@ def resolve(path: str | os.PathLike | None) -> str:
     return path
 
 
+def check_model_dir(path: str | os.PathLike | None) -> str:
+    """The model directory `path` names (see `resolve`), or LoadError saying why it is not one.
+
+    Cheap (no tensor is read): the CLI calls it before starting long work such as a pipeline.
+    """
+    path = resolve(path)
+    if os.path.isfile(path):
+        raise LoadError(f"{path!r} is a file; pass the model directory that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if not os.path.isdir(path):
+        raise LoadError(f"model directory {path!r} does not exist")
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) or not os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+        raise LoadError(
+            f"{path!r} is not a minigen model directory (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "make one from a Hugging Face GPT-2 with `python -m weights_tools convert SRC DST`"
+        )
+    return path
+
+
 def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
     """Load a minigen model directory and return a `minigen.GPT2` ready for `logits()`/`generate()`.
 
@@ -96,15 +158,8 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
 
     if dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    path = resolve(path)
-    if not os.path.isdir(path):
-        raise LoadError(f"model directory {path!r} does not exist")
+    path = check_model_dir(path)
     weights = os.path.join(path, WEIGHTS_FILE)
-    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) or not os.path.isfile(weights):
-        raise LoadError(
-            f"{path!r} is not a minigen model directory (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
-            "make one from a Hugging Face GPT-2 with `python -m weights_tools convert SRC DST`"
-        )
     try:
         config = GPT2Config.from_json_file(os.path.join(path, CONFIG_FILE))
     except ConfigError as e:
@@ -116,6 +171,7 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
             "convert it with `python -m weights_tools convert SRC DST`"
         )
     check_shapes(tensors, tensor_shapes(config), weights)
+    check_values(tensors, weights)
     model = GPT2(config, tensors, dtype=dtype)
     if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
         from .tokenizer import Tokenizer

@@ -22,6 +22,12 @@ def test_reads_hf_config_and_old_n_ctx(tmp_path):
         ({"eos_token_id": -1}, "eos_token_id"),
         ({"n_layer": 0}, "n_layer"),
         ({"add_cross_attention": True}, "cross_attention"),
+        ({"eos_token_id": 3.0}, "'eos_token_id' must be a non-negative token id or a list"),
+        ({"eos_token_id": [3, "x"]}, "'eos_token_id' must be"),
+        ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon must be a finite positive number"),
+        ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a finite positive number"),
+        ({"pad_token_id": 100}, r"'pad_token_id' is 100, outside the vocabulary \[0, 100\)"),
+        ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),
     ],
 )
 def test_inconsistent_configs_are_rejected(change, message):

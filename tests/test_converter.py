@@ -117,16 +117,122 @@ def test_truncated_safetensors(hf_dir, tmp_path):
 
 def test_existing_destination_needs_force(hf_dir, tmp_path):
     dst = tmp_path / "m"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("precious")
+    convert(str(hf_dir), str(dst), quiet=True)
     with pytest.raises(CheckpointError, match="--force"):
         convert(str(hf_dir), str(dst), quiet=True)
-    assert (dst / "keep.txt").read_text() == "precious"
     out = subprocess.run([sys.executable, "-m", "weights_tools", "convert", str(hf_dir), str(dst)],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1 and "--force" in out.stderr and "Traceback" not in out.stderr
-    convert(str(hf_dir), str(dst), force=True, quiet=True)
-    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").exists()
+    (dst / "config.json").write_text((dst / "config.json").read_text().replace('"n_head"', '"n_head" '))
+    convert(str(hf_dir), str(dst), force=True, quiet=True)  # a minigen model directory is replaced
+    assert '"n_head" ' not in (dst / "config.json").read_text()
+
+
+def test_force_never_deletes_a_directory_that_is_not_a_minigen_model(hf_dir, tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="replaces only a minigen model directory.*not one"):
+        convert(str(hf_dir), str(user), force=True, quiet=True)
+    assert (user / "keep.txt").read_text() == "precious"
+    (tmp_path / "a-file").write_text("precious")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        convert(str(hf_dir), str(tmp_path / "a-file"), force=True, quiet=True)
+    assert (tmp_path / "a-file").read_text() == "precious"
+    # a HF checkpoint is not a minigen model either
+    other = tmp_path / "other-hf"
+    shutil.copytree(hf_dir, other)
+    with pytest.raises(CheckpointError, match="not in minigen's format"):
+        convert(str(hf_dir), str(other), force=True, quiet=True)
+    assert tree_digest(other) == tree_digest(hf_dir)
+
+
+def test_force_never_deletes_files_added_beside_a_model(hf_dir, tmp_path):
+    dst = tmp_path / "m"
+    convert(str(hf_dir), str(dst), quiet=True)
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="would delete notes.txt"):
+        convert(str(hf_dir), str(dst), force=True, quiet=True)
+    assert (dst / "notes.txt").read_text() == "mine"
+
+
+def test_destination_containing_the_source_is_refused(hf_and_minigen, tmp_path):
+    _, src, _ = hf_and_minigen("tiny")
+    project = tmp_path / "proj"
+    shutil.copytree(src, project / "src")
+    before = tree_digest(project / "src")
+    for dst in (project, project / "src"):
+        with pytest.raises(CheckpointError, match="is or contains the source"):
+            convert(str(project / "src"), str(dst), force=True, quiet=True)
+    assert tree_digest(project / "src") == before
+    from weights_tools.__main__ import main
+
+    assert main(["convert", str(project / "src"), str(project), "--force"]) == 1
+    assert tree_digest(project / "src") == before
+
+
+def test_failed_verification_leaves_the_old_model_in_place(hf_dir, tmp_path):
+    dst = tmp_path / "m"
+    convert(str(hf_dir), str(dst), quiet=True)
+    before = tree_digest(dst)
+    rewrite_tensors(hf_dir, lambda t: t["transformer.ln_f.bias"].__iadd__(1.0))  # a different model
+    with pytest.raises(CheckpointError, match="verification failed"):
+        convert(str(hf_dir), str(dst), force=True, quiet=True, verify_with_source=True, tolerance=-1.0)
+    assert tree_digest(dst) == before
+    assert sorted(os.listdir(tmp_path)) == ["hf", "m"]  # no temporary directory left behind
+
+
+def test_distinct_lm_head_is_kept_as_the_reference_keeps_it(hf_dir, tmp_path):
+    import torch
+    import transformers
+
+    rng = np.random.default_rng(1)
+    rewrite_tensors(hf_dir, lambda t: t.update(
+        {"lm_head.weight": rng.standard_normal(t["transformer.wte.weight"].shape).astype(np.float32)}))
+    convert(str(hf_dir), str(tmp_path / "m"), quiet=True, verify_with_source=True)
+    model = minigen.load(tmp_path / "m")
+    assert not model.config.tie_word_embeddings
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(model.logits(ids), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.update({"transformer.h.0.mlp.c_fc.bias": np.zeros(256, np.int32)}),
+         "'h.0.mlp.up.bias' has dtype int32"),
+        (lambda t: t.update({"transformer.ln_f.weight": np.ones(64, bool)}), "'ln_f.scale' has dtype bool"),
+        (lambda t: t["transformer.h.1.attn.c_attn.weight"].__setitem__((0, 0), np.nan),
+         "'h.1.attn.qkv.kernel' holds 1 NaN or infinite"),
+        (lambda t: t["transformer.wpe.weight"].__setitem__((2, 2), np.inf), "'wpe' holds 1 NaN or infinite"),
+    ],
+    ids=["int-weights", "bool-weights", "nan", "inf"],
+)
+def test_bad_weight_values_are_refused_by_name(hf_dir, tmp_path, change, message):
+    rewrite_tensors(hf_dir, change)
+    with pytest.raises(CheckpointError, match=message):
+        convert(str(hf_dir), str(tmp_path / "m"), quiet=True)
+    assert not (tmp_path / "m").exists()
+
+
+def test_float16_overflow_is_refused(hf_dir, tmp_path):
+    rewrite_tensors(hf_dir, lambda t: t["transformer.wte.weight"].__setitem__((0, 0), 1e6))
+    with pytest.raises(CheckpointError, match="'wte' has values too large for float16"):
+        convert(str(hf_dir), str(tmp_path / "m"), dtype="float16", quiet=True)
+    assert not (tmp_path / "m").exists()
+    convert(str(hf_dir), str(tmp_path / "m"), dtype="bfloat16", quiet=True)  # fits bfloat16's range
+
+
+def test_unwritable_destination_is_one_line(hf_dir, tmp_path, capsys):
+    from weights_tools.__main__ import main
+
+    (tmp_path / "a-file").write_text("x")
+    assert main(["convert", str(hf_dir), str(tmp_path / "a-file" / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write into {str(tmp_path / 'a-file')!r}: it is a file, not a directory\n"
 
 
 def test_failed_forced_convert_keeps_old_destination(hf_dir, tmp_path):
@@ -164,3 +270,35 @@ def test_load_rejects_config_weight_mismatch(hf_dir, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(minigen.LoadError, match="missing tensor"):
         minigen.load(tmp_path / "m")
+
+
+def _minigen_copy(hf_dir, tmp_path):
+    convert(str(hf_dir), str(tmp_path / "m"), quiet=True)
+    return tmp_path / "m"
+
+
+def test_load_refuses_tensors_the_config_does_not_describe(hf_dir, tmp_path):
+    import json
+
+    m = _minigen_copy(hf_dir, tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    (m / "config.json").write_text(json.dumps({**cfg, "n_layer": 1}))
+    with pytest.raises(minigen.LoadError, match="config.json does not describe: h.1.*n_layer"):
+        minigen.load(m)
+    (m / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(m / "model.safetensors")
+    tensors["lm_head"] = tensors["wte"] * 2
+    save_file(tensors, m / "model.safetensors", metadata={"format": "minigen", "minigen_format_version": "1"})
+    with pytest.raises(minigen.LoadError, match="lm_head.*tie_word_embeddings: false"):
+        minigen.load(m)
+
+
+def test_load_refuses_nan_weights_and_a_file_path(hf_dir, tmp_path):
+    m = _minigen_copy(hf_dir, tmp_path)
+    tensors = load_file(m / "model.safetensors")
+    tensors["h.0.ln_1.scale"][3] = np.nan
+    save_file(tensors, m / "model.safetensors", metadata={"format": "minigen", "minigen_format_version": "1"})
+    with pytest.raises(minigen.LoadError, match="'h.0.ln_1.scale' holds 1 NaN"):
+        minigen.load(m)
+    with pytest.raises(minigen.LoadError, match="is a file; pass the model directory"):
+        minigen.load(m / "model.safetensors")

@@ -25,19 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="Hugging Face GPT-2 directory: config.json + model.safetensors (or shards + index)")
     p.add_argument("dst", help="minigen model directory to create")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists (only once the new one is complete)")
-    p.add_argument("--verify", action="store_true", help="after converting, compare logits with the source")
+    p.add_argument("--force", action="store_true",
+                   help="replace DST if it is a minigen model directory (only once the new one is complete); "
+                        "any other existing DST is refused")
+    p.add_argument("--verify", action="store_true",
+                   help="compare logits with the source before DST is put in place (a failure leaves DST as it was)")
     p.add_argument(
         "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="storage dtype (default float32)"
     )
 
 
 def run_convert(args) -> None:
-    from .convert import convert, verify
+    from .convert import convert
 
-    convert(args.src, args.dst, force=args.force, dtype=args.dtype)
-    if args.verify:
-        verify(args.dst, args.src)
+    convert(args.src, args.dst, force=args.force, dtype=args.dtype, verify_with_source=args.verify)
 
 
 def main(argv=None) -> int:
@@ -61,6 +62,13 @@ def main(argv=None) -> int:
     except (CheckpointError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a read-only or full disk, a path that vanished: one line, not a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,12 +1,15 @@
 """`convert`: a Hugging Face GPT-2 checkpoint into a minigen model directory, and `verify`.
 
-Conversion never leaves a half-written destination: everything is written into a temporary
-directory beside DST and renamed into place at the end. An existing DST is replaced only with
-`force=True`, and then only after the new one is complete. SRC is only read.
+Conversion never leaves a half-written destination: everything is written (and, when asked,
+verified) in a temporary directory beside DST and renamed into place at the end. An existing DST
+is replaced only with `force=True`, only when it is itself a minigen model directory holding
+nothing else, and only after the new one is complete. SRC is only read, and DST may never be SRC
+or a directory containing it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,9 +19,10 @@ import tempfile
 import numpy as np
 
 from minigen.model import tensor_shapes
-from minigen.weights import CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_shapes
+from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_shapes, check_values,
+                             read_metadata)
 
-from .hf_checkpoint import CheckpointError, read_config, read_hf_tensors, to_minigen_names
+from .hf_checkpoint import CheckpointError, has_own_head, read_config, read_hf_tensors, to_minigen_names
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -37,60 +41,120 @@ def _say(message: str, quiet: bool) -> None:
 
 
 def _storage_array(value: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        import ml_dtypes
+    """`value` cast to the storage dtype; values too large for it become inf (the caller checks)."""
+    with np.errstate(over="ignore"):
+        if dtype == "bfloat16":
+            import ml_dtypes
 
-        return np.ascontiguousarray(value.astype(np.float32).astype(ml_dtypes.bfloat16))
-    return np.ascontiguousarray(value.astype(dtype))
+            return np.ascontiguousarray(value.astype(np.float32).astype(ml_dtypes.bfloat16))
+        return np.ascontiguousarray(value.astype(dtype))
 
 
-def convert(src: str, dst: str, force: bool = False, dtype: str = "float32", quiet: bool = False) -> str:
+def convert(src: str, dst: str, force: bool = False, dtype: str = "float32", quiet: bool = False,
+            verify_with_source: bool = False, tolerance: float = 1e-3) -> str:
     """Convert the HF GPT-2 checkpoint at `src` into a minigen directory at `dst`; returns dst.
 
     dtype: storage type of the tensors in dst ("float32", "float16" or "bfloat16").
+    force: replace an existing dst, which must itself be a minigen model directory (see
+        `check_replaceable`); anything else is refused, whatever `force` says.
+    verify_with_source: run `verify` on the new directory before it is moved into place, so a
+        failed check leaves dst exactly as it was.
     """
-    from safetensors.numpy import save_file
-
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     if dtype not in STORAGE_DTYPES:
         raise CheckpointError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     if not os.path.isdir(src):
         raise CheckpointError(f"source {src!r} is not a directory")
-    if os.path.exists(dst) and not force:
-        raise CheckpointError(f"destination {dst!r} already exists; pass --force to replace it")
-    if dst == src:
-        raise CheckpointError("destination must differ from the source")
+    if _inside(src, dst):
+        raise CheckpointError(f"destination {dst!r} is or contains the source {src!r}; choose a new directory")
+    if os.path.lexists(dst):
+        if not force:
+            raise CheckpointError(f"destination {dst!r} already exists; pass --force to replace it")
+        check_replaceable(dst)
 
     config, raw_config = read_config(src)
+    tmp = _temporary_dir_beside(dst)  # before reading: an unwritable destination fails at once
+    try:
+        return _convert_into(tmp, src, dst, config, raw_config, dtype, quiet, verify_with_source, tolerance)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temporary_dir_beside(dst: str) -> str:
+    parent = os.path.dirname(dst)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise CheckpointError(f"cannot write into {parent!r}: it is a file, not a directory")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write into {parent!r}: {e.strerror}") from None
+
+
+def _convert_into(tmp, src, dst, config, raw_config, dtype, quiet, verify_with_source, tolerance) -> str:
+    from safetensors.numpy import save_file
+
     _say(f"reading {src}", quiet)
-    tensors = to_minigen_names(read_hf_tensors(src), config, src)
+    hf = read_hf_tensors(src)
+    if config.tie_word_embeddings and has_own_head(hf, config):
+        # the reference keeps such a head (see has_own_head); so do we, and say so in the config
+        _say("the checkpoint's lm_head.weight differs from wte: kept as an untied head "
+             "(config.json gets tie_word_embeddings: false)", quiet)
+        config = dataclasses.replace(config, tie_word_embeddings=False)
+        raw_config = {**raw_config, "tie_word_embeddings": False}
+    tensors = to_minigen_names(hf, config, src)
     try:
         check_shapes(tensors, tensor_shapes(config), src)
+        check_values(tensors, src)
     except LoadError as e:
         raise CheckpointError(str(e)) from None
+    stored = {name: _storage_array(value, dtype) for name, value in sorted(tensors.items())}
+    overflow = [name for name, value in stored.items() if not np.isfinite(value).all()]
+    if overflow:
+        raise CheckpointError(f"tensor {overflow[0]!r} has values too large for {dtype} (they would become inf); "
+                              "convert with --dtype float32 or bfloat16")
 
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
-    try:
-        _say(f"writing {len(tensors)} tensors ({dtype})", quiet)
-        save_file(
-            {name: _storage_array(value, dtype) for name, value in sorted(tensors.items())},
-            os.path.join(tmp, WEIGHTS_FILE),
-            metadata=dict(FORMAT_METADATA),
-        )
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(raw_config, f, indent=2, sort_keys=True)
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(src, name)):
-                shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-        _usual_permissions(tmp)
-        _replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _say(f"writing {len(tensors)} tensors ({dtype})", quiet)
+    save_file(stored, os.path.join(tmp, WEIGHTS_FILE), metadata=dict(FORMAT_METADATA))
+    with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(raw_config, f, indent=2, sort_keys=True)
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+    _usual_permissions(tmp)
+    if verify_with_source:
+        verify(tmp, src, tolerance=tolerance, quiet=quiet)
+    _replace(tmp, dst)
     _say(f"wrote {dst}", quiet)
     return dst
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies below it (symbolic links resolved)."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def check_replaceable(dst: str) -> None:
+    """CheckpointError unless `dst` is a minigen model directory holding only what `convert` writes.
+
+    `--force` exists to refresh a conversion; it must never delete a user's directory that happens
+    to have the name given, nor files a user added beside a model.
+    """
+    if os.path.islink(dst) or not os.path.isdir(dst):
+        raise CheckpointError(f"--force replaces only a minigen model directory, and {dst!r} is not a directory; "
+                              "remove it yourself or choose another destination")
+    written = {WEIGHTS_FILE, CONFIG_FILE, *TOKENIZER_FILES}
+    others = sorted(set(os.listdir(dst)) - written)
+    if not os.path.isfile(os.path.join(dst, WEIGHTS_FILE)) or not os.path.isfile(os.path.join(dst, CONFIG_FILE)):
+        raise CheckpointError(f"--force replaces only a minigen model directory, and {dst!r} is not one (no "
+                              f"{CONFIG_FILE} + {WEIGHTS_FILE}); remove it yourself or choose another destination")
+    if read_metadata(os.path.join(dst, WEIGHTS_FILE)).get("format") != FORMAT_METADATA["format"]:
+        raise CheckpointError(f"--force replaces only a minigen model directory, and {dst!r} holds a "
+                              f"{WEIGHTS_FILE} that is not in minigen's format; choose another destination")
+    if others:
+        raise CheckpointError(f"--force would delete {', '.join(others[:5])} in {dst!r}, which a conversion does "
+                              "not write; move them out or choose another destination")
 
 
 def _usual_permissions(path: str) -> None:
@@ -144,6 +208,8 @@ def verify(dst: str, src: str, tolerance: float = 1e-3, quiet: bool = False) -> 
     model = minigen.load(dst)
     config, _ = read_config(src)
     hf = read_hf_tensors(src)
+    if config.tie_word_embeddings and has_own_head(hf, config):
+        config = dataclasses.replace(config, tie_word_embeddings=False)  # as the reference (and convert) do
     with safe_open(os.path.join(dst, WEIGHTS_FILE), framework="numpy") as f:
         stored = str(f.get_tensor("wte").dtype)
     if stored != "float32":

@@ -97,8 +97,26 @@ def read_hf_tensors(src: str) -> dict[str, np.ndarray]:
     return tensors
 
 
+def has_own_head(hf: dict[str, np.ndarray], config: GPT2Config) -> bool:
+    """Whether the reference computes logits with `lm_head.weight` rather than `wte.weight`.
+
+    transformers (5.x) ties the head to wte when the config says so, unless the checkpoint holds
+    an `lm_head.weight` whose values differ from wte's: then it keeps that head (and warns).
+    An untied config always uses lm_head.weight.
+    """
+    head = hf.get("lm_head.weight")
+    if not config.tie_word_embeddings:
+        return True
+    wte = hf.get("wte.weight")
+    return head is not None and wte is not None and not np.array_equal(head, wte)
+
+
 def to_minigen_names(hf: dict[str, np.ndarray], config: GPT2Config, source: str) -> dict[str, np.ndarray]:
-    """Rename HF tensors to minigen's names; raise on any tensor we would not know what to do with."""
+    """Rename HF tensors to minigen's names; raise on any tensor we would not know what to do with.
+
+    A distinct `lm_head.weight` under a tied config is kept as minigen's `lm_head` (see
+    `has_own_head`); the caller then writes the config with tie_word_embeddings false.
+    """
     lookup = {}
     for hf_name, ours in NAME_MAP.items():
         if "{i}" in hf_name:
@@ -110,7 +128,7 @@ def to_minigen_names(hf: dict[str, np.ndarray], config: GPT2Config, source: str)
     for name, value in hf.items():
         if IGNORED.match(name):
             continue
-        if name == "lm_head.weight" and config.tie_word_embeddings:
+        if name == "lm_head.weight" and not has_own_head(hf, config):
             continue  # tied to wte: the same tensor, saved twice by some exporters
         if name not in lookup:
             unknown.append(name)

@@ -38,6 +38,8 @@ def reference_logits(hf: dict[str, np.ndarray], config, ids: np.ndarray, mask: n
     """Logits [batch, seq, vocab] (float64) for each row computed alone over its real tokens.
 
     hf: tensors under HF names without the `transformer.` prefix. Padded positions get zeros.
+    The head is wte when config.tie_word_embeddings, else lm_head.weight: pass the config as the
+    reference loads it (untied when the checkpoint's own head differs, see `has_own_head`).
     """
     w = {k: np.asarray(v, dtype=np.float64) for k, v in hf.items()}
     head = w["wte.weight"] if config.tie_word_embeddings else w["lm_head.weight"]
