@@ -12,11 +12,17 @@ and returning `sequences` int32 [batch, bucket + max_new_tokens] (prompt, new to
 and `scores` (greedy/sample: per-token log-probs [batch, max_new_tokens]; beam: [batch]).
 The generation loop is inside the graph, compiled with XLA (`jit_compile=True` is kept in the
 SavedModel); the weights are variables. Loading needs only TensorFlow.
+
+Every input is checked before the loop runs (shape, a 0/1 left-padded mask with a token in each
+row, ids in the vocabulary, knob ranges): a bad request fails with InvalidArgument naming the
+input, not deep inside XLA. Pad slots may hold any id.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -51,19 +57,24 @@ class Exported(tf.Module):
     def __init__(self, model, batch_size, bucket, max_new_tokens, strategies, num_beams):
         super().__init__()
         self.weights = [v for v in _variables(model)]
-        spec = [tf.TensorSpec([batch_size, bucket], tf.int32, "input_ids"),
-                tf.TensorSpec([batch_size, bucket], tf.int32, "attention_mask"),
+        # The signature takes any shape, so that a request of the wrong size meets a check naming
+        # the input instead of failing inside XLA; the checks run outside the compiled loop (XLA
+        # drops Assert ops), which is a nested jit_compile function kept as such in the SavedModel.
+        spec = [tf.TensorSpec([None, None], tf.int32, "input_ids"),
+                tf.TensorSpec([None, None], tf.int32, "attention_mask"),
                 tf.TensorSpec([], tf.float32, "temperature"), tf.TensorSpec([], tf.int32, "top_k"),
                 tf.TensorSpec([], tf.float32, "top_p"), tf.TensorSpec([], tf.float32, "repetition_penalty"),
-                tf.TensorSpec([2], tf.int32, "seed")]
+                tf.TensorSpec([None], tf.int32, "seed")]
         self.functions = {}
         for strategy in strategies:
             if strategy == "beam" and batch_size is None:
                 raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
             rows = None if batch_size is None else batch_size * (num_beams if strategy == "beam" else 1)
             static = _static(model, strategy, rows, bucket, max_new_tokens, num_beams)
-            self.functions[strategy] = tf.function(_runner(model, static), input_signature=spec, jit_compile=True,
-                                                   autograph=False)
+            compiled = tf.function(_runner(model, static), jit_compile=True, autograph=False)
+            self.functions[strategy] = tf.function(
+                _checked(compiled, batch_size, bucket, model.config.vocab_size, sampling=strategy == "sample"),
+                input_signature=spec, autograph=False)
 
 
 def _variables(model):
@@ -75,6 +86,51 @@ def _variables(model):
     yield model.ln_f_bias
     if model.lm_head_weight is not model.wte:
         yield model.lm_head_weight
+
+
+def _checked(compiled, batch_size, bucket: int, vocab: int, sampling: bool):
+    """The signature's function: check every input with a message naming it, then run `compiled`."""
+
+    def run(input_ids, attention_mask, temperature, top_k, top_p, repetition_penalty, seed):
+        rows = -1 if batch_size is None else batch_size
+        shape = f"[{'batch' if batch_size is None else batch_size}, {bucket}]"
+        real = tf.equal(attention_mask, 1)
+        checks = [
+            tf.debugging.assert_equal(tf.shape(input_ids)[1:], [bucket], message=f"input_ids must be int32 {shape}"),
+            tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids),
+                                      message="attention_mask must have input_ids' shape"),
+            tf.debugging.assert_equal(tf.reduce_all(real | tf.equal(attention_mask, 0)), True,
+                                      message="attention_mask must hold only 0 (padding) and 1 (token)"),
+            tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(real, axis=1)), True,
+                                      message="every row of attention_mask needs at least one 1 (a token)"),
+            tf.debugging.assert_equal(tf.reduce_all(attention_mask[:, 1:] >= attention_mask[:, :-1]), True,
+                                      message="attention_mask must be left-padded (0s before 1s in each row)"),
+            tf.debugging.assert_equal(tf.reduce_all(~real | ((input_ids >= 0) & (input_ids < vocab))), True,
+                                      message=f"input_ids holds a token id outside the vocabulary [0, {vocab})"),
+            tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0 (0 = off)"),
+            tf.debugging.assert_equal(tf.math.is_finite(repetition_penalty) & (repetition_penalty > 0), True,
+                                      message="repetition_penalty must be a finite number > 0 (1.0 = off)"),
+            tf.debugging.assert_equal(tf.shape(seed), [2], message="seed must be int32 [2]"),
+        ]
+        if batch_size is not None:
+            checks.append(tf.debugging.assert_equal(tf.shape(input_ids)[0], rows,
+                                                    message=f"input_ids must be int32 {shape}: {batch_size} rows"))
+        if sampling:
+            checks += [
+                tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature > 0), True,
+                                          message="temperature must be a finite number > 0"),
+                tf.debugging.assert_equal((top_p > 0) & (top_p <= 1), True, message="top_p must be in (0, 1]"),
+            ]
+        with tf.control_dependencies(checks):
+            ids = tf.where(real, input_ids, 0)  # pad slots may hold any id; the model reads valid ones
+            mask = tf.identity(attention_mask)
+            seed = tf.concat([seed, [0, 0]], 0)[:2]  # statically [2]: a wrong seed meets its check, not XLA
+        # reshape, not ensure_shape: grappler trusts ensure_shape and folds the shape checks above away
+        static_shape = [rows, bucket]
+        return compiled(tf.reshape(ids, static_shape), tf.reshape(mask, static_shape),
+                        temperature, top_k, top_p, repetition_penalty, seed)
+
+    return run
 
 
 def _runner(model, static: Static):
@@ -109,12 +165,28 @@ def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, ma
         raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
     if bucket + max_new_tokens > model.config.n_positions:
         raise ValueError(f"bucket {bucket} + max_new_tokens {max_new_tokens} exceeds n_positions {model.config.n_positions}")
-    if os.path.exists(out_dir):
+    out_dir = os.path.abspath(out_dir)
+    if os.path.lexists(out_dir):
         raise FileExistsError(f"{out_dir} exists; choose a new directory")
+    parent = os.path.dirname(out_dir)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {out_dir}: its parent directory {parent} does not exist")
     module = Exported(model, batch_size, bucket, max_new_tokens, strategies, num_beams)
     signatures = {name: fn.get_concrete_function() for name, fn in module.functions.items()}
     signatures["serving_default"] = signatures[strategies[0]]
-    tmp = out_dir.rstrip("/") + ".partial"
-    tf.saved_model.save(module, tmp, signatures=signatures)
-    os.replace(tmp, out_dir)
+    # a fresh temporary directory of our own: a leftover from a killed run is never reused
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

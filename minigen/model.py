@@ -23,6 +23,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
+from .compile_cache import DEFAULT_SIZE, CompileCache
 from .config import GPT2Config
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
@@ -189,7 +190,8 @@ class GPT2:
     `forward()` is the single compiled-friendly forward pass the decoding loops call.
     """
 
-    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32"):
+    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32",
+                 compile_cache_size: int = DEFAULT_SIZE):
         self.config = config
         self.weight_dtype = tf.as_dtype(dtype)
 
@@ -213,7 +215,7 @@ class GPT2:
         self.lm_head_weight = self.wte if config.tie_word_embeddings else var("lm_head")  # [vocab, d]
         self._act = activation(config.activation_function)
         self.tokenizer = None  # a minigen.Tokenizer, set by minigen.load when the directory has one
-        self._compiled = {}  # compiled-function cache, see generation.compiled
+        self._compiled = CompileCache(compile_cache_size)  # compile key -> compiled function, LRU
         self.trace_count = 0  # bumped each time a generation/logits function is traced
 
     # -- phases --
@@ -327,21 +329,27 @@ class GPT2:
 
     # -- public API --
 
+    @property
+    def compile_cache(self) -> CompileCache:
+        """The compiled functions of this model, least recently used evicted beyond
+        `compile_cache.maxsize` (default 16, settable; `minigen.load(..., compile_cache_size=)`).
+        `compile_cache.clear()` drops them all."""
+        return self._compiled
+
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """Full-sequence logits, float32 [batch, seq, vocab]. Pads may be on either side; positions
         come from the mask, so each row gives the logits of that prompt alone at its real positions."""
         from .generation.inputs import prepare_logits_inputs
 
         ids, mask, width = prepare_logits_inputs(self.config, input_ids, attention_mask)
-        fn = self._compiled.get(("logits", ids.shape))
-        if fn is None:
 
-            def run(ids, mask):
-                self.trace_count += 1
-                hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
-                return self.lm_head(hidden)
+        def run(ids, mask):
+            self.trace_count += 1
+            hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
+            return self.lm_head(hidden)
 
-            fn = self._compiled[("logits", ids.shape)] = tf.function(run, jit_compile=True, autograph=False)
+        fn = self._compiled.get_or_create(("logits", ids.shape),
+                                          lambda: tf.function(run, jit_compile=True, autograph=False))
         return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
 
     def generate(self, input_ids, attention_mask=None, **options):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, check_text
 
 
 def _tokenizer_of(model) -> Tokenizer:
@@ -13,7 +13,14 @@ def _tokenizer_of(model) -> Tokenizer:
     return tokenizer
 
 
-def _check_prompts(prompts: list) -> None:
+def as_prompt_list(prompts) -> list[str]:
+    """A string or a list/tuple of strings as a list; ValueError naming what is wrong otherwise."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, (bytes, bytearray)):
+        raise ValueError("prompts must be text (str), got bytes: decode it first, e.g. data.decode('utf-8')")
+    elif not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if not prompts:
         raise ValueError("prompts is empty: pass a string or a list of strings")
     for i, p in enumerate(prompts):
@@ -21,6 +28,8 @@ def _check_prompts(prompts: list) -> None:
             raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")
         if not p:
             raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
+        check_text(p, f"prompts[{i}]")
+    return list(prompts)
 
 
 def generate_text(model, prompts, return_full_text: bool = False, **options) -> list[str]:
@@ -34,10 +43,7 @@ def generate_text(model, prompts, return_full_text: bool = False, **options) -> 
             num_beams, num_return_sequences, seed, pad_to_multiple_of, ...).
     """
     tokenizer = _tokenizer_of(model)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    _check_prompts(prompts)
+    prompts = as_prompt_list(prompts)
     ids, mask = tokenizer.encode_batch(prompts)
     options.setdefault("pad_token_id", tokenizer.pad_id)
     sequences = model.generate(ids, mask, **options)
@@ -60,8 +66,8 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
 
     tokenizer = _tokenizer_of(model)
     if not isinstance(prompt, str):
-        raise ValueError("stream takes one prompt (a string)")
-    _check_prompts([prompt])
+        raise ValueError(f"stream takes one prompt (a string), got {type(prompt).__name__}")
+    as_prompt_list(prompt)
     ids, mask = tokenizer.encode_batch([prompt])
     options.setdefault("pad_token_id", tokenizer.pad_id)
     if options.get("num_return_sequences", 1) != 1:

@@ -17,6 +17,18 @@ class TokenizerError(ValueError):
     """A tokenizer that cannot be loaded, or text that cannot be encoded as asked."""
 
 
+def check_text(text, name: str) -> None:
+    """TokenizerError unless `text` is a str that UTF-8 can encode (a lone surrogate such as
+    "\\ud800", e.g. from a JSON escape, cannot be: it is not text)."""
+    if not isinstance(text, str):
+        raise TokenizerError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TokenizerError(f"{name} holds a lone surrogate {text[e.start]!r} at index {e.start}, which is not "
+                             "valid Unicode text") from None
+
+
 class Tokenizer:
     """Encode text to GPT-2 ids and back.
 
@@ -64,6 +76,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The ids of one string (no special tokens added: GPT-2 uses none)."""
+        check_text(text, "text")
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str], pad_to_multiple_of: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +86,12 @@ class Tokenizer:
         """
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            check_text(text, f"texts[{i}]")
+        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int)
+                                               or isinstance(pad_to_multiple_of, bool) or pad_to_multiple_of < 1):
+            raise TokenizerError(f"pad_to_multiple_of must be an int >= 1 or None, got {pad_to_multiple_of!r}")
         rows = [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
         width = max((len(r) for r in rows), default=0)
         if pad_to_multiple_of:
@@ -87,7 +106,11 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of one id sequence; with skip_special_tokens, <|endoftext|> and the like are dropped."""
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def decode_batch(self, rows, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(r, skip_special_tokens) for r in rows]

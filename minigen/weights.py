@@ -144,7 +144,7 @@ def check_model_dir(path: str | os.PathLike | None) -> str:
     return path
 
 
-def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
+def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_cache_size: int = 16):
     """Load a minigen model directory and return a `minigen.GPT2` ready for `logits()`/`generate()`.
 
     path: a directory made by `minigen convert`, the name of a shipped model (`shipped_models()`),
@@ -153,11 +153,17 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
 
     dtype: the weights' storage type in memory ("float32", "bfloat16" or "float16");
     activations and the KV cache stay float32.
+
+    compile_cache_size: how many compiled functions (one per strategy, batch rows, bucket,
+    max_new_tokens, ...) the model keeps; the least recently used is dropped beyond it
+    (`model.compile_cache`, see minigen/compile_cache.py).
     """
     from .model import GPT2, tensor_shapes
 
     if dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not isinstance(compile_cache_size, int) or isinstance(compile_cache_size, bool) or compile_cache_size < 1:
+        raise LoadError(f"compile_cache_size must be an int >= 1, got {compile_cache_size!r}")
     path = check_model_dir(path)
     weights = os.path.join(path, WEIGHTS_FILE)
     try:
@@ -172,7 +178,7 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32"):
         )
     check_shapes(tensors, tensor_shapes(config), weights)
     check_values(tensors, weights)
-    model = GPT2(config, tensors, dtype=dtype)
+    model = GPT2(config, tensors, dtype=dtype, compile_cache_size=compile_cache_size)
     if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
         from .tokenizer import Tokenizer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -90,3 +91,47 @@ def test_cli_export(hf_and_minigen, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "strategies must be" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
+def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
+    import tensorflow as tf
+
+    from minigen.export import export
+
+    _, _, model = hf_and_minigen("tiny")
+    (tmp_path / "saved.partial").mkdir()  # a killed run's leftover must not end up in the export
+    (tmp_path / "saved.partial" / "stray.txt").write_text("stray")
+    export(model, str(tmp_path / "saved"), batch_size=2, bucket=8, max_new_tokens=2, strategies=("sample",))
+    assert not (tmp_path / "saved" / "stray.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["saved", "saved.partial"]
+    fn = tf.saved_model.load(str(tmp_path / "saved")).signatures["sample"]
+    ids, mask = np.ones([2, 8], np.int32), np.ones([2, 8], np.int32)
+    knobs = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=[1, 2])
+
+    def call(ids=ids, mask=mask, **change):
+        k = {**knobs, **change}
+        return fn(input_ids=tf.constant(ids, tf.int32), attention_mask=tf.constant(mask, tf.int32),
+                  temperature=tf.constant(k["temperature"], tf.float32), top_k=tf.constant(k["top_k"], tf.int32),
+                  top_p=tf.constant(k["top_p"], tf.float32),
+                  repetition_penalty=tf.constant(k["repetition_penalty"], tf.float32),
+                  seed=tf.constant(k["seed"], tf.int32))
+
+    pads = np.where(np.arange(8) < 3, 0, 1)[None].repeat(2, 0)
+    ok = call(ids=np.where(pads == 1, ids, -7), mask=pads)["sequences"].numpy()  # pad slots may hold any id
+    assert ok.shape == (2, 10) and (ok[:, 8:] >= 0).all()
+    bad = [
+        (dict(ids=np.full([2, 8], 600)), r"outside the vocabulary \[0, 512\)"),
+        (dict(mask=np.array([[1] * 8, [0] * 8])), "needs at least one 1"),
+        (dict(mask=np.array([[1] * 8, [1] * 6 + [0] * 2])), "left-padded"),
+        (dict(mask=np.full([2, 8], 2)), "only 0 .padding. and 1"),
+        (dict(ids=np.ones([3, 8]), mask=np.ones([3, 8])), r"input_ids must be int32 \[2, 8\]"),
+        (dict(ids=np.ones([2, 9]), mask=np.ones([2, 9])), r"input_ids must be int32 \[2, 8\]"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(repetition_penalty=float("nan")), "repetition_penalty must be"),
+        (dict(seed=[1, 2, 3]), r"seed must be int32 \[2\]"),
+    ]
+    for change, message in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call(**change)

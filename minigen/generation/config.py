@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
+
+INT32_MAX = 2**31 - 1  # integer options become int32 tensors or shapes: larger values would wrap
 
 
 def _is_int(value) -> bool:
@@ -83,8 +86,13 @@ class GenerationConfig:
 
         def positive_int(name, minimum=1):
             value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            if not _is_int(value) or not minimum <= value <= INT32_MAX:
+                raise ValueError(f"{name} must be an integer >= {minimum} (at most 2**31 - 1), got {value!r}")
+
+        def finite(name, allowed: str, ok=lambda v: True):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
         positive_int("max_new_tokens")
         positive_int("min_new_tokens", 0)
@@ -101,14 +109,10 @@ class GenerationConfig:
         for name in ("do_sample", "return_dict", "output_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not _is_number(self.temperature) or not self.temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be a number > 0 (1.0 = off), got {self.repetition_penalty!r}")
-        if not _is_number(self.length_penalty):
-            raise ValueError(f"length_penalty must be a number, got {self.length_penalty!r}")
+        finite("temperature", "a finite number > 0", lambda v: v > 0)
+        finite("top_p", "in (0, 1]", lambda v: 0 < v <= 1)
+        finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
+        finite("length_penalty", "a finite number")
         if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.num_beams > 1 and self.do_sample:
@@ -124,6 +128,9 @@ class GenerationConfig:
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
                 raise ValueError(f"seed must be a pair of 32-bit ints, e.g. (0, 42), got {self.seed!r}")
         if model_config is not None:
+            if self.pad_to_multiple_of > model_config.n_positions:
+                raise ValueError(f"pad_to_multiple_of must be at most the model's n_positions "
+                                 f"({model_config.n_positions}), got {self.pad_to_multiple_of}")
             vocab = model_config.vocab_size
             eos = self.eos_token_id
             for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else []:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -24,7 +24,6 @@ from .speculative import speculative_loop
 from .inputs import as_batch, left_pad_to
 
 logger = logging.getLogger("minigen")
-_lock = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -53,6 +52,7 @@ class GenerationState:
     cache: KVCache
     sequences: np.ndarray
     mask: np.ndarray
+    model: "weakref.ref | None" = None  # the model that made it: a cache is only valid with its weights
 
     @property
     def width(self) -> int:
@@ -103,27 +103,21 @@ def make_knobs(cfg: GenerationConfig) -> Knobs:
 def compiled_generate(model, static: Static, assistant=None):
     """The cached compiled function for this key (and draft model), created (not yet traced) on first use."""
     key = static if assistant is None else ("assisted", static, assistant)
-    with _lock:
-        fn = model._compiled.get(key)
-        if fn is None:
 
-            def run(ids, mask, knobs):
-                model.trace_count += 1
-                if static.speculation:
-                    return speculative_loop(model, assistant, ids, mask, knobs, static)
-                if static.strategy == "beam":
-                    return beam_search(model, ids, mask, knobs, static)
-                return generate_loop(model, ids, mask, knobs, static)
+    def run(ids, mask, knobs):
+        model.trace_count += 1
+        if static.speculation:
+            return speculative_loop(model, assistant, ids, mask, knobs, static)
+        if static.strategy == "beam":
+            return beam_search(model, ids, mask, knobs, static)
+        return generate_loop(model, ids, mask, knobs, static)
 
-            def run_continued(ids, mask, knobs, prefix_cache):  # static.prefix > 0: continuing a state
-                model.trace_count += 1
-                return generate_loop(model, ids, mask, knobs, static, prefix_cache)
+    def run_continued(ids, mask, knobs, prefix_cache):  # static.prefix > 0: continuing a state
+        model.trace_count += 1
+        return generate_loop(model, ids, mask, knobs, static, prefix_cache)
 
-            if static.prefix:
-                run = run_continued
-
-            fn = model._compiled[key] = tf.function(run, jit_compile=True, autograph=False)
-        return fn
+    fn = run_continued if static.prefix else run
+    return model._compiled.get_or_create(key, lambda: tf.function(fn, jit_compile=True, autograph=False))
 
 
 def prepare(model, input_ids, attention_mask, generation_config, options):
@@ -131,12 +125,18 @@ def prepare(model, input_ids, attention_mask, generation_config, options):
 
     Returns (cfg, ids, mask, batch, width, static): ids/mask are [static.rows, bucket] int32.
     """
-    if generation_config is not None:
-        cfg = dataclasses.replace(generation_config, **options)
-    else:
+    if isinstance(generation_config, GenerationConfig):
+        cfg = GenerationConfig.from_options(**{**dataclasses.asdict(generation_config), **options})
+    elif isinstance(generation_config, dict):
+        cfg = GenerationConfig.from_options(**{**generation_config, **options})
+    elif generation_config is None:
         cfg = GenerationConfig.from_options(**options)
+    else:
+        raise ValueError(f"generation_config must be a GenerationConfig or a dict of its options, "
+                         f"got {type(generation_config).__name__}")
     cfg.validate(model.config)
     ids, mask = as_batch(model.config, input_ids, attention_mask)
+    check_left_padded(mask)
     batch, width = ids.shape
     longest = int(mask.sum(axis=1).max())
     if longest + cfg.max_new_tokens > model.config.n_positions:
@@ -150,6 +150,15 @@ def prepare(model, input_ids, attention_mask, generation_config, options):
     expand = static.rows // batch
     ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
     return cfg, ids, mask, batch, width, static
+
+
+def check_left_padded(mask: np.ndarray) -> None:
+    """ValueError unless every row's padding is on its left: generation continues from the last column."""
+    bad = np.nonzero((np.diff(mask, axis=1) < 0).any(axis=1))[0]
+    if len(bad):
+        raise ValueError(f"attention_mask row(s) {bad.tolist()} have padding after a token (e.g. {mask[bad[0]].tolist()[:8]}"
+                         f"{'...' if mask.shape[1] > 8 else ''}); generate continues each row from its last column, so "
+                         "pad on the left (minigen.Tokenizer.encode_batch does)")
 
 
 def check_assistant(model, assistant, cfg: GenerationConfig, longest: int) -> None:
@@ -220,6 +229,9 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     if cache is not None:
         if not isinstance(cache, GenerationState):
             raise ValueError(f"cache must be the GenerationState of an earlier call, got {type(cache).__name__}")
+        if cache.model is None or cache.model() is not model:
+            raise ValueError("cache holds the state of another model: continue a state only with the model that "
+                             "returned it (its keys and values were computed with that model's weights)")
         if cache.sequences.shape[0] != ids.shape[0]:
             raise ValueError(f"cache holds {cache.sequences.shape[0]} rows but input_ids has {ids.shape[0]}")
         real = int((cache.mask.sum(axis=1) + mask.sum(axis=1)).max())
@@ -255,7 +267,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     state = None
     if return_state:
         gen = generated_mask(sequences[:, static.bucket:], static.eos_ids)
-        state = GenerationState(cache=result[2], sequences=sequences, mask=np.concatenate([mask, gen], axis=1))
+        state = GenerationState(cache=result[2], sequences=sequences, mask=np.concatenate([mask, gen], axis=1),
+                                model=weakref.ref(model))
     # drop the bucket's extra left padding (and, continuing, the history): the caller's width back
     cut = static.bucket - width
     if static.strategy == "beam":
@@ -263,6 +276,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         sequences_scores, token_scores = scores.reshape(-1), None
     else:
         sequences, sequences_scores, token_scores = sequences[:, cut:], None, scores
+    # the prompt part exactly as given, pad ids included (the model saw valid ids in pad slots)
+    sequences[:, :width] = np.repeat(given_ids(input_ids), len(sequences) // batch, axis=0)
     if not (cfg.return_dict or cfg.output_scores or return_state):
         return sequences
     return GenerateOutput(
@@ -274,25 +289,27 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     )
 
 
+def given_ids(input_ids) -> np.ndarray:
+    """The caller's ids as a [batch, width] int32 array (already validated by as_batch)."""
+    ids = np.asarray(input_ids)
+    return (ids[None, :] if ids.ndim == 1 else ids).astype(np.int32)
+
+
 def compiled_stream(model, static: Static):
     """The cached (start, run_steps) pair of compiled functions for streaming with this key."""
-    with _lock:
-        fns = model._compiled.get(("stream", static))
-        if fns is None:
 
-            def begin(ids, mask):
-                model.trace_count += 1
-                return start(model, ids, mask, static)
+    def begin(ids, mask):
+        model.trace_count += 1
+        return start(model, ids, mask, static)
 
-            def advance(state, mask, key_mask, knobs, limit):
-                model.trace_count += 1
-                return run_steps(model, state, mask, key_mask, knobs, static, limit)
+    def advance(state, mask, key_mask, knobs, limit):
+        model.trace_count += 1
+        return run_steps(model, state, mask, key_mask, knobs, static, limit)
 
-            fns = model._compiled[("stream", static)] = (
-                tf.function(begin, jit_compile=True, autograph=False),
-                tf.function(advance, jit_compile=True, autograph=False),
-            )
-        return fns
+    return model._compiled.get_or_create(("stream", static), lambda: (
+        tf.function(begin, jit_compile=True, autograph=False),
+        tf.function(advance, jit_compile=True, autograph=False),
+    ))
 
 
 def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generation_config=None, **options):
