@@ -8,9 +8,9 @@ Needs the optional extra (`pip install "minigen[beam]"`); the rest of minigen ne
 Each input line is a JSON object with a "prompt" string and optionally an "id" (any JSON value), or a
 bare JSON string. A record without an id gets its line number (0-based; "file:line" when the input
 pattern matches several files), so results can be joined back to inputs whatever order a runner
-writes them in. Blank lines are not records. A line that is not JSON, has no prompt string, or whose
-prompt is empty or too long for the model becomes an error record in the separate errors output;
-the rest of the batch completes.
+writes them in. Blank lines are not records. A line that is not UTF-8, not JSON, holds a lone
+surrogate escape ("\\ud800"), has no prompt string, or whose prompt is empty or too long for the
+model becomes an error record in the separate errors output; the rest of the batch completes.
 
 `MinigenModelHandler` loads the model once per worker process and groups each batch Beam hands it
 by prompt bucket (`pad_to_multiple_of`), padding every group to a fixed number of rows, so a
@@ -37,12 +37,25 @@ logger = logging.getLogger("minigen")
 # ---- reading and validating ----------------------------------------------------------------------
 
 
-def numbered_lines(readable_file) -> Iterable[tuple[str, int, str]]:
-    """(file path, 0-based line number, line) for every line of one matched file."""
+def numbered_lines(readable_file) -> Iterable[tuple[str, int, bytes]]:
+    """(file path, 0-based line number, the line's bytes) for every line of one matched file.
+
+    Lines stay bytes here: one that is not UTF-8 becomes an error record in ValidatePrompts
+    instead of failing the whole pipeline.
+    """
     path = readable_file.metadata.path
     with readable_file.open() as f:
         for number, raw in enumerate(f):
-            yield path, number, raw.decode("utf-8").rstrip("\r\n")
+            yield path, number, raw.rstrip(b"\r\n")
+
+
+def _writable(value) -> bool:
+    """Whether `value` can be written as UTF-8 JSON (no lone surrogates inside)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class ValidatePrompts(beam.DoFn):
@@ -65,22 +78,32 @@ class ValidatePrompts(beam.DoFn):
         self.errors = Metrics.counter(METRICS_NAMESPACE, "invalid_prompts")
 
     def process(self, item):
-        path, number, line = item
-        if not line.strip():
-            return
+        path, number, raw = item
         record_id: Any = number if self.single_file else f"{path}:{number}"
+        line = raw.decode("utf-8", errors="backslashreplace")  # for error records: always writable
 
         def error(reason):
             self.errors.inc()
             return beam.pvalue.TaggedOutput(self.ERRORS, {"id": record_id, "error": reason, "input": line})
 
         try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield error(f"line {number + 1} is not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+            return
+        if not line.strip():
+            return
+        try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             yield error(f"line {number + 1} is not JSON ({e.msg}); write one JSON object or string per line")
             return
+        if isinstance(record, dict) and "id" in record and _writable(record["id"]):
+            record_id = record["id"]
+        if not _writable(record):  # "\ud800" in JSON decodes to a lone surrogate: not text
+            yield error(f"line {number + 1} holds a lone surrogate escape, which is not valid Unicode text")
+            return
         if isinstance(record, dict):
-            record_id = record.get("id", record_id)
             prompt = record.get("prompt")
         else:
             prompt = record
@@ -215,14 +238,11 @@ def run_pipeline(input_pattern: str, output: str, errors_output: str | None = No
     pipeline options (DirectRunner unless --runner says otherwise). **options: `generate` options.
     Returns {"compiles", "prompts_generated", "invalid_prompts"} summed over workers.
     """
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.metrics.metric import MetricsFilter
 
     errors_output = errors_output or default_errors_path(output)
     handler = MinigenModelHandler(model, rows=rows, dtype=dtype, **options)
-    matched = FileSystems.match([input_pattern])[0].metadata_list
-    if not matched:
-        raise FileNotFoundError(f"no input file matches {input_pattern!r}")
+    matched = matched_inputs(input_pattern)
     pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
     build(pipeline, input_pattern, output, errors_output, handler, single_file=len(matched) == 1)
     result = pipeline.run()
@@ -232,6 +252,16 @@ def run_pipeline(input_pattern: str, output: str, errors_output: str | None = No
         found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))["counters"]
         counters[name] = sum(c.committed or 0 for c in found)
     return counters
+
+
+def matched_inputs(input_pattern: str) -> list:
+    """The files (Beam FileMetadata) an --input pattern matches; FileNotFoundError if none."""
+    from apache_beam.io.filesystems import FileSystems
+
+    matched = FileSystems.match([input_pattern])[0].metadata_list
+    if not matched:
+        raise FileNotFoundError(f"no input file matches {input_pattern!r}")
+    return matched
 
 
 def default_errors_path(output: str) -> str:

@@ -2,16 +2,20 @@
 `minigen export MODEL OUT` (SavedModel) and `minigen convert SRC DST`.
 
 Exit codes: 0 ok, 2 bad usage (unknown flag, bad value, empty prompt), 1 runtime failure (a model
-directory that cannot be loaded, a failed conversion). Errors are one line on stderr.
+directory that cannot be loaded, a failed conversion), 130 interrupted (Ctrl-C), 141 stdout closed
+early (`minigen generate ... | head -1`). Errors are one line on stderr, never a traceback.
+Nothing is overwritten without --overwrite, and an output file appears only when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,7 +46,12 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit 2) that points at --help instead of the full usage."""
+    """argparse with a one-line usage error (exit 2) that points at --help instead of the full usage,
+    and no prefix matching (`--prompt` must not silently mean `--prompt-lookup`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -74,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a minigen model directory (made by `minigen convert`) or a shipped model's name; "
                         "default: the shipped gutenberg-6l")
     g.add_argument("--input", help="file with one prompt per line")
-    g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout")
+    g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout; "
+                                    "the file appears only once every prompt is done")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     add_generation_arguments(g)
     g.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
@@ -117,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decode_lines(raw_lines, source: str) -> list[str]:
+    """Lines of bytes as text, or UsageError naming the first line that is not UTF-8."""
+    lines = []
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{source}: line {number} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                             f"{e.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
 def read_prompts(args) -> list[str]:
     if args.prompt is not None:
         if args.input:
@@ -124,12 +147,12 @@ def read_prompts(args) -> list[str]:
         prompts = [args.prompt]
     elif args.input:
         try:
-            with open(args.input, encoding="utf-8") as f:
-                prompts = [line.rstrip("\n") for line in f]
+            with open(args.input, "rb") as f:
+                prompts = decode_lines(f, f"--input {args.input}")
         except OSError as e:
             raise UsageError(f"--input: cannot read {args.input!r}: {e.strerror}") from None
     elif not sys.stdin.isatty():
-        prompts = [line.rstrip("\n") for line in sys.stdin]
+        prompts = decode_lines(sys.stdin.buffer, "stdin")
     else:
         raise UsageError("no prompt: pass one as an argument, or use --input FILE, or pipe prompts on stdin")
     while prompts and prompts[-1] == "" and len(prompts) > 1:  # a trailing newline is not a prompt
@@ -138,17 +161,97 @@ def read_prompts(args) -> list[str]:
         if not p.strip():
             where = "the prompt" if len(prompts) == 1 else f"prompt {i + 1} (line {i + 1})"
             raise UsageError(f"{where} is empty")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a command-line argument in a non-UTF-8 locale
+            raise UsageError(f"prompt {i + 1} is not valid Unicode text (a lone surrogate)") from None
     return prompts
 
 
+def check_output_path(output: str | None, overwrite: bool, inputs: list[str] = ()) -> None:
+    """UsageError unless `output` may be written: it must not be an input, a directory, or (without
+    --overwrite) an existing file, and its directory must exist."""
+    if output is None:
+        return
+    for path in inputs:
+        if path and os.path.exists(path) and os.path.exists(output) and os.path.samefile(path, output):
+            raise UsageError(f"--output {output} is the input file {path}: writing it would destroy the prompts")
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a directory; give a file path")
+    if os.path.exists(output) and not overwrite:
+        raise UsageError(f"{output} exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--output {output}: directory {parent} does not exist")
+
+
+def check_prompt_lengths(prompts: list[str], tokenizer, max_new_tokens: int, n_positions: int) -> None:
+    """UsageError naming the first prompt (by line) too long for the model, before anything runs."""
+    _, mask = tokenizer.encode_batch(prompts)
+    for i, n in enumerate(mask.sum(axis=1).tolist()):
+        if n + max_new_tokens > n_positions:
+            raise UsageError(f"prompt {i + 1} (line {i + 1}) has {n} tokens; with --max-new-tokens {max_new_tokens} "
+                             f"that exceeds the model's n_positions ({n_positions})")
+
+
+class AtomicOutput:
+    """A JSONL output written to a temporary file beside it and renamed into place when complete.
+
+    If the run stops early, the finished lines stay in a `.partial` file (named in the error) and
+    the output path itself is never created or replaced.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
+                                        dir=os.path.dirname(os.path.abspath(path)))
+        self.file = os.fdopen(fd, "w", encoding="utf-8")
+        self.lines = 0
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+        self.lines += 1
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abandon(self) -> str | None:
+        """Keep finished lines as PATH.partial (or the temporary name if that exists); returns where, or None."""
+        self.file.close()
+        if not self.lines:
+            os.unlink(self.tmp)
+            return None
+        kept = self.path + ".partial"
+        if os.path.lexists(kept):
+            return self.tmp
+        os.rename(self.tmp, kept)
+        return kept
+
+
+_progress_open = False  # a progress line is on stderr without its newline yet
+
+
 def progress(done: int, total: int, started: float) -> None:
+    global _progress_open
     width = 30
     filled = width * done // total
     rate = done / max(time.perf_counter() - started, 1e-9)
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} prompts, {rate:.1f} prompts/s")
-    if done == total:
+    _progress_open = done < total
+    if not _progress_open:
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def say(message: str) -> None:
+    """One line on stderr, on a line of its own even if a progress bar was interrupted."""
+    global _progress_open
+    if _progress_open:
+        sys.stderr.write("\n")
+        _progress_open = False
+    print(message, file=sys.stderr)
 
 
 def generation_options(args) -> dict:
@@ -178,6 +281,9 @@ def run_generate(args) -> None:
         options["num_assistant_tokens"] = args.num_assistant_tokens
     if args.stream and (args.prompt_lookup is not None or args.assistant_model is not None):
         raise UsageError("--stream does not combine with --prompt-lookup / --assistant-model")
+    if args.stream and args.output:
+        raise UsageError("--stream prints to stdout; it does not combine with --output")
+    check_output_path(args.output, args.overwrite, [args.input])
     prompts = read_prompts(args)
     if args.verbose:
         logging.basicConfig(format="minigen: %(message)s", stream=sys.stderr)
@@ -185,12 +291,13 @@ def run_generate(args) -> None:
     lm = minigen.load(args.model, dtype=args.dtype)
     if lm.tokenizer is None:
         raise minigen.LoadError(f"{args.model!r} has no tokenizer.json (or vocab.json + merges.txt)")
+    check_prompt_lengths(prompts, lm.tokenizer, args.max_new_tokens, lm.config.n_positions)
     if args.assistant_model is not None:
         options["assistant_model"] = minigen.load(args.assistant_model, dtype=args.dtype)
 
     if args.stream:
-        if len(prompts) != 1 or args.output or args.num_return_sequences != 1:
-            raise UsageError("--stream prints one continuation of one prompt (no --output, --num-return-sequences 1)")
+        if len(prompts) != 1 or args.num_return_sequences != 1:
+            raise UsageError("--stream prints one continuation of one prompt (--num-return-sequences 1)")
         sys.stdout.write(prompts[0])
         try:
             for piece in lm.stream(prompts[0], **options):
@@ -201,28 +308,43 @@ def run_generate(args) -> None:
         sys.stdout.write("\n")
         return
 
-    out = open(args.output, "w", encoding="utf-8") if args.output else None  # noqa: SIM115
-    started, show = time.perf_counter(), len(prompts) > args.batch_size
+    out = AtomicOutput(args.output) if args.output else None
     try:
-        for start in range(0, len(prompts), args.batch_size):
-            batch = prompts[start:start + args.batch_size]
-            try:
-                texts = lm.generate_text(batch, **options)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            per = args.num_return_sequences
-            for i, prompt in enumerate(batch):
-                mine = texts[i * per:(i + 1) * per]
-                if out:
-                    out.write(json.dumps({"prompt": prompt, "text": mine[0] if per == 1 else mine}) + "\n")
-                else:
-                    for text in mine:
-                        print(prompt + text, flush=True)
-            if show:
-                progress(min(start + args.batch_size, len(prompts)), len(prompts), started)
-    finally:
-        if out:
-            out.close()
+        generate_all(lm, prompts, options, args, out)
+    except BaseException as e:
+        if out is not None:
+            kept = out.abandon()
+            if kept and isinstance(e, KeyboardInterrupt):
+                raise Interrupted(f"{out.lines} of {len(prompts)} prompts finished; their lines are in {kept} "
+                                  f"({args.output} was not written)") from None
+        raise
+    if out is not None:
+        out.commit()
+
+
+def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
+    """Continue `prompts` in batches, writing each batch's records to `out` (or text to stdout)."""
+    started, show = time.perf_counter(), len(prompts) > args.batch_size
+    per = args.num_return_sequences
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        try:
+            texts = lm.generate_text(batch, **options)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        for i, prompt in enumerate(batch):
+            mine = texts[i * per:(i + 1) * per]
+            if out:
+                out.write({"prompt": prompt, "text": mine[0] if per == 1 else mine})
+            else:
+                for text in mine:
+                    print(prompt + text, flush=True)
+        if show:
+            progress(min(start + args.batch_size, len(prompts)), len(prompts), started)
+
+
+class Interrupted(Exception):
+    """Ctrl-C: exit code 130 with one line saying what was kept."""
 
 
 def run_batch(args, pipeline_args: list[str]) -> None:
@@ -237,14 +359,19 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     except ImportError as e:
         raise UsageError(f"minigen batch needs Apache Beam ({e}); install it with: pip install \"minigen[beam]\"") from None
     errors = args.errors or minigen_beam.default_errors_path(args.output)
-    if errors == args.output:
+    if os.path.abspath(errors) == os.path.abspath(args.output):
         raise UsageError("--errors must differ from --output")
+    try:
+        inputs = [m.path for m in minigen_beam.matched_inputs(args.input)]
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     for path in (args.output, errors):
-        if os.path.exists(path) and not args.overwrite:
-            raise UsageError(f"{path} exists; choose another path or pass --overwrite")
-    from minigen.weights import resolve
+        check_output_path(path, args.overwrite, inputs)
+    from minigen.weights import LoadError, check_model_dir
 
-    resolve(args.model)  # a bad --model fails here, before a pipeline starts
+    model_dir = check_model_dir(args.model)  # a bad --model fails here, before a pipeline starts
+    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "vocab.json")):
+        raise LoadError(f"{model_dir!r} has no tokenizer.json (or vocab.json + merges.txt)")
     started = time.perf_counter()
     print(f"minigen batch: {args.input} -> {args.output} (errors: {errors}); pipeline options: "
           f"{' '.join(pipeline_args) or 'none (DirectRunner)'}", file=sys.stderr, flush=True)
@@ -279,6 +406,19 @@ def run_export(args) -> None:
 
 
 def main(argv=None) -> int:
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        say("minigen: interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head -1`): stop quietly, as a command killed by SIGPIPE would
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+
+
+def run(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "batch":
@@ -299,10 +439,15 @@ def main(argv=None) -> int:
         else:
             run_generate(args)
     except UsageError as e:
-        print(f"minigen: error: {e}", file=sys.stderr)
+        say(f"minigen: error: {e}")
         return 2
+    except Interrupted as e:
+        say(f"minigen: interrupted: {e}")
+        return 130
+    except BrokenPipeError:
+        raise
     except (LoadError, CheckpointError, OSError) as e:
-        print(f"minigen: error: {e}", file=sys.stderr)
+        say(f"minigen: error: {e}")
         return 1
     return 0
 

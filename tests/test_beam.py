@@ -44,18 +44,24 @@ def test_direct_runner_pipeline(tmp_path, lm):
     from minigen.beam import run_pipeline
 
     prompts = corpus_prompts(48)
-    invalid = [json.dumps({"id": "empty", "prompt": ""}), json.dumps({"id": "long", "prompt": "night " * 300})]
+    invalid = [json.dumps({"id": "empty", "prompt": ""}), json.dumps({"id": "long", "prompt": "night " * 300}),
+               '{"id": "surrogate", "prompt": "a \\ud800 b"}', '{"id": "\\udfff", "prompt": "fine"}']
     lines = write_input(tmp_path / "in.jsonl", prompts, invalid)
+    with open(tmp_path / "in.jsonl", "ab") as f:  # one line that is not UTF-8 at all (line 53)
+        f.write(b'{"id": "latin1", "prompt": "caf\xe9"}\n')
     counts = run_pipeline(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), model=None, rows=8,
                           max_new_tokens=MAX_NEW)
     results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     errors = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text(encoding="utf-8").splitlines()]
 
-    # nothing lost: one record per input line, joined back by id
-    assert len(results) == 48 and len(errors) == 2
-    assert {e["id"] for e in errors} == {"empty", "long"}
-    assert "empty" in next(e for e in errors if e["id"] == "empty")["error"]
-    assert "n_positions" in next(e for e in errors if e["id"] == "long")["error"]
+    # nothing lost: one record per input line, joined back by id; bad lines do not sink the job
+    assert len(results) == 48 and len(errors) == 5
+    reasons = {e["id"]: e["error"] for e in errors}
+    assert set(reasons) == {"empty", "long", "surrogate", 13, 52}
+    assert "empty" in reasons["empty"]
+    assert "n_positions" in reasons["long"]
+    assert "lone surrogate" in reasons["surrogate"] and "lone surrogate" in reasons[13]
+    assert "line 53 is not UTF-8 text (byte 0xe9" in reasons[52]
     expected_ids = [json.loads(line).get("id", n) if line.startswith("{") else n for n, line in enumerate(lines)
                     if line not in invalid]
     assert sorted(map(str, (r["id"] for r in results))) == sorted(map(str, expected_ids))
@@ -71,7 +77,7 @@ def test_direct_runner_pipeline(tmp_path, lm):
     buckets = {-(-len(lm.tokenizer.encode(p)) // 16) for p in prompts}
     assert len(buckets) >= 2
     assert counts["compiles"] == len(buckets), (counts, buckets)
-    assert counts["prompts_generated"] == 48 and counts["invalid_prompts"] == 2
+    assert counts["prompts_generated"] == 48 and counts["invalid_prompts"] == 5
 
 
 def test_minigen_batch_command(tmp_path):
