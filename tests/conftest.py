@@ -50,7 +50,8 @@ def hf_and_minigen(tmp_path_factory):
             hf = build_hf_model(name, **overrides)
             hf.save_pretrained(root / "hf")
             convert(str(root / "hf"), str(root / "minigen"), quiet=True)
-            made[key] = (hf, root / "hf", minigen.load(root / "minigen"))
+            # many option sets share these models across the session: keep all their compiles
+            made[key] = (hf, root / "hf", minigen.load(root / "minigen", compile_cache_size=256))
         return made[key]
 
     return get

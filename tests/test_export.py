@@ -56,7 +56,7 @@ def test_saved_model_round_trip(hf_and_minigen, tmp_path):
                                  top_k=20, top_p=0.9, repetition_penalty=1.2, seed=(3, 4)),
         "beam": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, num_beams=3),
     }
-    for name in calls:  # generated tokens, and the prompt where it is real (generate zeroes the pad slots)
+    for name in calls:  # generated tokens, and the prompt where it is real (the SavedModel reads pad slots as 0)
         np.testing.assert_array_equal(np.array(got[name])[:, 16:], expected[name][:, 16:], err_msg=name)
         np.testing.assert_array_equal(np.array(got[name])[:, :16][mask == 1], ids[mask == 1], err_msg=name)
 
