@@ -288,6 +288,7 @@ def run_generate(args) -> None:
     if args.verbose:
         logging.basicConfig(format="minigen: %(message)s", stream=sys.stderr)
         logging.getLogger("minigen").setLevel(logging.INFO)
+    import_tensorflow_quietly()
     lm = minigen.load(args.model, dtype=args.dtype)
     if lm.tokenizer is None:
         raise minigen.LoadError(f"{args.model!r} has no tokenizer.json (or vocab.json + merges.txt)")
@@ -372,6 +373,7 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     model_dir = check_model_dir(args.model)  # a bad --model fails here, before a pipeline starts
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "vocab.json")):
         raise LoadError(f"{model_dir!r} has no tokenizer.json (or vocab.json + merges.txt)")
+    import_tensorflow_quietly()  # the DirectRunner's workers run in this process
     started = time.perf_counter()
     print(f"minigen batch: {args.input} -> {args.output} (errors: {errors}); pipeline options: "
           f"{' '.join(pipeline_args) or 'none (DirectRunner)'}", file=sys.stderr, flush=True)
@@ -387,7 +389,6 @@ def run_batch(args, pipeline_args: list[str]) -> None:
 
 def run_export(args) -> None:
     import minigen
-    from minigen.export import export
 
     if args.batch_size.lower() == "none":
         batch = None
@@ -396,6 +397,9 @@ def run_export(args) -> None:
             batch = int(args.batch_size)
         except ValueError:
             raise UsageError(f"--batch-size must be an int >= 1 or 'none', got {args.batch_size!r}") from None
+    import_tensorflow_quietly()
+    from minigen.export import export
+
     lm = minigen.load(args.model)
     try:
         export(lm, args.out, batch_size=batch, bucket=args.bucket, max_new_tokens=args.max_new_tokens,
@@ -423,7 +427,7 @@ def run(argv) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "batch":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    import_tensorflow_quietly()
+    # TensorFlow (3-9 s to import) is imported by each command only after its arguments are checked
     from minigen.weights import LoadError
     from weights_tools.hf_checkpoint import CheckpointError
 
@@ -431,6 +435,8 @@ def run(argv) -> int:
         if args.command == "convert":
             from weights_tools.__main__ import run_convert
 
+            if args.verify:
+                import_tensorflow_quietly()
             run_convert(args)
         elif args.command == "export":
             run_export(args)

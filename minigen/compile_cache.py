@@ -13,7 +13,22 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import tensorflow as tf
+
 DEFAULT_SIZE = 16
+
+
+def xla_function(fn):
+    """`fn` as one XLA computation: tf.function(jit_compile=True), traced once per input signature.
+
+    TensorFlow warns "N out of the last M calls ... triggered tf.function retracing" when tf.functions
+    made from the same Python code trace often; minigen makes one function per compile key on
+    purpose (counted in `trace_count`, logged on the `minigen` logger), so that warning is turned off
+    for these functions only.
+    """
+    compiled = tf.function(fn, jit_compile=True, autograph=False)
+    compiled._omit_frequent_tracing_warning = True  # no public switch in TF 2.21; harmless if it goes away
+    return compiled
 
 
 class CompileCache:

@@ -26,6 +26,7 @@ import tempfile
 
 import tensorflow as tf
 
+from .compile_cache import xla_function
 from .generation.beam import beam_search
 from .generation.config import GenerationConfig
 from .generation.decode import Knobs, Static, generate_loop
@@ -71,7 +72,7 @@ class Exported(tf.Module):
                 raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
             rows = None if batch_size is None else batch_size * (num_beams if strategy == "beam" else 1)
             static = _static(model, strategy, rows, bucket, max_new_tokens, num_beams)
-            compiled = tf.function(_runner(model, static), jit_compile=True, autograph=False)
+            compiled = xla_function(_runner(model, static))
             self.functions[strategy] = tf.function(
                 _checked(compiled, batch_size, bucket, model.config.vocab_size, sampling=strategy == "sample"),
                 input_signature=spec, autograph=False)

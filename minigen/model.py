@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
-from .compile_cache import DEFAULT_SIZE, CompileCache
+from .compile_cache import DEFAULT_SIZE, CompileCache, xla_function
 from .config import GPT2Config
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
@@ -349,7 +349,7 @@ class GPT2:
             return self.lm_head(hidden)
 
         fn = self._compiled.get_or_create(("logits", ids.shape),
-                                          lambda: tf.function(run, jit_compile=True, autograph=False))
+                                          lambda: xla_function(run))
         return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
 
     def generate(self, input_ids, attention_mask=None, **options):

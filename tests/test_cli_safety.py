@@ -135,3 +135,13 @@ def test_closed_stdout_pipe_exits_quietly(tmp_path):
     assert done.stdout.startswith("It was a dark night") and done.stdout.count("\n") == 1
     assert done.stderr.endswith("exit 141\n"), done.stderr
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr and "error" not in done.stderr
+
+
+def test_usage_errors_come_before_tensorflow_is_imported(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("x\n")
+    check = (f"import sys; from minigen.cli import main; "
+             f"code = main(['generate', 'Hello', '--output', {str(out)!r}]); "
+             f"assert 'tensorflow' not in sys.modules, 'imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "exists" in done.stderr and "imported" not in done.stderr, done.stderr

@@ -118,3 +118,20 @@ def test_soak_2000_calls_no_retrace_no_memory_growth(hf_and_minigen):
     after = _rss_mb()
     assert model.trace_count == traces
     assert after <= before * 1.05, (before, after)
+
+
+def test_many_compiles_give_no_tensorflow_retracing_warning(hf_and_minigen):
+    import logging
+
+    _, _, model = hf_and_minigen("tiny")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    try:
+        for n in range(11, 18):  # seven compile keys in a row, as a sweep over max_new_tokens makes
+            model.generate([[1, 2, 3]], max_new_tokens=n)
+    finally:
+        tf_logger.removeHandler(handler)
+    assert not [m for m in seen if "retracing" in m], seen

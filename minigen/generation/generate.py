@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..cache import KVCache
+from ..compile_cache import xla_function
 from .beam import beam_search
 from .config import GenerationConfig
 from .decode import Knobs, Static, generate_loop, run_steps, start
@@ -117,7 +118,7 @@ def compiled_generate(model, static: Static, assistant=None):
         return generate_loop(model, ids, mask, knobs, static, prefix_cache)
 
     fn = run_continued if static.prefix else run
-    return model._compiled.get_or_create(key, lambda: tf.function(fn, jit_compile=True, autograph=False))
+    return model._compiled.get_or_create(key, lambda: xla_function(fn))
 
 
 def prepare(model, input_ids, attention_mask, generation_config, options):
@@ -307,8 +308,8 @@ def compiled_stream(model, static: Static):
         return run_steps(model, state, mask, key_mask, knobs, static, limit)
 
     return model._compiled.get_or_create(("stream", static), lambda: (
-        tf.function(begin, jit_compile=True, autograph=False),
-        tf.function(advance, jit_compile=True, autograph=False),
+        xla_function(begin),
+        xla_function(advance),
     ))
 
 
