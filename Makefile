@@ -1,14 +1,21 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv and install into it.
+# `make demo` needs only the runtime (tensorflow, numpy, safetensors, tokenizers); `make test`
+# adds the test extra (pytest, the CPU torch, transformers, apache-beam).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+RUNTIME := $(VENV)/.runtime-installed
 STAMP := $(VENV)/.installed
 
 .PHONY: test soak demo bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	# the CPU build of torch on local disk, before transformers can ask for a multi-GB CUDA one
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
@@ -24,7 +31,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_generate.py $(BENCH_ARGS)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(PY) -m minigen.demo $(DEMO_ARGS)
 
 clean:

@@ -19,8 +19,12 @@ worker compiles one function per bucket and reuses it for every batch after.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
+import os
+import tempfile
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
@@ -245,13 +249,41 @@ def run_pipeline(input_pattern: str, output: str, errors_output: str | None = No
     matched = matched_inputs(input_pattern)
     pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
     build(pipeline, input_pattern, output, errors_output, handler, single_file=len(matched) == 1)
-    result = pipeline.run()
-    result.wait_until_finish()
+    before = _beam_temp_dirs()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        # the DirectRunner's job server makes a beam-temp* directory in the system temp directory
+        # and never removes it; remove the empty ones this run added
+        for leftover in _beam_temp_dirs() - before:
+            with contextlib.suppress(OSError):
+                os.rmdir(leftover)
     counters = {}
     for name in ("compiles", "prompts_generated", "invalid_prompts"):
         found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))["counters"]
         counters[name] = sum(c.committed or 0 for c in found)
     return counters
+
+
+def unknown_pipeline_options(args: Sequence[str]) -> list[str]:
+    """The flags in `args` that no registered Beam PipelineOptions class declares.
+
+    Beam itself only logs such flags and drops them; `minigen batch` refuses them instead, since a
+    mistyped minigen flag lands here too. Uses the parser Beam builds in get_all_options.
+    """
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions.get_all_options does
+    _, unknown = parser.parse_known_args(list(args))
+    return [a for a in unknown if a.startswith("-")]
+
+
+def _beam_temp_dirs() -> set[str]:
+    """The beam-temp* directories in the system temporary directory."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "beam-temp*")))
 
 
 def matched_inputs(input_pattern: str) -> list:

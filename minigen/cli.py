@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", help="write one JSON line per prompt here (in input order) instead of text on stdout; "
                                     "the file appears only once every prompt is done")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    g.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="stdout: 'text' prints prompt + continuation, with a rule line between results "
+                        "(a continuation may hold newlines); 'jsonl' prints one JSON object per result, "
+                        "as --output writes (default text)")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     add_generation_arguments(g)
     g.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=int, default=8, help="prompts per generate call on a worker (default 8)")
     b.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_generation_arguments(b)
+    BATCH_FLAGS[:] = [o for action in b._actions for o in action.option_strings if o.startswith("--")]
 
     e = sub.add_parser("export", help="write a TensorFlow SavedModel of the whole compiled generate (TF Serving)")
     e.add_argument("model", help="a minigen model directory or a shipped model's name")
@@ -286,8 +291,7 @@ def run_generate(args) -> None:
     check_output_path(args.output, args.overwrite, [args.input])
     prompts = read_prompts(args)
     if args.verbose:
-        logging.basicConfig(format="minigen: %(message)s", stream=sys.stderr)
-        logging.getLogger("minigen").setLevel(logging.INFO)
+        log_to_stderr("minigen: ")
     import_tensorflow_quietly()
     lm = minigen.load(args.model, dtype=args.dtype)
     if lm.tokenizer is None:
@@ -326,7 +330,7 @@ def run_generate(args) -> None:
 def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
     """Continue `prompts` in batches, writing each batch's records to `out` (or text to stdout)."""
     started, show = time.perf_counter(), len(prompts) > args.batch_size
-    per = args.num_return_sequences
+    per, printed = args.num_return_sequences, 0
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
         try:
@@ -335,17 +339,41 @@ def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
             raise UsageError(str(e)) from None
         for i, prompt in enumerate(batch):
             mine = texts[i * per:(i + 1) * per]
+            record = {"prompt": prompt, "text": mine[0] if per == 1 else mine}
             if out:
-                out.write({"prompt": prompt, "text": mine[0] if per == 1 else mine})
+                out.write(record)
+            elif args.format == "jsonl":
+                print(json.dumps(record, ensure_ascii=False), flush=True)
             else:
                 for text in mine:
+                    if printed:
+                        print(RULE)
                     print(prompt + text, flush=True)
+                    printed += 1
         if show:
             progress(min(start + args.batch_size, len(prompts)), len(prompts), started)
 
 
+RULE = "─" * 40  # between results in --format text: continuations may contain newlines of their own
+
+
 class Interrupted(Exception):
     """Ctrl-C: exit code 130 with one line saying what was kept."""
+
+
+BATCH_FLAGS: list[str] = []  # minigen batch's own flags, filled by build_parser (for "did you mean")
+
+
+def check_pipeline_args(pipeline_args: list[str], unknown: list[str]) -> None:
+    """UsageError for an option that neither minigen batch nor Beam knows (a typo would otherwise be
+    passed to Beam and silently ignored), suggesting the closest of minigen's own flags."""
+    import difflib
+
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, BATCH_FLAGS, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else " (neither a minigen batch flag nor a Beam pipeline option)"
+        raise UsageError(f"unrecognized option {flag}{hint}")
 
 
 def run_batch(args, pipeline_args: list[str]) -> None:
@@ -353,12 +381,12 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     if args.rows < 1:
         raise UsageError(f"--rows must be >= 1, got {args.rows}")
     logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time and runner warnings are not ours
-    logging.basicConfig(format="minigen batch: %(message)s", stream=sys.stderr)
-    logging.getLogger("minigen").setLevel(logging.INFO)  # progress: one line per batch a worker finishes
+    log_to_stderr("minigen batch: ")  # progress: one line per batch a worker finishes
     try:
         from minigen import beam as minigen_beam
     except ImportError as e:
         raise UsageError(f"minigen batch needs Apache Beam ({e}); install it with: pip install \"minigen[beam]\"") from None
+    check_pipeline_args(pipeline_args, minigen_beam.unknown_pipeline_options(pipeline_args))
     errors = args.errors or minigen_beam.default_errors_path(args.output)
     if os.path.abspath(errors) == os.path.abspath(args.output):
         raise UsageError("--errors must differ from --output")
@@ -422,7 +450,32 @@ def main(argv=None) -> int:
         return 141
 
 
+_handlers: list[logging.Handler] = []  # what log_to_stderr attached during this command
+
+
+def log_to_stderr(prefix: str) -> None:
+    """Show the `minigen` logger's INFO lines on stderr for the rest of this command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    logger = logging.getLogger("minigen")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not again through a root handler (Beam configures one)
+    _handlers.append(handler)
+
+
 def run(argv) -> int:
+    try:
+        return run_command(argv)
+    finally:  # main() may be called again in the same process (tests, notebooks)
+        logger = logging.getLogger("minigen")
+        while _handlers:
+            logger.removeHandler(_handlers.pop())
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+def run_command(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "batch":

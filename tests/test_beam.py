@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -80,20 +78,27 @@ def test_direct_runner_pipeline(tmp_path, lm):
     assert counts["prompts_generated"] == 48 and counts["invalid_prompts"] == 5
 
 
-def test_minigen_batch_command(tmp_path):
+def test_minigen_batch_command(tmp_path, cli):
+    import glob
+    import tempfile
+
+    beam_temp = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "beam-temp*")))  # noqa: E731
+    temp_before = beam_temp()
     write_input(tmp_path / "in.jsonl", corpus_prompts(3), [])
     out = tmp_path / "out.jsonl"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    run = lambda *extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "minigen.cli", "batch", "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
-         "--max-new-tokens", "4", *extra], capture_output=True, text=True, env=env, timeout=300)
+    run = lambda *extra: cli("batch", "--input", tmp_path / "in.jsonl", "--output", out,  # noqa: E731
+                             "--max-new-tokens", "4", *extra)
     done = run("--direct_num_workers=1")  # a Beam pipeline option passes through
     assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 3
     assert "3 prompts generated, 0 invalid" in done.stderr
     again = run()  # never overwrites without being asked
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([sys.executable, "-m", "minigen.cli", "batch", "--input", str(tmp_path / "nope.jsonl"),
-                              "--output", str(tmp_path / "o2.jsonl")], capture_output=True, text=True, env=env,
-                             timeout=300)
+    missing = cli("batch", "--input", tmp_path / "nope.jsonl", "--output", tmp_path / "o2.jsonl")
     assert missing.returncode == 2 and "no input file matches" in missing.stderr
+    typo = cli("batch", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o3.jsonl", "--max-new-tokns", "8")
+    assert typo.returncode == 2 and "unrecognized option --max-new-tokns; did you mean --max-new-tokens?" in typo.stderr
+    assert not (tmp_path / "o3.jsonl").exists()
+    # the pipeline leaves no Beam temporary directories behind, beside the output or in the temp directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.errors.jsonl", "out.jsonl"]
+    assert beam_temp() <= temp_before

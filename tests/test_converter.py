@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
+import types
 
 import numpy as np
 import pytest
@@ -15,9 +14,6 @@ from safetensors.numpy import load_file, save_file
 import minigen
 from weights_tools.convert import convert, verify
 from weights_tools.hf_checkpoint import CheckpointError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tree_digest(path) -> dict:
     return {
@@ -41,11 +37,17 @@ def rewrite_tensors(hf_dir, change):
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-def test_cli_convert_with_verify_reports_difference(hf_dir, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "weights_tools", "convert", str(hf_dir), str(tmp_path / "m"), "--verify"],
-        capture_output=True, text=True, cwd=REPO,
-    )
+def run_weights_tools(capsys, *args):
+    """`python -m weights_tools ARGS` in this process: (exit code, stderr)."""
+    from weights_tools.__main__ import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
+
+def test_cli_convert_with_verify_reports_difference(hf_dir, tmp_path, capsys):
+    out = run_weights_tools(capsys, "convert", hf_dir, tmp_path / "m", "--verify")
     assert out.returncode == 0, out.stderr
     assert "max abs logit difference" in out.stderr
     diff = float(out.stderr.split("max abs logit difference ")[1].split()[0])
@@ -115,13 +117,12 @@ def test_truncated_safetensors(hf_dir, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_existing_destination_needs_force(hf_dir, tmp_path):
+def test_existing_destination_needs_force(hf_dir, tmp_path, capsys):
     dst = tmp_path / "m"
     convert(str(hf_dir), str(dst), quiet=True)
     with pytest.raises(CheckpointError, match="--force"):
         convert(str(hf_dir), str(dst), quiet=True)
-    out = subprocess.run([sys.executable, "-m", "weights_tools", "convert", str(hf_dir), str(dst)],
-                         capture_output=True, text=True, cwd=REPO)
+    out = run_weights_tools(capsys, "convert", hf_dir, dst)
     assert out.returncode == 1 and "--force" in out.stderr and "Traceback" not in out.stderr
     (dst / "config.json").write_text((dst / "config.json").read_text().replace('"n_head"', '"n_head" '))
     convert(str(hf_dir), str(dst), force=True, quiet=True)  # a minigen model directory is replaced

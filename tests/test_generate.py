@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import left_padded_batch
+from conftest import grid, left_padded_batch
 
 # Not 0: the reference fills finished beams with `pad_token_id or eos_token_id[0]`, so a pad id of 0
 # (falsy) silently becomes EOS there. minigen always fills with pad_token_id.
@@ -70,8 +70,12 @@ def test_batch_rows_equal_prompts_alone(hf_and_minigen):
         np.testing.assert_array_equal(batch[row, mask[row].argmax():], alone[0])
 
 
-@pytest.mark.parametrize("num_beams, num_return", [(2, 1), (2, 2), (4, 1), (4, 2)])
-@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+BEAM_GRID = [(b, r, e) for e in (True, False, "never") for b, r in ((2, 1), (2, 2), (4, 1), (4, 2))]
+
+
+# every beam width, return count and stopping rule in the default run; the full product under `make soak`
+@pytest.mark.parametrize("num_beams, num_return, early_stopping",
+                         grid(BEAM_GRID, default=[(2, 1, False), (4, 2, True), (4, 1, "never")]))
 def test_beam_search_matches_reference(hf_and_minigen, num_beams, num_return, early_stopping):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(13), 512, [3, 8, 5])

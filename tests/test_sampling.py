@@ -97,3 +97,15 @@ def test_sampled_tokens_follow_processed_softmax(hf_and_minigen):
     expected = probs[support] * n
     chi2 = ((counts[support] - expected) ** 2 / expected).sum()
     assert chi2 < chi_square_upper(int(support.sum()) - 1), chi2
+
+
+def test_a_sampled_row_depends_on_seed_and_index_not_on_other_rows(hf_and_minigen):
+    """What the README promises for seeded sampling in a batch (greedy/beam: batch == alone)."""
+    _, _, model = hf_and_minigen("tiny")
+    target = [7, 8, 9, 10]
+    options = dict(do_sample=True, seed=(3, 9), max_new_tokens=8, top_k=0, pad_token_id=0)
+    a = model.generate([[1, 2, 3, 4], target], **options)
+    b = model.generate([[400, 300, 200, 100], target], **options)
+    np.testing.assert_array_equal(a[1], b[1])  # other rows' contents do not matter
+    c = model.generate([[5, 6, 7, 8], [5, 6, 7, 8]], **options)
+    assert (c[0, 4:] != c[1, 4:]).any()  # the same prompt at two indices: two independent draws

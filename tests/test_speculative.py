@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import minigen
-from conftest import left_padded_batch
+from conftest import grid, left_padded_batch
 from minigen.config import GPT2Config
 from minigen.model import GPT2, random_params
 from test_generate import PAD, early_eos, hf_generate
@@ -21,9 +21,12 @@ def same_weights(model_dir):
     return minigen.load(model_dir.parent / "minigen")
 
 
-@pytest.mark.parametrize("name", ["tiny", "four"])
-@pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("method", ["lookup", "draft", "self-draft"])
+SPECULATIVE_GRID = [(n, b, m) for m in ("lookup", "draft", "self-draft") for b in (1, 4) for n in ("tiny", "four")]
+
+
+# each method, both batch sizes and both models in the default run; the full product under `make soak`
+@pytest.mark.parametrize("name, batch, method", grid(
+    SPECULATIVE_GRID, default=[("tiny", 4, "lookup"), ("four", 4, "draft"), ("four", 1, "self-draft")]))
 def test_greedy_speculative_equals_reference_greedy(hf_and_minigen, name, batch, method):
     hf, hf_dir, model = hf_and_minigen(name)
     vocab = hf.config.vocab_size
