@@ -10,12 +10,16 @@ many different `max_new_tokens` values should also fix that value or round it up
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
+import time
 from collections import OrderedDict
 
 import tensorflow as tf
 
 DEFAULT_SIZE = 16
+NOTICE_AFTER = 1.0  # seconds a compile may run before a terminal user is told what is happening
 
 
 def xla_function(fn):
@@ -82,3 +86,38 @@ class CompileCache:
 
     def __contains__(self, key) -> bool:
         return key in self._entries
+
+
+@contextlib.contextmanager
+def compile_notice(what: str, compiling: bool):
+    """Around a call that may compile: if it does (`compiling`) and is still running after
+    NOTICE_AFTER seconds while stderr is a terminal, say so on stderr, then add the time taken:
+    "minigen: compiling greedy for 1 row x bucket 16 (+32 new) ... 3.2 s". A user waiting on the
+    first call of a kind then knows it is not hung. Nothing is printed when stderr is not a terminal
+    (the `minigen` logger reports every compile at INFO level instead)."""
+    stream = sys.stderr
+    if not compiling or not getattr(stream, "isatty", lambda: False)():
+        yield
+        return
+    lock, began = threading.Lock(), time.perf_counter()
+    state = {"shown": False, "done": False}
+
+    def announce():
+        with lock:
+            if not state["done"]:
+                stream.write(f"minigen: compiling {what} ...")
+                stream.flush()
+                state["shown"] = True
+
+    timer = threading.Timer(NOTICE_AFTER, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True  # a timer that fires late prints nothing
+            if state["shown"]:
+                stream.write(f" {time.perf_counter() - began:.1f} s\n")
+                stream.flush()

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
-from .compile_cache import DEFAULT_SIZE, CompileCache, xla_function
+from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice, xla_function
 from .config import GPT2Config
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
@@ -348,9 +348,10 @@ class GPT2:
             hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
             return self.lm_head(hidden)
 
-        fn = self._compiled.get_or_create(("logits", ids.shape),
-                                          lambda: xla_function(run))
-        return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
+        fresh = ("logits", ids.shape) not in self._compiled
+        fn = self._compiled.get_or_create(("logits", ids.shape), lambda: xla_function(run))
+        with compile_notice(f"logits for {ids.shape[0]} x {ids.shape[1]} tokens", fresh):
+            return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
 
     def generate(self, input_ids, attention_mask=None, **options):
         """Generate continuations; see `minigen.generation.generate.generate` for the options

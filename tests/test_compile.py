@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import resource
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +138,34 @@ def test_many_compiles_give_no_tensorflow_retracing_warning(hf_and_minigen):
     finally:
         tf_logger.removeHandler(handler)
     assert not [m for m in seen if "retracing" in m], seen
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_long_compile_is_announced_on_a_terminal_only(hf_and_minigen, monkeypatch):
+    import minigen.compile_cache
+
+    _, _, model = hf_and_minigen("tiny")
+    monkeypatch.setattr(minigen.compile_cache, "NOTICE_AFTER", 0.0)  # every compile counts as long here
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model.generate([[1, 2, 3]], max_new_tokens=19)
+    said = terminal.getvalue()
+    assert re.fullmatch(r"minigen: compiling greedy for 1 row x bucket 16 \(\+19 new\) \.\.\. \d+\.\d s\n", said), said
+    model.generate([[4, 5, 6]], max_new_tokens=19)  # compiled already: nothing to announce
+    assert terminal.getvalue() == said
+    piped = io.StringIO()  # not a terminal: silent (the minigen logger reports compiles instead)
+    monkeypatch.setattr(sys, "stderr", piped)
+    model.generate([[1, 2, 3]], max_new_tokens=21)
+    assert piped.getvalue() == ""
+
+
+def test_verbose_streaming_reports_speed(text_model_dir, cli):
+    path, _ = text_model_dir
+    result = cli("generate", "The quick", "--model", path, "--max-new-tokens", 6, "--stream", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "minigen: compiled streaming greedy for 1 row x bucket 16 (+6 new)" in result.stderr
+    assert re.search(r"minigen: streamed 1 x \d+ tokens in [\d.]+s \([\d.]+ tok/s", result.stderr), result.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..cache import KVCache
-from ..compile_cache import xla_function
+from ..compile_cache import compile_notice, xla_function
 from .beam import beam_search
 from .config import GenerationConfig
 from .decode import Knobs, Static, generate_loop, run_steps, start
@@ -101,9 +101,19 @@ def make_knobs(cfg: GenerationConfig) -> Knobs:
     )
 
 
+def compile_key(static: Static, assistant=None):
+    return static if assistant is None else ("assisted", static, assistant)
+
+
+def describe(static: Static, cfg: GenerationConfig) -> str:
+    """What a compile is for, as users see it: 'greedy for 2 rows x bucket 16 (+32 new)'."""
+    rows = f"{static.rows} row{'s' if static.rows != 1 else ''}"
+    return f"{static.strategy} for {rows} x bucket {static.bucket} (+{cfg.max_new_tokens} new)"
+
+
 def compiled_generate(model, static: Static, assistant=None):
     """The cached compiled function for this key (and draft model), created (not yet traced) on first use."""
-    key = static if assistant is None else ("assisted", static, assistant)
+    key = compile_key(static, assistant)
 
     def run(ids, mask, knobs):
         model.trace_count += 1
@@ -244,19 +254,20 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         static = static._replace(bucket=ids.shape[1], prefix=cache.width - 1)
         prefix_cache = cache.cache
     static = static._replace(return_cache=return_state)
+    fresh = compile_key(static, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, static, assistant_model)
     traces = model.trace_count
     began = time.perf_counter()
     args = (tf.constant(ids), tf.constant(mask), make_knobs(cfg)) + (() if prefix_cache is None else (prefix_cache,))
-    result = fn(*args)
-    sequences, scores = result[0].numpy(), result[1].numpy()
+    with compile_notice(describe(static, cfg), fresh):
+        result = fn(*args)
+        sequences, scores = result[0].numpy(), result[1].numpy()
     elapsed = time.perf_counter() - began
-    if model.trace_count != traces:
-        logger.info("compiled %s for %d rows x bucket %d (+%d new) in %.2fs (incl. first run)",
-                    static.strategy, static.rows, static.bucket, cfg.max_new_tokens, elapsed)
-    else:
-        logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s)", batch, cfg.max_new_tokens, elapsed,
-                    batch * cfg.max_new_tokens / elapsed)
+    compiled = model.trace_count != traces
+    if compiled:
+        logger.info("compiled %s in %.2fs (incl. first run)", describe(static, cfg), elapsed)
+    logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, cfg.max_new_tokens, elapsed,
+                batch * cfg.max_new_tokens / elapsed, ", incl. the compile" if compiled else "")
 
     speculation = None
     if static.speculation:
@@ -328,17 +339,27 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
         raise ValueError("streaming supports greedy search and sampling, not num_beams > 1")
     if cfg.prompt_lookup_num_tokens is not None:
         raise ValueError("streaming does not support prompt_lookup_num_tokens; use generate")
+    fresh = ("stream", static) not in model.compile_cache
     begin, advance = compiled_stream(model, static)
     knobs = make_knobs(cfg)
     mask_t = tf.constant(mask)
-    state, key_mask = begin(tf.constant(ids), mask_t)
+    traces, began = model.trace_count, time.perf_counter()
+    with compile_notice("streaming " + describe(static, cfg), fresh):
+        state, key_mask = begin(tf.constant(ids), mask_t)
     bucket, done = static.bucket, 0
     while done < cfg.max_new_tokens:
         limit = min(done + chunk_size, cfg.max_new_tokens)
-        state = advance(state, mask_t, key_mask, knobs, tf.constant(limit, tf.int32))
+        with compile_notice("streaming " + describe(static, cfg), fresh and done == 0):
+            state = advance(state, mask_t, key_mask, knobs, tf.constant(limit, tf.int32))
+        if done == 0 and model.trace_count != traces:
+            logger.info("compiled streaming %s in %.2fs (incl. first chunk)", describe(static, cfg),
+                        time.perf_counter() - began)
         chosen = int(state.step)
         if chosen > done:
             yield state.sequences[:, bucket + done:bucket + chosen].numpy()
         done = chosen
         if done < limit:  # every row finished early
             break
+    elapsed = time.perf_counter() - began
+    logger.info("streamed %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, done, elapsed, batch * done / elapsed,
+                ", incl. the compile" if model.trace_count != traces else "")
