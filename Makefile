@@ -22,7 +22,7 @@ $(STAMP): $(RUNTIME)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) tests/suite.py -q
 
 soak: $(STAMP)
 	$(PY) -m pytest -q -m slow

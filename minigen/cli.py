@@ -288,8 +288,12 @@ def run_generate(args) -> None:
         raise UsageError("--stream does not combine with --prompt-lookup / --assistant-model")
     if args.stream and args.output:
         raise UsageError("--stream prints to stdout; it does not combine with --output")
+    if args.stream and args.format != "text":
+        raise UsageError("--stream prints text as it comes; it does not combine with --format jsonl")
     check_output_path(args.output, args.overwrite, [args.input])
     prompts = read_prompts(args)
+    if args.stream and (len(prompts) != 1 or args.num_return_sequences != 1):
+        raise UsageError("--stream prints one continuation of one prompt (--num-return-sequences 1)")
     if args.verbose:
         log_to_stderr("minigen: ")
     import_tensorflow_quietly()
@@ -301,8 +305,6 @@ def run_generate(args) -> None:
         options["assistant_model"] = minigen.load(args.assistant_model, dtype=args.dtype)
 
     if args.stream:
-        if len(prompts) != 1 or args.num_return_sequences != 1:
-            raise UsageError("--stream prints one continuation of one prompt (--num-return-sequences 1)")
         sys.stdout.write(prompts[0])
         try:
             for piece in lm.stream(prompts[0], **options):
@@ -383,15 +385,15 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time and runner warnings are not ours
     log_to_stderr("minigen batch: ")  # progress: one line per batch a worker finishes
     try:
-        from minigen import beam as minigen_beam
+        from minigen import pipeline
     except ImportError as e:
         raise UsageError(f"minigen batch needs Apache Beam ({e}); install it with: pip install \"minigen[beam]\"") from None
-    check_pipeline_args(pipeline_args, minigen_beam.unknown_pipeline_options(pipeline_args))
-    errors = args.errors or minigen_beam.default_errors_path(args.output)
+    check_pipeline_args(pipeline_args, pipeline.unknown_pipeline_options(pipeline_args))
+    errors = args.errors or pipeline.default_errors_path(args.output)
     if os.path.abspath(errors) == os.path.abspath(args.output):
         raise UsageError("--errors must differ from --output")
     try:
-        inputs = [m.path for m in minigen_beam.matched_inputs(args.input)]
+        inputs = [m.path for m in pipeline.matched_inputs(args.input)]
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     for path in (args.output, errors):
@@ -406,7 +408,7 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     print(f"minigen batch: {args.input} -> {args.output} (errors: {errors}); pipeline options: "
           f"{' '.join(pipeline_args) or 'none (DirectRunner)'}", file=sys.stderr, flush=True)
     try:
-        counts = minigen_beam.run_pipeline(args.input, args.output, errors, model=args.model, rows=args.rows,
+        counts = pipeline.run_pipeline(args.input, args.output, errors, model=args.model, rows=args.rows,
                                            dtype=args.dtype, pipeline_args=pipeline_args, **options)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None

@@ -97,6 +97,10 @@ def test_make_demo_runs(capsys):
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "-m minigen.demo" in makefile
+    # make demo installs the runtime only: its prerequisite's recipe installs no extra and no torch
+    assert "\ndemo: $(RUNTIME)\n" in makefile
+    runtime_recipe = makefile.split("\n$(RUNTIME):", 1)[1].split("\n\n", 1)[0]
+    assert "pip install -q -e .\n" in runtime_recipe + "\n" and "[" not in runtime_recipe and "torch" not in runtime_recipe
     assert main(["--max-new-tokens", "3"]) == 0
     stdout = capsys.readouterr().out
     assert "greedy" in stdout and "beam search" in stdout

@@ -227,6 +227,20 @@ def test_float16_overflow_is_refused(hf_dir, tmp_path):
     convert(str(hf_dir), str(tmp_path / "m"), dtype="bfloat16", quiet=True)  # fits bfloat16's range
 
 
+def test_read_only_destination_is_one_line(hf_dir, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from weights_tools.__main__ import main
+
+    def denied(*args, **kwargs):  # what a read-only directory answers (root ignores chmod, so simulate it)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    assert main(["convert", str(hf_dir), str(tmp_path / "m")]) == 1
+    assert capsys.readouterr().err == f"error: cannot write into {str(tmp_path)!r}: Permission denied\n"
+    assert not (tmp_path / "m").exists()
+
+
 def test_unwritable_destination_is_one_line(hf_dir, tmp_path, capsys):
     from weights_tools.__main__ import main
 

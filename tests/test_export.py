@@ -134,3 +134,7 @@ def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
     for change, message in bad:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             call(**change)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a int32 tensor but is a int64"):
+        fn(input_ids=tf.constant(ids, tf.int64), attention_mask=tf.constant(mask), temperature=tf.constant(1.0),
+           top_k=tf.constant(0), top_p=tf.constant(1.0), repetition_penalty=tf.constant(1.0),
+           seed=tf.constant([1, 2]))

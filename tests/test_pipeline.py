@@ -39,7 +39,7 @@ def write_input(path, prompts, invalid):
 
 
 def test_direct_runner_pipeline(tmp_path, lm):
-    from minigen.beam import run_pipeline
+    from minigen.pipeline import run_pipeline
 
     prompts = corpus_prompts(48)
     invalid = [json.dumps({"id": "empty", "prompt": ""}), json.dumps({"id": "long", "prompt": "night " * 300}),
