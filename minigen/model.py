@@ -25,6 +25,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from . import cache as kv
 from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice, xla_function
 from .config import GPT2Config
+from .layout import BLOCK_TENSORS, tensor_shapes
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
 
@@ -44,47 +45,6 @@ class Block(NamedTuple):
     up_bias: tf.Variable  # [inner]
     down_kernel: tf.Variable  # [d, inner]
     down_bias: tf.Variable  # [d]
-
-
-BLOCK_TENSORS = {  # Block field -> minigen tensor name (after "h.{i}.")
-    "ln_1_scale": "ln_1.scale",
-    "ln_1_bias": "ln_1.bias",
-    "qkv_kernel": "attn.qkv.kernel",
-    "qkv_bias": "attn.qkv.bias",
-    "out_kernel": "attn.out.kernel",
-    "out_bias": "attn.out.bias",
-    "ln_2_scale": "ln_2.scale",
-    "ln_2_bias": "ln_2.bias",
-    "up_kernel": "mlp.up.kernel",
-    "up_bias": "mlp.up.bias",
-    "down_kernel": "mlp.down.kernel",
-    "down_bias": "mlp.down.bias",
-}
-
-
-def tensor_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Every tensor of minigen's format with the shape the config implies."""
-    d, inner = config.n_embd, config.inner_dim
-    shapes = {"wte": (config.vocab_size, d), "wpe": (config.n_positions, d), "ln_f.scale": (d,), "ln_f.bias": (d,)}
-    block = {
-        "ln_1.scale": (d,),
-        "ln_1.bias": (d,),
-        "attn.qkv.kernel": (d, 3 * d),
-        "attn.qkv.bias": (3 * d,),
-        "attn.out.kernel": (d, d),
-        "attn.out.bias": (d,),
-        "ln_2.scale": (d,),
-        "ln_2.bias": (d,),
-        "mlp.up.kernel": (d, inner),
-        "mlp.up.bias": (inner,),
-        "mlp.down.kernel": (inner, d),
-        "mlp.down.bias": (d,),
-    }
-    for i in range(config.n_layer):
-        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
-    if not config.tie_word_embeddings:
-        shapes["lm_head"] = (config.vocab_size, d)
-    return shapes
 
 
 def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02, scale_residual: bool = True):

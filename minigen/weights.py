@@ -2,7 +2,7 @@
 
 A minigen model directory holds:
 - `config.json`: the Hugging Face GPT-2 config, unchanged;
-- `model.safetensors`: the tensors named and shaped as `model.tensor_shapes` lists, with the
+- `model.safetensors`: the tensors named and shaped as `layout.tensor_shapes` lists, with the
   safetensors metadata `{"format": "minigen", "minigen_format_version": "1"}`;
 - `tokenizer.json` (optional), copied from the source checkpoint.
 
@@ -158,7 +158,8 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
     max_new_tokens, ...) the model keeps; the least recently used is dropped beyond it
     (`model.compile_cache`, see minigen/compile_cache.py).
     """
-    from .model import GPT2, tensor_shapes
+    from .layout import tensor_shapes
+    from .model import GPT2
 
     if dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from minigen.model import tensor_shapes
+from minigen.layout import tensor_shapes
 from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_shapes, check_values,
                              read_metadata)
 

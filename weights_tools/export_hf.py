@@ -15,23 +15,14 @@ import numpy as np
 from minigen.config import GPT2Config
 from minigen.weights import CONFIG_FILE, WEIGHTS_FILE, read_safetensors
 
-from .hf_checkpoint import NAME_MAP
+from minigen.layout import hf_names as model_hf_names
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def hf_names(config: GPT2Config) -> dict[str, str]:
     """minigen tensor name -> Hugging Face name (with the `transformer.` prefix GPT2LMHeadModel uses)."""
-    names = {}
-    for hf, ours in NAME_MAP.items():
-        if "{i}" in hf:
-            for i in range(config.n_layer):
-                names[ours.format(i=i)] = "transformer." + hf.format(i=i)
-        elif ours == "lm_head":
-            names[ours] = "lm_head.weight"
-        else:
-            names[ours] = "transformer." + hf
-    return names
+    return {ours: hf if ours == "lm_head" else "transformer." + hf for ours, hf in model_hf_names(config).items()}
 
 
 def export_hf(src: str, dst: str) -> str:

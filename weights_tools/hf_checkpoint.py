@@ -15,30 +15,11 @@ import re
 import numpy as np
 
 from minigen.config import ConfigError, GPT2Config
+from minigen.layout import hf_names
 from minigen.weights import LoadError, read_safetensors
 
 INDEX_FILE = "model.safetensors.index.json"
 
-# HF name (after the prefix) -> minigen name; "{i}" is the layer index.
-NAME_MAP = {
-    "wte.weight": "wte",
-    "wpe.weight": "wpe",
-    "ln_f.weight": "ln_f.scale",
-    "ln_f.bias": "ln_f.bias",
-    "h.{i}.ln_1.weight": "h.{i}.ln_1.scale",
-    "h.{i}.ln_1.bias": "h.{i}.ln_1.bias",
-    "h.{i}.attn.c_attn.weight": "h.{i}.attn.qkv.kernel",
-    "h.{i}.attn.c_attn.bias": "h.{i}.attn.qkv.bias",
-    "h.{i}.attn.c_proj.weight": "h.{i}.attn.out.kernel",
-    "h.{i}.attn.c_proj.bias": "h.{i}.attn.out.bias",
-    "h.{i}.ln_2.weight": "h.{i}.ln_2.scale",
-    "h.{i}.ln_2.bias": "h.{i}.ln_2.bias",
-    "h.{i}.mlp.c_fc.weight": "h.{i}.mlp.up.kernel",
-    "h.{i}.mlp.c_fc.bias": "h.{i}.mlp.up.bias",
-    "h.{i}.mlp.c_proj.weight": "h.{i}.mlp.down.kernel",
-    "h.{i}.mlp.c_proj.bias": "h.{i}.mlp.down.bias",
-    "lm_head.weight": "lm_head",
-}
 IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 
 
@@ -117,13 +98,7 @@ def to_minigen_names(hf: dict[str, np.ndarray], config: GPT2Config, source: str)
     A distinct `lm_head.weight` under a tied config is kept as minigen's `lm_head` (see
     `has_own_head`); the caller then writes the config with tie_word_embeddings false.
     """
-    lookup = {}
-    for hf_name, ours in NAME_MAP.items():
-        if "{i}" in hf_name:
-            for i in range(config.n_layer):
-                lookup[hf_name.format(i=i)] = ours.format(i=i)
-        else:
-            lookup[hf_name] = ours
+    lookup = {hf: ours for ours, hf in hf_names(config).items()}
     out, unknown = {}, []
     for name, value in hf.items():
         if IGNORED.match(name):

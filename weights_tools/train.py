@@ -98,7 +98,7 @@ def hf_config(args, vocab_size: int, eot: int) -> dict:
 
 def variables_by_name(model) -> dict:
     """minigen tensor name -> the model's tf.Variable (kernels are held [out, in] in memory)."""
-    from minigen.model import BLOCK_TENSORS
+    from minigen.layout import BLOCK_TENSORS
 
     out = {"wte": model.wte, "wpe": model.wpe, "ln_f.scale": model.ln_f_scale, "ln_f.bias": model.ln_f_bias}
     for i, block in enumerate(model.blocks):
