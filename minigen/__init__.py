@@ -16,7 +16,7 @@ def __getattr__(name):
     # GPT2 imports TensorFlow; loading it on first use keeps `import minigen` (and the CLI's
     # argument parsing) fast, and lets the CLI import TensorFlow with its C++ start-up noise muted.
     if name == "GPT2":
-        from .model import GPT2
+        from .gpt2 import GPT2
 
         return GPT2
     raise AttributeError(f"module 'minigen' has no attribute {name!r}")

@@ -18,6 +18,10 @@ import sys
 import tempfile
 import time
 
+import minigen
+from minigen.generation.config import GenerationConfig
+from minigen.weights import LoadError, check_model_dir
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -259,33 +263,31 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def generation_options(args) -> dict:
-    """`generate` options from the shared flags, validated (UsageError naming the bad one)."""
-    from minigen.generation.config import GenerationConfig
+def generation_options(args, **extra) -> dict:
+    """`generate` options from the shared flags (and `extra` ones), checked by GenerationConfig.check
+    like every other caller's (UsageError naming the bad one)."""
 
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
                    seed=tuple(args.seed) if args.seed else None)
+    if getattr(args, "prompt_lookup", None) is not None:
+        options["prompt_lookup_num_tokens"] = args.prompt_lookup
+    if getattr(args, "assistant_model", None) is not None:
+        options["num_assistant_tokens"] = args.num_assistant_tokens
     try:
-        GenerationConfig.from_options(**options).validate(None)
+        GenerationConfig.from_options(**options).check(
+            None, streaming=getattr(args, "stream", False), assistant=getattr(args, "assistant_model", None) is not None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
 
 
 def run_generate(args) -> None:
-    import minigen
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = generation_options(args)
-    if args.prompt_lookup is not None:
-        options["prompt_lookup_num_tokens"] = args.prompt_lookup
-    if args.assistant_model is not None:
-        options["num_assistant_tokens"] = args.num_assistant_tokens
-    if args.stream and (args.prompt_lookup is not None or args.assistant_model is not None):
-        raise UsageError("--stream does not combine with --prompt-lookup / --assistant-model")
     if args.stream and args.output:
         raise UsageError("--stream prints to stdout; it does not combine with --output")
     if args.stream and args.format != "text":
@@ -385,7 +387,7 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time and runner warnings are not ours
     log_to_stderr("minigen batch: ")  # progress: one line per batch a worker finishes
     try:
-        from minigen import pipeline
+        from minigen import pipeline  # needs the optional apache-beam
     except ImportError as e:
         raise UsageError(f"minigen batch needs Apache Beam ({e}); install it with: pip install \"minigen[beam]\"") from None
     check_pipeline_args(pipeline_args, pipeline.unknown_pipeline_options(pipeline_args))
@@ -398,7 +400,6 @@ def run_batch(args, pipeline_args: list[str]) -> None:
         raise UsageError(str(e)) from None
     for path in (args.output, errors):
         check_output_path(path, args.overwrite, inputs)
-    from minigen.weights import LoadError, check_model_dir
 
     model_dir = check_model_dir(args.model)  # a bad --model fails here, before a pipeline starts
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "vocab.json")):
@@ -418,7 +419,6 @@ def run_batch(args, pipeline_args: list[str]) -> None:
 
 
 def run_export(args) -> None:
-    import minigen
 
     if args.batch_size.lower() == "none":
         batch = None
@@ -428,7 +428,7 @@ def run_export(args) -> None:
         except ValueError:
             raise UsageError(f"--batch-size must be an int >= 1 or 'none', got {args.batch_size!r}") from None
     import_tensorflow_quietly()
-    from minigen.export import export
+    from minigen.export import export  # loads TensorFlow: only once the arguments are checked
 
     lm = minigen.load(args.model)
     try:
@@ -483,7 +483,6 @@ def run_command(argv) -> int:
     if extra and args.command != "batch":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # TensorFlow (3-9 s to import) is imported by each command only after its arguments are checked
-    from minigen.weights import LoadError
     from weights_tools.hf_checkpoint import CheckpointError
 
     try:

@@ -36,12 +36,26 @@ def xla_function(fn):
 
 
 class CompileCache:
-    """Maps a compile key to its compiled function; keeps the `maxsize` most recently used."""
+    """Maps a compile key to its compiled function; keeps the `maxsize` most recently used.
+
+    `traces` counts how often any of its functions was traced (a trace precedes each XLA compile),
+    so tests can prove that a new option value reuses a compiled function."""
 
     def __init__(self, maxsize: int = DEFAULT_SIZE):
         self.maxsize = maxsize
         self._entries: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
+        self.traces = 0
+
+    def compiled(self, key, fn):
+        """The compiled function for `key`: `xla_function(fn)` made on first use (traced and compiled
+        when first called), each of its traces counted in `traces`."""
+
+        def counted(*args):
+            self.traces += 1
+            return fn(*args)
+
+        return self.get_or_create(key, lambda: xla_function(counted))
 
     @property
     def maxsize(self) -> int:

@@ -17,10 +17,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from minigen.config import GPT2Config  # noqa: E402
+from minigen.weights import DEFAULT_MODEL, load, shipped_models  # noqa: E402
+
 
 def random_model(n_layer=4, n_embd=256, n_head=4, vocab_size=50257, n_positions=1024, seed=0):
     """A GPT-2 with random weights (std 0.2, so its logits are peaked, not flat)."""
-    from minigen import GPT2, GPT2Config
+    # imported here: only --random needs the network's initialiser
+    from minigen import GPT2
     from minigen.model import random_params
 
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=n_positions)
@@ -83,8 +87,6 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="with --random")
     parser.add_argument("--width", type=int, default=256, help="with --random")
     args = parser.parse_args(argv)
-    from minigen.weights import DEFAULT_MODEL, load, shipped_models
-
     if args.random or DEFAULT_MODEL not in shipped_models():
         if not args.random:
             print(f"(the shipped model {DEFAULT_MODEL!r} is not installed here: falling back to random weights)")

@@ -27,29 +27,21 @@ import tempfile
 import tensorflow as tf
 
 from .compile_cache import xla_function
-from .generation.beam import beam_search
+from .generation.beam_search import beam_search
 from .generation.config import GenerationConfig
-from .generation.decode import Knobs, Static, generate_loop
+from .generation.core import CompileKey, compile_key, make_knobs
+from .generation.search import search
 
 STRATEGIES = ("greedy", "sample", "beam")
+RUNTIME = ("repetition_penalty",)  # processor options that are signature inputs
 
 
-def _static(model, strategy: str, rows: int | None, bucket: int, max_new_tokens: int, num_beams: int) -> Static:
-    defaults = GenerationConfig()  # EOS and pad ids as `generate` would take them from the model's config
-    return Static(
-        strategy=strategy,
-        rows=rows,
-        bucket=bucket,
-        max_new_tokens=max_new_tokens,
-        eos_ids=defaults.eos_ids(model.config),
-        pad_id=defaults.pad_id(model.config),
-        use_repetition_penalty=True,  # a knob: 1.0 leaves the logits as they are
-        no_repeat_ngram_size=0,
-        output_scores=strategy != "beam",
-        num_beams=num_beams if strategy == "beam" else 1,
-        num_return_sequences=1,
-        early_stopping=False,
-    )
+def _config(strategy: str, max_new_tokens: int, num_beams: int) -> GenerationConfig:
+    """The options a strategy's signature is compiled with (EOS and pad ids come from the model's
+    config, as in `generate`); checked like any other caller's."""
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=strategy == "sample",
+                            num_beams=num_beams if strategy == "beam" else 1,
+                            output_scores=strategy != "beam").check()
 
 
 class Exported(tf.Module):
@@ -70,23 +62,24 @@ class Exported(tf.Module):
         for strategy in strategies:
             if strategy == "beam" and batch_size is None:
                 raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
-            rows = None if batch_size is None else batch_size * (num_beams if strategy == "beam" else 1)
-            static = _static(model, strategy, rows, bucket, max_new_tokens, num_beams)
-            compiled = xla_function(_runner(model, static))
+            cfg = _config(strategy, max_new_tokens, num_beams)
+            key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME)
+            compiled = xla_function(_runner(model.network, cfg, key))
             self.functions[strategy] = tf.function(
                 _checked(compiled, batch_size, bucket, model.config.vocab_size, sampling=strategy == "sample"),
                 input_signature=spec, autograph=False)
 
 
 def _variables(model):
-    yield model.wte
-    yield model.wpe
-    for block in model.blocks:
+    net = model.network
+    yield net.wte
+    yield net.wpe
+    for block in net.blocks:
         yield from block
-    yield model.ln_f_scale
-    yield model.ln_f_bias
-    if model.lm_head_weight is not model.wte:
-        yield model.lm_head_weight
+    yield net.ln_f_scale
+    yield net.ln_f_bias
+    if net.lm_head_weight is not net.wte:
+        yield net.lm_head_weight
 
 
 def _checked(compiled, batch_size, bucket: int, vocab: int, sampling: bool):
@@ -134,16 +127,16 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, sampling: bool):
     return run
 
 
-def _runner(model, static: Static):
+def _runner(net, cfg: GenerationConfig, key: CompileKey):
     def run(input_ids, attention_mask, temperature, top_k, top_p, repetition_penalty, seed):
-        knobs = Knobs(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                      length_penalty=tf.constant(1.0), min_new_tokens=tf.constant(0), seed=seed)
-        if static.strategy == "beam":
-            nb = static.num_beams
+        knobs = make_knobs(cfg, temperature=temperature, top_k=top_k, top_p=top_p,
+                           repetition_penalty=repetition_penalty, seed=seed)
+        if key.beam:
+            nb = key.beam.num_beams
             ids, mask = tf.repeat(input_ids, nb, axis=0), tf.repeat(attention_mask, nb, axis=0)
-            sequences, scores = beam_search(model, ids, mask, knobs, static)
+            sequences, scores = beam_search(net, ids, mask, knobs, key)
             return {"sequences": sequences[:, 0], "scores": scores[:, 0]}
-        sequences, scores = generate_loop(model, input_ids, attention_mask, knobs, static)
+        sequences, scores = search(net, input_ids, attention_mask, knobs, key)
         return {"sequences": sequences, "scores": scores}
 
     return run
@@ -162,6 +155,8 @@ def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, ma
     for name, value in (("bucket", bucket), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if "beam" in strategies and num_beams < 2:
+        raise ValueError(f"num_beams must be >= 2 for the beam signature (1 is greedy search), got {num_beams}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
     if bucket + max_new_tokens > model.config.n_positions:

@@ -23,9 +23,9 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
-from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice, xla_function
 from .config import GPT2Config
 from .layout import BLOCK_TENSORS, tensor_shapes
+from .positions import positions_from_mask
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
 
@@ -68,12 +68,6 @@ def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02, scale_re
 # ---- small pure functions ----------------------------------------------------------------------
 
 
-def positions_from_mask(mask: tf.Tensor) -> tf.Tensor:
-    """Position ids of a (left-)padded batch: cumsum(mask) - 1, padding clamped to 0. [batch, width]"""
-    mask = tf.cast(mask, tf.int32)
-    return tf.maximum(tf.cumsum(mask, axis=-1) - 1, 0)
-
-
 def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tensor:
     """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
 
@@ -81,7 +75,7 @@ def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tenso
     index: scalar int32 (every row writes at the same slot), or [batch] int32 (speculative decoding:
         rows accept different numbers of tokens, so each has its own length).
     lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
-        prompt's group holds each slot's key/value for each beam (see `GPT2.attention`).
+        prompt's group holds each slot's key/value for each beam (see `Transformer.attention`).
     Returns [batch, 1, s, cache_len] bool (broadcast over heads); with a lineage,
     [prompts, 1, beams * s, beams * cache_len]: query (beam q, token i) -> key (beam row p, slot t).
     """
@@ -143,15 +137,13 @@ def linear(x, kernel, bias):
 # ---- the model ---------------------------------------------------------------------------------
 
 
-class GPT2:
-    """A GPT-2 whose weights live in TensorFlow variables.
-
-    Build one with `minigen.load(path)`; `logits()` and `generate()` are the public entry points.
-    `forward()` is the single compiled-friendly forward pass the decoding loops call.
+class Transformer:
+    """The GPT-2 network: weights in TensorFlow variables and the phases the decoding loops call
+    (`prefill`, `decode_one_token`, `forward`, `lm_head`). Nothing here knows about generation:
+    the object users hold, `minigen.GPT2` (gpt2.py), wraps one of these.
     """
 
-    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32",
-                 compile_cache_size: int = DEFAULT_SIZE):
+    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32"):
         self.config = config
         self.weight_dtype = tf.as_dtype(dtype)
 
@@ -174,9 +166,6 @@ class GPT2:
         self.ln_f_bias = var("ln_f.bias")
         self.lm_head_weight = self.wte if config.tie_word_embeddings else var("lm_head")  # [vocab, d]
         self._act = activation(config.activation_function)
-        self.tokenizer = None  # a minigen.Tokenizer, set by minigen.load when the directory has one
-        self._compiled = CompileCache(compile_cache_size)  # compile key -> compiled function, LRU
-        self.trace_count = 0  # bumped each time a generation/logits function is traced
 
     # -- phases --
 
@@ -286,60 +275,3 @@ class GPT2:
         """One decode step: tokens, positions [batch] -> (logits [batch, vocab], cache)."""
         hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index, lineage)
         return self.lm_head(hidden[:, 0]), cache
-
-    # -- public API --
-
-    @property
-    def compile_cache(self) -> CompileCache:
-        """The compiled functions of this model, least recently used evicted beyond
-        `compile_cache.maxsize` (default 16, settable; `minigen.load(..., compile_cache_size=)`).
-        `compile_cache.clear()` drops them all."""
-        return self._compiled
-
-    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
-        """Full-sequence logits, float32 [batch, seq, vocab]. Pads may be on either side; positions
-        come from the mask, so each row gives the logits of that prompt alone at its real positions."""
-        from .generation.inputs import prepare_logits_inputs
-
-        ids, mask, width = prepare_logits_inputs(self.config, input_ids, attention_mask)
-
-        def run(ids, mask):
-            self.trace_count += 1
-            hidden, _, _ = self.prefill(ids, mask, ids.shape[1])
-            return self.lm_head(hidden)
-
-        fresh = ("logits", ids.shape) not in self._compiled
-        fn = self._compiled.get_or_create(("logits", ids.shape), lambda: xla_function(run))
-        with compile_notice(f"logits for {ids.shape[0]} x {ids.shape[1]} tokens", fresh):
-            return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
-
-    def generate(self, input_ids, attention_mask=None, **options):
-        """Generate continuations; see `minigen.generation.generate.generate` for the options
-        (including cache=/return_state= to continue a conversation without recomputing it)."""
-        from .generation.generate import generate
-
-        return generate(self, input_ids, attention_mask, **options)
-
-    def generate_text(self, prompts, return_full_text: bool = False, **options) -> list[str]:
-        """Continue text prompts with this model's tokenizer; see `minigen.text.generate_text`."""
-        from .text import generate_text
-
-        return generate_text(self, prompts, return_full_text, **options)
-
-    def stream(self, prompt: str, chunk_size: int = 8, **options):
-        """Yield text pieces of one prompt's continuation as they are generated; see `minigen.text.stream_text`."""
-        from .text import stream_text
-
-        return stream_text(self, prompt, chunk_size, **options)
-
-    def export(self, out_dir: str, **options) -> str:
-        """Write a TensorFlow SavedModel of the compiled generate; see `minigen.export.export`."""
-        from .export import export
-
-        return export(self, out_dir, **options)
-
-    def stream_tokens(self, input_ids, attention_mask=None, chunk_size: int = 8, **options):
-        """Yield new token ids [batch, n] chunk by chunk; see `minigen.generation.generate.stream`."""
-        from .generation.generate import stream
-
-        return stream(self, input_ids, attention_mask, chunk_size=chunk_size, **options)

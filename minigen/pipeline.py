@@ -34,6 +34,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from .config import GPT2Config
+from .generation.config import GenerationConfig
+from .tokenizer import Tokenizer
+from .weights import load, resolve
+
 METRICS_NAMESPACE = "minigen"
 logger = logging.getLogger("minigen")
 
@@ -72,10 +77,6 @@ class ValidatePrompts(beam.DoFn):
         self.model, self.max_new_tokens, self.single_file = model, max_new_tokens, single_file
 
     def setup(self):
-        from .config import GPT2Config
-        from .tokenizer import Tokenizer
-        from .weights import resolve
-
         path = resolve(self.model)
         self.tokenizer = Tokenizer.from_dir(path)
         self.n_positions = GPT2Config.from_json_file(f"{path}/config.json").n_positions
@@ -144,11 +145,9 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
 
     def __init__(self, model: str | None = None, rows: int = 8, dtype: str = "float32", **options):
         super().__init__()
-        from .generation.config import GenerationConfig
-
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows must be an int >= 1, got {rows!r}")
-        GenerationConfig.from_options(**options).validate(None)  # bad options fail at construction
+        GenerationConfig.from_options(**options).check(None)  # bad options fail at construction
         self.model, self.rows, self.dtype, self.options = model, rows, dtype, options
         self.pad_to = options.get("pad_to_multiple_of", GenerationConfig.pad_to_multiple_of)
         self.done = 0  # prompts this worker's handler has generated (progress lines)
@@ -156,8 +155,6 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
         self.generated = Metrics.counter(METRICS_NAMESPACE, "prompts_generated")
 
     def load_model(self):
-        from . import load
-
         return load(self.model, dtype=self.dtype)
 
     def batch_elements_kwargs(self):
@@ -190,7 +187,7 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
     def _generate(self, model, prompts: list[str]) -> list[tuple[list[str], list[int]]]:
         """(texts, new token counts) per prompt; the call is padded to `rows` rows with copies of the
         last prompt, which are dropped."""
-        from .generation.config import GenerationConfig
+        # imported here: it loads TensorFlow, which only the workers that generate need
         from .generation.generate import generated_mask
 
         tokenizer = model.tokenizer

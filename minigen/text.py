@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .generation.generate import stream
 from .tokenizer import Tokenizer, check_text
 
 
@@ -62,8 +63,6 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
     Joined, the pieces equal `generate_text(model, prompt, **options)[0]`. A piece is held back
     while it ends inside a multi-byte character (decoding would show U+FFFD).
     """
-    from .generation.generate import stream
-
     tokenizer = _tokenizer_of(model)
     if not isinstance(prompt, str):
         raise ValueError(f"stream takes one prompt (a string), got {type(prompt).__name__}")

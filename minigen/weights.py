@@ -16,6 +16,8 @@ import os
 import numpy as np
 
 from .config import ConfigError, GPT2Config
+from .layout import tensor_shapes
+from .tokenizer import Tokenizer
 
 FORMAT_METADATA = {"format": "minigen", "minigen_format_version": "1"}
 WEIGHTS_FILE = "model.safetensors"
@@ -158,8 +160,8 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
     max_new_tokens, ...) the model keeps; the least recently used is dropped beyond it
     (`model.compile_cache`, see minigen/compile_cache.py).
     """
-    from .layout import tensor_shapes
-    from .model import GPT2
+    # imported here, not at the top: `import minigen` (and the CLI's argument checks) must not load TensorFlow
+    from .gpt2 import GPT2
 
     if dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -181,8 +183,6 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
     check_values(tensors, weights)
     model = GPT2(config, tensors, dtype=dtype, compile_cache_size=compile_cache_size)
     if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
-        from .tokenizer import Tokenizer
-
         try:
             eos = config.eos_token_id if isinstance(config.eos_token_id, int) else None
             model.tokenizer = Tokenizer.from_dir(path, eos_id=eos)

@@ -78,9 +78,9 @@ def test_input_that_is_not_utf8_is_named_by_line(tmp_path, capsys):
 
 
 def test_ctrl_c_keeps_finished_lines_and_exits_130(tmp_path, capsys, monkeypatch):
-    import minigen.model
+    import minigen.gpt2
 
-    real = minigen.model.GPT2.generate_text
+    real = minigen.gpt2.GPT2.generate_text
     calls = []
 
     def interrupted_on_second_batch(self, prompts, **options):
@@ -89,7 +89,7 @@ def test_ctrl_c_keeps_finished_lines_and_exits_130(tmp_path, capsys, monkeypatch
             raise KeyboardInterrupt
         return real(self, prompts, **options)
 
-    monkeypatch.setattr(minigen.model.GPT2, "generate_text", interrupted_on_second_batch)
+    monkeypatch.setattr(minigen.gpt2.GPT2, "generate_text", interrupted_on_second_batch)
     prompts = prompts_file(tmp_path / "in.txt", ["It was a dark night", "Call me", "The sea"])
     out = tmp_path / "out.jsonl"
     code, _, err = run(capsys, "generate", "--input", str(prompts), "--output", str(out), "--batch-size", "1", *FAST)

@@ -40,14 +40,15 @@ def test_whole_generation_is_one_xla_computation(hf_and_minigen, options):
     """The compiled function is jit_compile=True, and its XLA HLO holds the decode while loop."""
     import tensorflow as tf
 
-    from minigen.generation.generate import compiled_generate, make_knobs, static_key
     from minigen.generation.config import GenerationConfig
+    from minigen.generation.core import compile_key, make_knobs
+    from minigen.generation.generate import compiled_generate
 
     _, _, model = hf_and_minigen("tiny")
-    cfg = GenerationConfig(max_new_tokens=4, **options)
-    static = static_key(model, cfg, 1, 16)
-    fn = compiled_generate(model, static)
-    rows = static.rows
+    cfg = GenerationConfig(max_new_tokens=4, **options).check(model.config)
+    key = compile_key(cfg, model.config, 1, 16)
+    fn = compiled_generate(model, key)
+    rows = key.rows
     ids = tf.zeros([rows, 16], tf.int32) + 3
     mask = tf.ones([rows, 16], tf.int32)
     assert fn._jit_compile is True
@@ -75,10 +76,10 @@ BAD = [
 @pytest.mark.parametrize("options, message", BAD, ids=[m for _, m in BAD])
 def test_bad_options_raise_before_compiling(hf_and_minigen, options, message):
     _, _, model = hf_and_minigen("tiny")
-    traces, compiled = model.trace_count, len(model._compiled)
+    traces, compiled = model.trace_count, len(model.compile_cache)
     with pytest.raises(ValueError, match=message):
         model.generate([[1, 2, 3]], **options)
-    assert (model.trace_count, len(model._compiled)) == (traces, compiled)
+    assert (model.trace_count, len(model.compile_cache)) == (traces, compiled)
 
 
 @pytest.mark.parametrize(

@@ -61,14 +61,16 @@ def test_prefill_then_decode_through_cache_equals_full_forward(hf_and_minigen):
 
     width, steps = prompt_ids.shape[1], follow.shape[1]
 
+    net = model.network
+
     @tf.function(jit_compile=True)
     def run(prompt_ids, prompt_mask, follow):
-        hidden, cache, key_mask = model.prefill(prompt_ids, prompt_mask, cache_len=width + steps + 3)
-        first = model.lm_head(hidden[:, -1])
+        hidden, cache, key_mask = net.prefill(prompt_ids, prompt_mask, cache_len=width + steps + 3)
+        first = net.lm_head(hidden[:, -1])
         positions = tf.reduce_sum(prompt_mask, axis=1)  # next position of each row
         out = []
         for t in range(steps):
-            logits, cache = model.decode_one_token(follow[:, t], positions + t, key_mask, cache, width + t)
+            logits, cache = net.decode_one_token(follow[:, t], positions + t, key_mask, cache, width + t)
             out.append(logits)
         return first, tf.stack(out, axis=1)
 
@@ -83,7 +85,7 @@ def test_prefill_then_decode_through_cache_equals_full_forward(hf_and_minigen):
 def test_cache_is_written_in_place_not_grown(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids = tf.constant([[1, 2, 3]], tf.int32)
-    _, cache, _ = model.prefill(ids, tf.ones_like(ids), cache_len=10)
+    _, cache, _ = model.network.prefill(ids, tf.ones_like(ids), cache_len=10)
     assert len(cache.keys) == model.config.n_layer
     assert cache.keys[0].shape == (1 * model.config.n_head, 10, model.config.head_dim)
     # slots after the prompt are untouched zeros, the prompt's are filled

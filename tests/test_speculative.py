@@ -11,7 +11,8 @@ import pytest
 import minigen
 from conftest import grid, left_padded_batch
 from minigen.config import GPT2Config
-from minigen.model import GPT2, random_params
+from minigen import GPT2
+from minigen.model import random_params
 from test_generate import PAD, early_eos, hf_generate
 from test_sampling import chi_square_upper
 

@@ -166,7 +166,7 @@ def train(args) -> dict:
     from tokenizers import Tokenizer
 
     from minigen.config import GPT2Config
-    from minigen.model import GPT2, random_params
+    from minigen.model import Transformer, random_params
 
     from .export_hf import hf_names
 
@@ -199,7 +199,7 @@ def train(args) -> dict:
         moments = {k: saved[k] for k in saved.files if k.startswith(("m:", "v:"))}
         history = json.loads(str(saved["history"]))
         print(f"resuming from {checkpoint} at step {start_step}", file=sys.stderr)
-    model = GPT2(config, params)
+    model = Transformer(config, params)
     named = variables_by_name(model)
     names = sorted(named)
     weights = [named[n] for n in names]

@@ -81,8 +81,45 @@ class GenerationConfig:
             return "beam"
         return "sample" if self.do_sample else "greedy"
 
-    def validate(self, model_config=None) -> None:
-        """Raise ValueError naming the first bad option and its allowed values."""
+    def check(self, model_config=None, *, streaming: bool = False, continuing: bool = False,
+              assistant: bool = False) -> "GenerationConfig":
+        """The one place options are checked, alone and together: ValueError naming the first bad
+        option and its allowed values. Every caller (generate, stream, text, the CLI, export, batch)
+        goes through here before any work. Returns self.
+
+        model_config: the model's GPT2Config, for the checks that need it (None: skip those);
+        streaming: tokens are streamed (stream / stream_tokens / --stream);
+        continuing: cache= / return_state= (a generation continued later);
+        assistant: an assistant_model drafts (speculative decoding).
+        """
+        self._check_values(model_config)
+        speculative = assistant or self.prompt_lookup_num_tokens is not None
+        if assistant and self.prompt_lookup_num_tokens is not None:
+            raise ValueError("use either assistant_model or prompt_lookup_num_tokens, not both")
+        if speculative:
+            option = "assistant_model" if assistant else "prompt_lookup_num_tokens"
+            if self.num_beams > 1:
+                raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
+            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+                if getattr(self, name) != off:
+                    raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
+        if streaming:
+            if self.num_beams > 1:
+                raise ValueError("streaming supports greedy search and sampling, not num_beams > 1")
+            if speculative:
+                raise ValueError("streaming does not support prompt_lookup_num_tokens or assistant_model; use generate")
+        if continuing:
+            if speculative:
+                raise ValueError("cache/return_state (continuing a generation) do not combine with speculative decoding")
+            if self.num_beams > 1:
+                raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, "
+                                 "not num_beams > 1")
+            if self.num_return_sequences != 1:
+                raise ValueError("cache/return_state need num_return_sequences=1: one continuation per row")
+        return self
+
+    def _check_values(self, model_config=None) -> None:
+        """Each option's type and range (and, given the model's config, the token ids and bucket)."""
 
         def positive_int(name, minimum=1):
             value = getattr(self, name)
@@ -105,7 +142,6 @@ class GenerationConfig:
         positive_int("num_assistant_tokens")
         if self.prompt_lookup_num_tokens is not None:
             positive_int("prompt_lookup_num_tokens")
-            self.check_speculative("prompt_lookup_num_tokens")
         for name in ("do_sample", "return_dict", "output_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -139,14 +175,6 @@ class GenerationConfig:
             pad = self.pad_token_id
             if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")
-
-    def check_speculative(self, option: str) -> None:
-        """Speculative decoding (prompt lookup or an assistant model) works with greedy search and sampling."""
-        if self.num_beams > 1:
-            raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
-        for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
-            if getattr(self, name) != off:
-                raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
 
     # -- resolved values --
 

@@ -1,13 +1,19 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
-    repetition_penalty -> no_repeat_ngram -> min_new_tokens -> temperature -> top_k -> top_p
+    processors (PROCESSORS, every strategy):  repetition_penalty -> no_repeat_ngram -> min_new_tokens
+    warpers (`warp`, sampling only):          temperature -> top_k -> top_p
 
 Where the reference reads `input_ids`, these read the row's sequence buffer `[batch, width]` plus a
 `valid` mask of the same shape (real prompt tokens and tokens generated so far). Unlike the
 reference, left padding is never counted as part of a prompt: a pad is not text the model saw.
+
+Adding a processor: write its function, add its row to PROCESSORS (the option that turns it on,
+the value that means off, whether that value shapes the graph), and its GenerationConfig field.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
@@ -156,13 +162,72 @@ def top_k_top_p(logits, top_k, top_p):
     return tf.where(logits >= threshold[:, None], logits, NEG_INF)
 
 
-def sample_token(logits, seed, step):
-    """One draw per row from softmax(logits) (stateless: same seed and step, same draw)."""
-    return gumbel_argmax(logits, tf.random.experimental.stateless_fold_in(seed, step))
-
-
 def gumbel_argmax(logits, key):
     """One draw per row from softmax(logits) [rows, vocab] (unnormalised is fine), stateless `key`: Gumbel-max."""
     uniform = tf.random.stateless_uniform(tf.shape(logits), key, minval=1e-20, maxval=1.0)
     gumbel = -tf.math.log(-tf.math.log(uniform))
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+
+
+# ---- the table every strategy applies ------------------------------------------------------------
+
+
+class Step(NamedTuple):
+    """What a processor may read when scoring the next token of each row."""
+
+    sequences: tf.Tensor | None  # [rows, width] int32: prompt, generated tokens (None in a verify block)
+    valid: tf.Tensor | None  # [rows, width] bool: real prompt tokens and tokens generated so far
+    next_slot: tf.Tensor | None  # int32 scalar: the slot of `sequences` the next token goes to
+    generated: tf.Tensor  # int32: tokens generated before this one, [] or one per position ([rows, s])
+    eos_ids: tuple
+
+
+class Processor(NamedTuple):
+    option: str  # the GenerationConfig field that sets it
+    off: object  # the value that leaves the logits unchanged; None: always in the graph (cheap)
+    in_key: bool  # the value shapes the graph (compile key) instead of travelling as a tensor (Knobs)
+    dtype: object  # the tensor's dtype when not in_key
+    apply: Callable  # (logits [..., vocab], step: Step, value) -> logits
+    reads_sequences: bool = True  # needs step.sequences (speculative verify blocks do not carry them)
+
+
+PROCESSORS = (
+    Processor("repetition_penalty", 1.0, False, tf.float32,
+              lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
+    Processor("no_repeat_ngram_size", 0, True, None,
+              lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
+    Processor("min_new_tokens", None, False, tf.int32,
+              lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n), reads_sequences=False),
+)
+
+
+def active(cfg, runtime: tuple = ()) -> tuple:
+    """The compile key's part for processors: ((option, value if it shapes the graph else True), ...)
+    for each processor `cfg` turns on (or that `runtime` names: its value comes at run time)."""
+    on = []
+    for p in PROCESSORS:
+        value = getattr(cfg, p.option)
+        if p.off is None or p.option in runtime or value != p.off:
+            on.append((p.option, value if p.in_key else True))
+    return tuple(on)
+
+
+def knob_values(cfg) -> dict:
+    """The run-time values (tensors) of the processors whose value is not in the compile key."""
+    return {p.option: tf.constant(getattr(cfg, p.option), p.dtype) for p in PROCESSORS if not p.in_key}
+
+
+def apply(logits, step: Step, on: tuple, values: dict):
+    """Apply the processors named in `on` (see `active`) in the table's order; `values` holds the
+    tensors of those not in the key."""
+    settings = dict(on)
+    for p in PROCESSORS:
+        if p.option in settings:
+            logits = p.apply(logits, step, settings[p.option] if p.in_key else values[p.option])
+    return logits
+
+
+def warp(logits, temperature, top_k, top_p):
+    """The sampling warpers over the last axis of logits [..., vocab]: temperature, then top-k and top-p."""
+    flat = tf.reshape(logits, [-1, logits.shape[-1]]) / temperature
+    return tf.reshape(top_k_top_p(flat, top_k, top_p), tf.shape(logits))

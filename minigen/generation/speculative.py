@@ -27,8 +27,11 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from .. import cache as kv
+from ..positions import generated_position
+from . import core
 from . import processors as P
-from .decode import Knobs, Static, is_eos
+from .core import ACCEPT, DRAFT, CompileKey, Knobs
+from .processors import Step
 
 
 class SpecState(NamedTuple):
@@ -44,14 +47,6 @@ class SpecState(NamedTuple):
 
 
 # ---- small pure functions ----------------------------------------------------------------------
-
-
-def write_runs(buffer, values, start, count):
-    """buffer [rows, width] with values[r, :count[r]] written at columns start[r] .. start[r]+count[r]-1."""
-    offset = tf.range(buffer.shape[1])[None, :] - start[:, None]  # [rows, width]
-    inside = (offset >= 0) & (offset < count[:, None])
-    picked = tf.gather(values, tf.clip_by_value(offset, 0, values.shape[1] - 1), batch_dims=1)
-    return tf.where(inside, picked, buffer)
 
 
 def leading_true(flags):
@@ -94,22 +89,10 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
     return tf.where(known, tokens, pad_id)
 
 
-def warp(logits, knobs: Knobs):
-    """Sampling warpers (temperature, top-k, top-p) over the last axis of [rows, s, vocab]."""
-    shape = tf.shape(logits)
-    flat = tf.reshape(logits, [-1, logits.shape[-1]]) / knobs.temperature
-    return tf.reshape(P.top_k_top_p(flat, knobs.top_k, knobs.top_p), shape)
-
-
-def rng_key(seed, iteration, purpose: int):
-    """Stateless key for one use (`purpose`) in one verify step."""
-    return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(seed, iteration), purpose)
-
-
 # ---- proposals -----------------------------------------------------------------------------------
 
 
-def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs, static: Static):
+def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs, key: CompileKey):
     """Run the draft model k steps from each row's last two tokens.
 
     The draft's cache holds every accepted token but possibly the last two (the newest accepted
@@ -117,23 +100,21 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     2-token block at slots L-2, L-1; each row at its own slot. Returns (candidates [rows, k],
     q [rows, k, vocab] probabilities the candidates were drawn from (None when greedy), draft cache).
     """
-    k, bucket = static.num_candidates, static.bucket
+    k, bucket = key.speculation.num_candidates, key.bucket
     lengths = state.lengths
+    generated = lengths - bucket  # tokens each row has so far
     last_two = tf.gather(state.sequences, tf.stack([lengths - 2, lengths - 1], axis=1), batch_dims=1)  # [rows, 2]
-    positions = (prompt_len + lengths - 1 - bucket)[:, None] + tf.constant([[-1, 0]])
+    positions = generated_position(prompt_len, generated)[:, None] + tf.constant([[-2, -1]])
     hidden, cache = draft.forward(last_two, positions, key_mask, state.draft_cache, lengths - 2)
     logits = draft.lm_head(hidden[:, 1])  # [rows, vocab]
     tokens, probs = [], []
     for i in range(k):
-        if static.strategy == "sample":
-            warped = warp(logits[:, None], knobs)[:, 0]
-            token = P.gumbel_argmax(warped, rng_key(knobs.seed, state.iteration + 1, 10 + i))
-            probs.append(tf.nn.softmax(warped))
-        else:
-            token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        token, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, state.iteration + 1, DRAFT + i))
+        if key.strategy == "sample":
+            probs.append(tf.nn.softmax(final))
         tokens.append(token)
         if i + 1 < k:  # the last candidate needs no forward pass
-            position = prompt_len + lengths - bucket + i
+            position = generated_position(prompt_len, generated + i)
             logits, cache = draft.decode_one_token(token, position, key_mask, cache, lengths + i)
     candidates = tf.stack(tokens, axis=1)  # [rows, k]
     q = tf.stack(probs, axis=1) if probs else None  # [rows, k, vocab]
@@ -143,37 +124,33 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
 # ---- the loop --------------------------------------------------------------------------------------
 
 
-def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
+def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     """Greedy search or sampling with prompt lookup (draft None) or a draft model. ids, mask: [rows, bucket].
 
     Returns (sequences [rows, bucket + max_new], scores [rows, max_new], stats [3] int32:
     verify steps, candidates accepted, row-steps).
     """
-    bucket, max_new, k = static.bucket, static.max_new_tokens, static.num_candidates
+    bucket, max_new, k = key.bucket, key.max_new_tokens, key.speculation.num_candidates
     rows = ids.shape[0]
     cache_len = bucket + max_new + k  # a finished row's last block may reach k slots past the end
-    sampling = static.strategy == "sample"
+    sampling = key.strategy == "sample"
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]
     prompt_valid = tf.cast(mask, tf.bool)
 
     # -- start: prefill, then the first token from the prompt's last logits
-    hidden, cache, key_mask = model.prefill(ids, mask, cache_len)
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len)
     draft_cache = ()
     if draft is not None:
         _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
-    logits = P.forbid_eos(model.lm_head(hidden[:, -1:]), static.eos_ids, 0 < knobs.min_new_tokens)
-    if sampling:
-        logits = warp(logits, knobs)
-        first = P.gumbel_argmax(logits[:, 0], rng_key(knobs.seed, 0, 1))
-    else:
-        first = tf.argmax(logits[:, 0], axis=-1, output_type=tf.int32)
-    first_score = tf.gather(tf.nn.log_softmax(logits[:, 0]), first, batch_dims=1)
+    logits = core.process(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids), knobs, key)
+    first, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, 0))
+    first_score = core.token_logprob(final, first)
     state = SpecState(
         cache=cache,
         draft_cache=draft_cache,
-        sequences=tf.concat([ids, first[:, None], tf.fill([rows, max_new - 1], static.pad_id)], axis=1),
+        sequences=core.write_column(core.new_sequences(ids, max_new, key.pad_id), bucket, first),
         lengths=tf.fill([rows], bucket + 1),
-        finished=is_eos(first, static.eos_ids) | (max_new == 1),
+        finished=core.is_eos(first, key.eos_ids) | (max_new == 1),
         scores=tf.concat([first_score[:, None], tf.zeros([rows, max_new - 1])], axis=1),
         iteration=tf.constant(0),
         accepted=tf.constant(0),
@@ -182,11 +159,11 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
 
     def propose(state: SpecState):
         if draft is not None:
-            return draft_candidates(draft, state, key_mask, prompt_len, knobs, static)
+            return draft_candidates(draft, state, key_mask, prompt_len, knobs, key)
         written = tf.range(bucket + max_new)[None, :] < state.lengths[:, None]
         valid = tf.concat([prompt_valid, tf.ones([rows, max_new], tf.bool)], axis=1) & written
-        candidates = lookup_candidates(state.sequences, valid, state.lengths, k, static.ngram, static.pad_id)
-        q = tf.one_hot(candidates, model.config.vocab_size) if sampling else None  # a lookup is certain
+        candidates = lookup_candidates(state.sequences, valid, state.lengths, k, key.speculation.ngram, key.pad_id)
+        q = tf.one_hot(candidates, net.config.vocab_size) if sampling else None  # a lookup is certain
         return candidates, q, ()
 
     def accept(logits, candidates, q, iteration):
@@ -197,13 +174,13 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
         p = tf.nn.softmax(logits)  # [rows, k+1, vocab]
         p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
         q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
-        u = tf.random.stateless_uniform([rows, k], rng_key(knobs.seed, iteration, 2))
+        u = tf.random.stateless_uniform([rows, k], core.rng_key(knobs.seed, iteration, ACCEPT))
         n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
         residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
         redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
         empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
         redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
-        token = P.gumbel_argmax(tf.math.log(redraw_from), rng_key(knobs.seed, iteration, 3))
+        token = P.gumbel_argmax(tf.math.log(redraw_from), core.rng_key(knobs.seed, iteration))
         padded = tf.concat([candidates, candidates[:, :1]], axis=1)
         return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
 
@@ -213,30 +190,28 @@ def speculative_loop(model, draft, ids, mask, knobs: Knobs, static: Static):
         candidates, q, draft_cache = propose(state)
         pending = tf.gather(state.sequences, lengths - 1, batch_dims=1)  # [rows], not yet run by the target
         block = tf.concat([pending[:, None], candidates], axis=1)  # [rows, k+1]
-        positions = (prompt_len + generated - 1)[:, None] + tf.range(k + 1)[None, :]
-        hidden, cache = model.forward(block, positions, key_mask, state.cache, lengths - 1)
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
-        logits = P.forbid_eos(model.lm_head(hidden), static.eos_ids, number < knobs.min_new_tokens)
+        positions = generated_position(prompt_len[:, None], number - 1)  # [rows, k+1]: the pending token first
+        hidden, cache = net.forward(block, positions, key_mask, state.cache, lengths - 1)
+        logits = core.process(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
         if sampling:
-            logits = warp(logits, knobs)
+            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p)
         tokens, n = accept(logits, candidates, q, iteration)
         # how many tokens each row keeps: the accepted candidates and one more, cut at EOS / max_new
         count = tf.minimum(n + 1, max_new - generated)
-        eos = is_eos(tf.reshape(tokens, [-1]), static.eos_ids)
-        eos = tf.reshape(eos, [rows, k + 1]) & (tf.range(k + 1)[None, :] < count[:, None])
+        eos = core.is_eos(tokens, key.eos_ids) & (tf.range(k + 1)[None, :] < count[:, None])
         first_eos = tf.argmax(tf.cast(eos, tf.int32), axis=1, output_type=tf.int32)
         hit = tf.reduce_any(eos, axis=1)
         count = tf.where(hit, first_eos + 1, count)
         count = tf.where(state.finished, 0, count)
         scores = state.scores
-        if static.output_scores:
-            logprobs = tf.gather(tf.nn.log_softmax(logits), tokens[:, :, None], batch_dims=2)[:, :, 0]
-            scores = write_runs(scores, logprobs, generated, count)
+        if key.output_scores:
+            scores = core.write_runs(scores, core.token_logprob(logits, tokens), generated, count)
         active = ~state.finished
         return SpecState(
             cache=cache,
             draft_cache=draft_cache,
-            sequences=write_runs(state.sequences, tokens, lengths, count),
+            sequences=core.write_runs(state.sequences, tokens, lengths, count),
             lengths=lengths + count,
             finished=state.finished | hit | (generated + count >= max_new),
             scores=scores,

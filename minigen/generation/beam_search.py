@@ -19,7 +19,10 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from .. import cache as kv
-from .decode import Knobs, Static, is_eos, process_logits, written_slots
+from ..positions import generated_position
+from . import core
+from .core import CompileKey, Knobs
+from .processors import Step
 
 BIG = 1.0e9  # the reference's "very large negative" offset
 
@@ -38,42 +41,41 @@ class BeamState(NamedTuple):
     done: tf.Tensor  # bool scalar
 
 
-def _gather(tensor, index):
+def gather_beams(tensor, index):
     """tensor [batch, n, ...], index [batch, k] -> [batch, k, ...]"""
     return tf.gather(tensor, index, batch_dims=1)
 
 
-def _length_scale(length, length_penalty):
+def length_scale(length, length_penalty):
     """length ** length_penalty, computed in float64 like the reference's Python scalar, then float32."""
     return tf.cast(tf.pow(tf.cast(length, tf.float64), tf.cast(length_penalty, tf.float64)), tf.float32)
 
 
-def beam_search(model, ids, mask, knobs: Knobs, static: Static):
+def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     """ids, mask: [batch * num_beams, bucket] (each prompt repeated num_beams times).
 
     Returns (sequences [batch, num_return_sequences, width], scores [batch, num_return_sequences]).
     """
-    nb, bucket, max_new = static.num_beams, static.bucket, static.max_new_tokens
+    nb, bucket, max_new = key.beam.num_beams, key.bucket, key.max_new_tokens
     width = bucket + max_new
-    rows = static.rows  # static, so the cache keeps its shape through the gathers
+    rows = key.rows  # static, so the cache keeps its shape through the gathers
     batch = rows // nb
-    vocab = model.config.vocab_size
-    keep = max(2, 1 + len(static.eos_ids)) * nb  # continuations considered per prompt
+    vocab = net.config.vocab_size
+    keep = max(2, 1 + len(key.eos_ids)) * nb  # continuations considered per prompt
     top_nb = tf.range(keep) < nb  # only the best num_beams continuations may finish
-    never, early_true = static.early_stopping == "never", static.early_stopping is True
+    never, early_true = key.beam.early_stopping == "never", key.beam.early_stopping is True
 
-    own_row = tf.range(nb)[None, :, None]  # [1, num_beams, 1]
-    lineage = tf.tile(own_row, [batch, 1, width])  # at first every beam row holds its own (identical) prompt
-    hidden, cache, key_mask = model.prefill(ids, mask, cache_len=width, lineage=lineage)
-    positions = tf.reduce_sum(mask, axis=1)  # [rows]: next position id; equal across a prompt's beams
-    sequences = tf.concat([ids, tf.fill([rows, max_new], tf.constant(static.pad_id, tf.int32))], axis=1)
-    sequences = tf.reshape(sequences, [batch, nb, width])
+    own_row = tf.tile(tf.range(nb)[None, :], [batch, 1])  # [batch, num_beams]
+    lineage = tf.tile(own_row[:, :, None], [1, 1, width])  # at first every beam row holds its own (identical) prompt
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=width, lineage=lineage)
+    prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
+    sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
     first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
     state = BeamState(
         step=tf.constant(0),
         cache=cache,
         lineage=lineage,
-        logits=model.lm_head(hidden[:, -1]),
+        logits=net.lm_head(hidden[:, -1]),
         running=sequences,
         running_scores=tf.tile(first_beam_only[None, :], [batch, 1]),
         finished=sequences,
@@ -86,35 +88,32 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
     def body(s: BeamState) -> BeamState:
         slot = bucket + s.step
         flat = tf.reshape(s.running, [rows, width])
-        valid = written_slots(mask, s.step, max_new)
-        logprobs = tf.nn.log_softmax(s.logits)
-        logprobs = process_logits(logprobs, flat, valid, s.step, slot, knobs, static)
+        step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids)
+        logprobs = core.process(tf.nn.log_softmax(s.logits), step, knobs, key)
         totals = tf.reshape(logprobs, [batch, nb, vocab]) + s.running_scores[:, :, None]
         top_scores, top_index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
         parent, token = top_index // vocab, top_index % vocab
-        column = tf.one_hot(slot, width, on_value=True, off_value=False, dtype=tf.bool)
-        candidates = tf.where(column[None, None, :], token[:, :, None], _gather(s.running, parent))
-        hits = is_eos(tf.reshape(token, [-1]), static.eos_ids)
-        hits = tf.reshape(hits, [batch, keep]) | (s.step + 1 >= max_new)
+        candidates = core.write_column(gather_beams(s.running, parent), slot, token)
+        hits = core.is_eos(token, key.eos_ids) | (s.step + 1 >= max_new)
 
         # running beams for the next step: the best that did not finish
         alive_scores = top_scores - tf.cast(hits, tf.float32) * BIG
         _, best_alive = tf.math.top_k(alive_scores, nb)
-        running = _gather(candidates, best_alive)
-        running_scores = _gather(alive_scores, best_alive)
-        parents = _gather(parent, best_alive)
+        running = gather_beams(candidates, best_alive)
+        running_scores = gather_beams(alive_scores, best_alive)
+        parents = gather_beams(parent, best_alive)
 
         # offer finished continuations to the finished buffer
         just_finished = hits & top_nb[None, :]
-        offered = top_scores / _length_scale(s.step + 1, knobs.length_penalty)
+        offered = top_scores / length_scale(s.step + 1, knobs.length_penalty)
         if early_true:
             offered -= tf.cast(tf.reduce_all(s.is_finished, axis=1, keepdims=True), tf.float32) * BIG
         offered -= tf.cast(~s.can_improve, tf.float32) * BIG
         offered -= tf.cast(~just_finished, tf.float32) * BIG
         merged_scores = tf.concat([s.finished_scores, offered], axis=1)
         finished_scores, best_done = tf.math.top_k(merged_scores, nb)
-        finished = _gather(tf.concat([s.finished, candidates], axis=1), best_done)
-        is_finished = _gather(tf.concat([s.is_finished, just_finished], axis=1), best_done)
+        finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best_done)
+        is_finished = gather_beams(tf.concat([s.is_finished, just_finished], axis=1), best_done)
 
         # early-stopping heuristic (the reference's _check_early_stop_heuristic)
         generated = s.step + 1
@@ -122,7 +121,7 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
             best_len = tf.where(knobs.length_penalty > 0.0, max_new, generated)
         else:
             best_len = generated
-        best_possible = running_scores[:, :1] / _length_scale(best_len, knobs.length_penalty)
+        best_possible = running_scores[:, :1] / length_scale(best_len, knobs.length_penalty)
         worst_done = tf.where(is_finished, tf.reduce_min(finished_scores, axis=1, keepdims=True), -BIG)
         can_improve = s.can_improve & tf.reduce_any(best_possible > worst_done, axis=-1, keepdims=True)
         all_done = tf.reduce_all(is_finished) if early_true else tf.constant(False)
@@ -130,11 +129,12 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
 
         # advance the running beams by one token: inherit the parents' lineage, then one decode step
         # that writes each beam's new key/value into its own row at `slot`
-        lineage = tf.where(column[None, None, :], own_row, _gather(s.lineage, parents))
+        lineage = core.write_column(gather_beams(s.lineage, parents), slot, own_row)
         next_tokens = tf.reshape(running[:, :, bucket + s.step], [rows])
 
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
-        logits, cache = model.decode_one_token(next_tokens, positions + s.step, key_mask, s.cache, slot, lineage)
+        position = generated_position(prompt_len, s.step)
+        logits, cache = net.decode_one_token(next_tokens, position, key_mask, s.cache, slot, lineage)
         return BeamState(
             step=s.step + 1,
             cache=cache,
@@ -150,5 +150,5 @@ def beam_search(model, ids, mask, knobs: Knobs, static: Static):
         )
 
     state = tf.while_loop(lambda s: ~s.done, lambda s: (body(s),), (state,), maximum_iterations=max_new)[0]
-    r = static.num_return_sequences
+    r = key.beam.num_return_sequences
     return state.finished[:, :r], state.finished_scores[:, :r]

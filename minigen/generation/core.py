@@ -1,0 +1,189 @@
+"""The decoding core every strategy shares: the compile key, the run-time knobs, the step a
+token is chosen by, the sequence buffer and the random key.
+
+A strategy (search.py: greedy and sampling, beam_search.py, speculative.py) owns only what is
+its own - beam bookkeeping, speculative propose/verify/accept - and calls these for the rest:
+
+    compile_key(cfg, ...)        the one compile key, from a checked GenerationConfig
+    make_knobs(cfg)              every numeric option as a tensor (new values never retrace)
+    process(logits, step, ...)   the logits processors the options turn on (processors.PROCESSORS)
+    choose_token(logits, ...)    argmax or a seeded draw from the warped distribution
+    write_column / write_runs    tokens into the [rows, bucket + max_new] sequence buffer
+    rng_key(seed, step, use)     the one stateless random-key scheme
+
+Position ids follow the rule in minigen/positions.py.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from . import processors as P
+from .config import GenerationConfig
+
+# -- what is compiled: one function per distinct key ------------------------------------------------
+
+
+class BeamKey(NamedTuple):
+    num_beams: int
+    num_return_sequences: int
+    early_stopping: object  # True | False | "never"
+
+
+class SpecKey(NamedTuple):
+    source: str  # "lookup" (prompt lookup) | "draft" (assistant model)
+    num_candidates: int  # tokens proposed per verify step
+    ngram: int = 0  # prompt lookup: longest n-gram matched
+
+
+class CompileKey(NamedTuple):
+    """Options that shape the graph: each distinct value is one compiled function. Built only by
+    `compile_key`; everything numeric travels in `Knobs` instead."""
+
+    strategy: str  # "greedy" | "sample" | "beam"
+    rows: int | None  # batch rows after expanding num_return_sequences / num_beams (None: any, export)
+    bucket: int  # padded prompt width
+    max_new_tokens: int
+    eos_ids: tuple
+    pad_id: int
+    processors: tuple  # ((option, setting), ...): the processors in the graph, see processors.active
+    output_scores: bool  # greedy/sampling: keep each chosen token's log-prob
+    beam: BeamKey | None = None
+    speculation: SpecKey | None = None
+    prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
+    return_cache: bool = False  # also return the final cache (for a later continuation)
+
+
+def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: int, *, prefix: int = 0,
+                return_cache: bool = False, speculation: str = "", runtime: tuple = ()) -> CompileKey:
+    """The compile key of a checked config for `batch` prompts padded to `bucket`.
+
+    speculation: "" | "lookup" | "draft"; runtime: processor options given at run time whatever
+    their value (the SavedModel's inputs), so they are in the graph even when off in `cfg`.
+    """
+    strategy = cfg.strategy
+    expand = cfg.num_beams if strategy == "beam" else cfg.num_return_sequences
+    beam = BeamKey(cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping) if strategy == "beam" else None
+    spec = None
+    if speculation == "draft":
+        spec = SpecKey("draft", cfg.num_assistant_tokens)
+    elif speculation == "lookup":
+        spec = SpecKey("lookup", cfg.prompt_lookup_num_tokens, cfg.max_matching_ngram_size)
+    return CompileKey(
+        strategy=strategy,
+        rows=None if batch is None else batch * expand,
+        bucket=bucket,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_ids=cfg.eos_ids(model_config),
+        pad_id=cfg.pad_id(model_config),
+        processors=P.active(cfg, runtime),
+        output_scores=cfg.output_scores and strategy != "beam",
+        beam=beam,
+        speculation=spec,
+        prefix=prefix,
+        return_cache=return_cache,
+    )
+
+
+# -- what is passed at run time ------------------------------------------------------------------
+
+
+class Knobs(NamedTuple):
+    """Numeric options passed as tensors, so changing them never retraces."""
+
+    temperature: tf.Tensor  # float32 scalar
+    top_k: tf.Tensor  # int32 scalar, 0 = off
+    top_p: tf.Tensor  # float32 scalar, 1.0 = off
+    length_penalty: tf.Tensor  # float32 scalar (beam search)
+    seed: tf.Tensor  # int32 [2]
+    processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
+
+
+def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
+    """Knobs from a checked config (`given` tensors replace the config's values, e.g. a SavedModel's inputs)."""
+    seed = cfg.seed if cfg.seed is not None else np.random.randint(-(2**31), 2**31 - 1, size=2)
+    knobs = Knobs(
+        temperature=tf.constant(cfg.temperature, tf.float32),
+        top_k=tf.constant(cfg.top_k, tf.int32),
+        top_p=tf.constant(cfg.top_p, tf.float32),
+        length_penalty=tf.constant(cfg.length_penalty, tf.float32),
+        seed=tf.constant(np.asarray(seed, np.int64).astype(np.int32), tf.int32),
+        processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
+    )
+    return knobs._replace(**{k: v for k, v in given.items() if k in Knobs._fields})
+
+
+# -- one step: logits in, token out ----------------------------------------------------------------
+
+
+def process(logits, step: P.Step, knobs: Knobs, key: CompileKey):
+    """The processors in the key, in the reference's order, over logits [..., vocab]."""
+    return P.apply(logits, step, key.processors, knobs.processors)
+
+
+def choose_token(logits, knobs: Knobs, key: CompileKey, rng):
+    """Pick each row's token from processed logits [rows, vocab]: the argmax, or when sampling a
+    draw (stateless key `rng`) after temperature, top-k and top-p.
+
+    Returns (token [rows] int32, the logits it was chosen from: its log-prob is
+    `token_logprob(those, token)`)."""
+    if key.strategy != "sample":
+        return tf.argmax(logits, axis=-1, output_type=tf.int32), logits
+    logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p)
+    return P.gumbel_argmax(logits, rng), logits
+
+
+def token_logprob(logits, token):
+    """log softmax(logits)[token] per row: logits [..., vocab], token [...] -> [...]"""
+    return tf.gather(tf.nn.log_softmax(logits), token[..., None], batch_dims=token.shape.rank)[..., 0]
+
+
+# The uses of randomness, each its own stream: rng_key(seed, step, use)
+DRAW = 0  # the token chosen at a step (greedy search's sampling twin; speculative's redraw)
+ACCEPT = 1  # speculative sampling: the uniforms that accept or reject the candidates
+DRAFT = 2  # speculative sampling: the draft model's draw of candidate i uses DRAFT + i
+
+
+def rng_key(seed, step, use: int = DRAW):
+    """Stateless key for one use at one step: the same seed, step and use always give the same draws."""
+    fold = tf.random.experimental.stateless_fold_in
+    return fold(fold(seed, step), use)
+
+
+# -- the sequence buffer [rows, bucket + max_new]: prompt, generated tokens, pad after EOS --------------
+
+
+def new_sequences(ids, max_new: int, pad_id: int):
+    """The buffer for prompts ids [rows, bucket]: the generated region starts as pad_id."""
+    return tf.concat([ids, tf.fill([tf.shape(ids)[0], max_new], tf.constant(pad_id, tf.int32))], axis=1)
+
+
+def write_column(buffer, slot, values):
+    """buffer [..., width] with column `slot` (scalar) set to values [...]."""
+    column = tf.one_hot(slot, buffer.shape[-1], on_value=True, off_value=False, dtype=tf.bool)
+    return tf.where(column, values[..., None], buffer)
+
+
+def write_runs(buffer, values, start, count):
+    """buffer [rows, width] with values[r, :count[r]] written at columns start[r] .. start[r]+count[r]-1."""
+    offset = tf.range(buffer.shape[1])[None, :] - start[:, None]  # [rows, width]
+    inside = (offset >= 0) & (offset < count[:, None])
+    picked = tf.gather(values, tf.clip_by_value(offset, 0, values.shape[1] - 1), batch_dims=1)
+    return tf.where(inside, picked, buffer)
+
+
+def written_slots(prompt_mask, step, max_new: int):
+    """[rows, bucket + max_new] bool: real prompt tokens and the `step` tokens generated so far."""
+    rows = tf.shape(prompt_mask)[0]
+    generated = tf.range(max_new)[None, :] < step
+    return tf.concat([tf.cast(prompt_mask, tf.bool), tf.tile(generated, [rows, 1])], axis=1)
+
+
+def is_eos(tokens, eos_ids):
+    """tokens [...] int32 -> [...] bool"""
+    if not eos_ids:
+        return tf.zeros_like(tokens, tf.bool)
+    return tf.reduce_any(tf.equal(tokens[..., None], tf.constant(eos_ids)), axis=-1)

@@ -1,0 +1,106 @@
+"""Greedy search and sampling: one loop, differing only in how the next token is chosen
+(`core.choose_token`).
+
+Phases, all inside one XLA-compiled function (`search`):
+    start_state    prefill: the left-padded prompt fills the static cache and gives the first logits
+    decode_until   while_loop: choose a token from the logits, write it, run decode_one_token for
+                   the next logits; the last token is chosen without a forward pass after it
+Streaming compiles `start_state` and `decode_until` apart and calls decode_until once per chunk.
+
+The loop exits early once every row has produced an EOS.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from .. import cache as kv
+from ..positions import generated_position
+from . import core
+from .core import CompileKey, Knobs
+from .processors import Step
+
+
+class DecodeState(NamedTuple):
+    step: tf.Tensor  # int32 scalar: tokens chosen so far
+    cache: kv.KVCache
+    logits: tf.Tensor  # [rows, vocab] float32: scores for the next token
+    sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
+    prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
+    finished: tf.Tensor  # [rows] bool
+    scores: tf.Tensor  # [rows, max_new] float32: log-prob of each chosen token (0 after EOS)
+
+
+def start_state(net, ids, mask, key: CompileKey, prefix_cache=None) -> tuple[DecodeState, tf.Tensor]:
+    """Prefill: the prompt fills a fresh cache (its first key.prefix slots copied from
+    prefix_cache when continuing). Returns (state before the first choice, key_mask)."""
+    bucket, max_new = key.bucket, key.max_new_tokens
+    rows = tf.shape(ids)[0]
+    prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=bucket + max_new, prefix=prefix)
+    state = DecodeState(
+        step=tf.constant(0),
+        cache=cache,
+        logits=net.lm_head(hidden[:, -1]),
+        sequences=core.new_sequences(ids, max_new, key.pad_id),
+        prompt_len=tf.reduce_sum(mask, axis=1),
+        finished=tf.zeros([rows], tf.bool),
+        scores=tf.zeros([rows, max_new], tf.float32),
+    )
+    return state, key_mask
+
+
+def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: CompileKey, limit) -> DecodeState:
+    """Choose tokens until `limit` have been chosen in all (or max_new_tokens, or every row finished).
+
+    state.step counts the tokens chosen so far. One-shot generation calls this once with
+    limit = max_new_tokens; streaming calls it per chunk with a growing limit, carrying the state
+    (the cache included) from chunk to chunk, so both produce the same tokens.
+    """
+    bucket, max_new = key.bucket, key.max_new_tokens
+
+    def choose(state: DecodeState) -> DecodeState:
+        """Pick the next token from state.logits and write it (pad for rows already finished)."""
+        slot = bucket + state.step
+        step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids)
+        logits = core.process(state.logits, step, knobs, key)
+        token, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, state.step))
+        token = tf.where(state.finished, key.pad_id, token)
+        scores = state.scores
+        if key.output_scores:
+            logprob = tf.where(state.finished, 0.0, core.token_logprob(final, token))
+            scores = core.write_column(scores, state.step, logprob)
+        return state._replace(step=state.step + 1, sequences=core.write_column(state.sequences, slot, token),
+                              finished=state.finished | core.is_eos(token, key.eos_ids), scores=scores)
+
+    def step(state: DecodeState) -> DecodeState:
+        """Choose a token, then run it through the model for the next token's logits."""
+        slot, position = bucket + state.step, generated_position(state.prompt_len, state.step)
+        state = choose(state)
+        token = state.sequences[:, slot]
+        logits, cache = net.decode_one_token(token, position, key_mask, state.cache, slot)
+        return state._replace(cache=cache, logits=logits)
+
+    stop = tf.minimum(tf.cast(limit, tf.int32), max_new - 1)
+
+    def running(state: DecodeState):
+        return (state.step < stop) & ~tf.reduce_all(state.finished)
+
+    state = tf.while_loop(running, lambda s: (step(s),), (state,), maximum_iterations=max_new - 1)[0]
+    # the last token needs no forward pass after it
+    last = (state.step == max_new - 1) & (limit >= max_new) & ~tf.reduce_all(state.finished)
+    return tf.cond(last, lambda: choose(state), lambda: state)
+
+
+def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
+    """Greedy or sampled generation. ids, mask: [rows, bucket].
+
+    Returns (sequences, scores), plus the final cache when key.return_cache.
+    """
+    state, key_mask = start_state(net, ids, mask, key, prefix_cache)
+    state = decode_until(net, state, mask, key_mask, knobs, key, key.max_new_tokens)
+    if key.return_cache:
+        return state.sequences, state.scores, state.cache
+    return state.sequences, state.scores

@@ -1,0 +1,79 @@
+"""`minigen.GPT2`, what `minigen.load` returns: the network (model.py), its tokenizer and its
+compiled functions, with the entry points users call. The network knows nothing of this module;
+generation, text and export are imported here, one way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from . import export as exporting
+from . import text
+from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice
+from .config import GPT2Config
+from .generation import generate as generation
+from .generation.inputs import prepare_logits_inputs
+from .model import Transformer
+
+
+class GPT2:
+    """A GPT-2 ready to generate.
+
+    Attributes:
+        network: the `Transformer` (weights and forward phases).
+        config: its GPT2Config.
+        tokenizer: a `minigen.Tokenizer`, or None (set by `minigen.load` when the directory has one).
+        compile_cache: the compiled functions, least recently used evicted beyond
+            `compile_cache.maxsize` (default 16; `minigen.load(..., compile_cache_size=)`);
+            `compile_cache.clear()` drops them all.
+        trace_count: how many times a function of this model was traced (each trace precedes a compile).
+    """
+
+    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32",
+                 compile_cache_size: int = DEFAULT_SIZE, tokenizer=None):
+        self.network = Transformer(config, params, dtype)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.compile_cache = CompileCache(compile_cache_size)
+
+    @property
+    def trace_count(self) -> int:
+        return self.compile_cache.traces
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        """Full-sequence logits, float32 [batch, seq, vocab]. Pads may be on either side; positions
+        come from the mask, so each row gives the logits of that prompt alone at its real positions."""
+        ids, mask, width = prepare_logits_inputs(self.config, input_ids, attention_mask)
+        net = self.network
+
+        def run(ids, mask):
+            hidden, _, _ = net.prefill(ids, mask, ids.shape[1])
+            return net.lm_head(hidden)
+
+        key = ("logits", ids.shape)
+        fresh = key not in self.compile_cache
+        fn = self.compile_cache.compiled(key, run)
+        with compile_notice(f"logits for {ids.shape[0]} x {ids.shape[1]} tokens", fresh):
+            return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
+
+    def generate(self, input_ids, attention_mask=None, **options):
+        """Generate continuations; see `minigen.generation.generate.generate` for the options
+        (including cache=/return_state= to continue a conversation without recomputing it)."""
+        return generation.generate(self, input_ids, attention_mask, **options)
+
+    def stream_tokens(self, input_ids, attention_mask=None, chunk_size: int = 8, **options):
+        """Yield new token ids [batch, n] chunk by chunk; see `minigen.generation.generate.stream`."""
+        return generation.stream(self, input_ids, attention_mask, chunk_size=chunk_size, **options)
+
+    def generate_text(self, prompts, return_full_text: bool = False, **options) -> list[str]:
+        """Continue text prompts with this model's tokenizer; see `minigen.text.generate_text`."""
+        return text.generate_text(self, prompts, return_full_text, **options)
+
+    def stream(self, prompt: str, chunk_size: int = 8, **options):
+        """Yield text pieces of one prompt's continuation as they are generated; see `minigen.text.stream_text`."""
+        return text.stream_text(self, prompt, chunk_size, **options)
+
+    def export(self, out_dir: str, **options) -> str:
+        """Write a TensorFlow SavedModel of the compiled generate; see `minigen.export.export`."""
+        return exporting.export(self, out_dir, **options)
