@@ -135,6 +135,22 @@ def test_min_new_tokens_matches_reference(hf_and_minigen):
     assert not (ours[:, ids.shape[1]: ids.shape[1] + 8] == eos).any()
 
 
+def test_suppress_tokens_matches_reference(hf_and_minigen):
+    hf, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(19), 512, [5, 9, 2])
+    plain = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)
+    counts = np.bincount(plain[:, ids.shape[1]:].ravel(), minlength=512)
+    suppressed = [int(t) for t in np.argsort(counts)[-3:]]  # the tokens greedy picks most: the option must bite
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + 16, max_new_tokens=16, do_sample=False, eos_token_id=None,
+                      suppress_tokens=suppressed)
+    ours = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD, suppress_tokens=suppressed)
+    np.testing.assert_array_equal(ours, ref)
+    assert not np.isin(ours[:, ids.shape[1]:], suppressed).any() and not np.array_equal(ours, plain)
+    for bad in ([512], [-1], 5, ["a"]):
+        with pytest.raises(ValueError, match="suppress_tokens must be"):
+            model.generate(ids, mask, suppress_tokens=bad)
+
+
 def test_output_scores_are_chosen_token_logprobs(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(17), 512, [5, 2])

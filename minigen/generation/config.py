@@ -32,6 +32,7 @@ class GenerationConfig:
         early_stopping: beam search stopping rule: True, False (heuristic) or "never" (HF semantics).
         repetition_penalty: >1 discourages tokens already in the row (padding ignored, unlike HF).
         no_repeat_ngram_size: forbid repeating any n-gram of this size (padding ignored, unlike HF).
+        suppress_tokens: token ids that are never generated (a tuple; part of the compile key).
         eos_token_id: int or list of ints; None uses the model config's.
         pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
         seed: pair of ints for the stateless sampler; same seed, same output. None draws a fresh one.
@@ -56,6 +57,7 @@ class GenerationConfig:
     early_stopping: bool | str = False
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    suppress_tokens: tuple[int, ...] = ()
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     seed: tuple[int, int] | None = None
@@ -159,6 +161,9 @@ class GenerationConfig:
             )
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
             raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
+        if not isinstance(self.suppress_tokens, (list, tuple)) or not all(_is_int(t) for t in self.suppress_tokens):
+            raise ValueError(f"suppress_tokens must be a list of token ids, got {self.suppress_tokens!r}")
+        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
         if self.seed is not None:
             seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
@@ -172,6 +177,9 @@ class GenerationConfig:
             for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else []:
                 if not _is_int(token) or not 0 <= token < vocab:
                     raise ValueError(f"eos_token_id must be token id(s) in [0, {vocab}), got {self.eos_token_id!r}")
+            for token in self.suppress_tokens:
+                if not _is_int(token) or not 0 <= token < vocab:
+                    raise ValueError(f"suppress_tokens must be token ids in [0, {vocab}), got {self.suppress_tokens!r}")
             pad = self.pad_token_id
             if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")

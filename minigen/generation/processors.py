@@ -1,6 +1,7 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
     processors (PROCESSORS, every strategy):  repetition_penalty -> no_repeat_ngram -> min_new_tokens
+                                              -> suppress_tokens
     warpers (`warp`, sampling only):          temperature -> top_k -> top_p
 
 Where the reference reads `input_ids`, these read the row's sequence buffer `[batch, width]` plus a
@@ -75,6 +76,12 @@ def forbid_eos(logits, eos_ids: tuple[int, ...], active):
         return logits
     is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
     return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
+
+
+def suppress_tokens(logits, token_ids: tuple[int, ...]):
+    """These tokens never come: their logits become -inf (HF's SuppressTokensLogitsProcessor)."""
+    banned = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(token_ids)[None, :]), axis=1)
+    return tf.where(banned, NEG_INF, logits)
 
 
 def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
@@ -198,6 +205,8 @@ PROCESSORS = (
               lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
     Processor("min_new_tokens", None, False, tf.int32,
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n), reads_sequences=False),
+    Processor("suppress_tokens", (), True, None,
+              lambda logits, s, ids: suppress_tokens(logits, ids), reads_sequences=False),
 )
 
 
