@@ -4,39 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import grid, left_padded_batch
-
-# Not 0: the reference fills finished beams with `pad_token_id or eos_token_id[0]`, so a pad id of 0
-# (falsy) silently becomes EOS there. minigen always fills with pad_token_id.
-PAD = 1
-
-
-def hf_generate(hf, ids, mask, width=None, **options):
-    """Reference output, right-padded with PAD to `width` (HF stops early when all rows finish)."""
-    with torch.no_grad():
-        out = hf.generate(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pad_token_id=PAD, **options
-        )
-    sequences = out.sequences if hasattr(out, "sequences") else out
-    seq = sequences.numpy()
-    if width is not None:
-        seq = np.pad(seq, ((0, 0), (0, width - seq.shape[1])), constant_values=PAD)
-    return (seq, out) if hasattr(out, "sequences") else seq
-
-
-def early_eos(hf, ids, mask, max_new):
-    """An EOS id that some rows of greedy output produce early and others never: tests stopping."""
-    free = hf_generate(hf, ids, mask, max_new_tokens=max_new, do_sample=False, eos_token_id=None)[:, ids.shape[1]:]
-    counts = {}
-    for row in free:
-        for token in set(row[: max_new // 2].tolist()):
-            counts[token] = counts.get(token, 0) + 1
-    partial = [t for t, c in counts.items() if 0 < c < len(free) and t != PAD]
-    assert partial, "no token appears in only some rows; pick another seed"
-    return int(partial[0])
-
+from helpers import PAD, early_eos, hf_generate
 
 @pytest.mark.parametrize("name", ["tiny", "odd", "four"])
 def test_greedy_matches_reference_with_left_padding_and_early_eos(hf_and_minigen, name):

@@ -8,6 +8,7 @@ import tensorflow as tf
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from helpers import chi_square_upper
 from minigen.generation import processors as P
 
 
@@ -68,11 +69,6 @@ def test_top_k_one_sampling_equals_greedy(hf_and_minigen):
     greedy = model.generate(ids, max_new_tokens=15)
     sampled = model.generate(ids, max_new_tokens=15, do_sample=True, top_k=1, temperature=0.6, seed=(0, 9))
     np.testing.assert_array_equal(sampled, greedy)
-
-
-def chi_square_upper(df: int, z: float = 4.0) -> float:
-    """Wilson-Hilferty approximation of the chi-square quantile at a normal z (4 sigma: p ~ 3e-5)."""
-    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
 def test_sampled_tokens_follow_processed_softmax(hf_and_minigen):

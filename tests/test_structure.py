@@ -101,3 +101,15 @@ def test_imports_inside_functions_say_why():
             if not any("#" in text for text in context):
                 silent.append(f"{module}:{line} imports {target}")
     assert not silent, "imports inside functions without a reason: " + ", ".join(silent)
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in conftest.py or tests/helpers.py, never in a test module."""
+    tests = pathlib.Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not found, found

@@ -1,0 +1,48 @@
+"""Helpers shared by several test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import minigen
+
+
+# Not 0: the reference fills finished beams with `pad_token_id or eos_token_id[0]`, so a pad id of 0
+# (falsy) silently becomes EOS there. minigen always fills with pad_token_id.
+PAD = 1
+
+
+def hf_generate(hf, ids, mask, width=None, **options):
+    """Reference output, right-padded with PAD to `width` (HF stops early when all rows finish)."""
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pad_token_id=PAD, **options
+        )
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    seq = sequences.numpy()
+    if width is not None:
+        seq = np.pad(seq, ((0, 0), (0, width - seq.shape[1])), constant_values=PAD)
+    return (seq, out) if hasattr(out, "sequences") else seq
+
+
+def early_eos(hf, ids, mask, max_new):
+    """An EOS id that some rows of greedy output produce early and others never: tests stopping."""
+    free = hf_generate(hf, ids, mask, max_new_tokens=max_new, do_sample=False, eos_token_id=None)[:, ids.shape[1]:]
+    counts = {}
+    for row in free:
+        for token in set(row[: max_new // 2].tolist()):
+            counts[token] = counts.get(token, 0) + 1
+    partial = [t for t, c in counts.items() if 0 < c < len(free) and t != PAD]
+    assert partial, "no token appears in only some rows; pick another seed"
+    return int(partial[0])
+
+
+def chi_square_upper(df: int, z: float = 4.0) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile at a normal z (4 sigma: p ~ 3e-5)."""
+    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+
+
+def same_weights(model_dir):
+    """A second, independent model object with the target's own weights: a draft that always agrees."""
+    return minigen.load(model_dir.parent / "minigen")
