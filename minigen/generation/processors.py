@@ -238,5 +238,7 @@ def apply(logits, step: Step, on: tuple, values: dict):
 
 def warp(logits, temperature, top_k, top_p):
     """The sampling warpers over the last axis of logits [..., vocab]: temperature, then top-k and top-p."""
+    if logits.shape.rank == 2:
+        return top_k_top_p(logits / temperature, top_k, top_p)
     flat = tf.reshape(logits, [-1, logits.shape[-1]]) / temperature
     return tf.reshape(top_k_top_p(flat, top_k, top_p), tf.shape(logits))
