@@ -121,6 +121,40 @@ def test_suppress_tokens_matches_reference(hf_and_minigen):
             model.generate(ids, mask, suppress_tokens=bad)
 
 
+def test_bad_words_ids_match_reference(hf_and_minigen):
+    hf, _, model = hf_and_minigen("four")
+    ids, mask = left_padded_batch(np.random.default_rng(20), 777, [6, 9, 4], pad_id=PAD)
+    plain = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)
+    new = plain[:, ids.shape[1]:]
+    single = int(np.bincount(new.ravel()).argmax())  # greedy's favourite token: banned everywhere
+    pair = [int(new[1, 3]), int(new[1, 4])]  # a bigram row 1 produces: its second token banned after its first
+    words = [[single], pair]
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + 16, max_new_tokens=16, do_sample=False, eos_token_id=None,
+                      bad_words_ids=words)
+    ours = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD, bad_words_ids=words)
+    np.testing.assert_array_equal(ours, ref)
+    out = ours[:, ids.shape[1]:]
+    assert not (out == single).any() and not np.array_equal(ours, plain)
+    assert not ((out[:, :-1] == pair[0]) & (out[:, 1:] == pair[1])).any()
+    for bad in ([[]], [5], [[1, 777]], "x"):
+        with pytest.raises(ValueError, match="bad_words_ids must"):
+            model.generate(ids, mask, bad_words_ids=bad)
+
+
+def test_begin_suppress_tokens_matches_reference(hf_and_minigen):
+    hf, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(21), 512, [5, 9, 2], pad_id=PAD)
+    plain = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD)
+    first = sorted({int(t) for t in plain[:, ids.shape[1]]})  # each row's first choice, banned at the start only
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + 8, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                      begin_suppress_tokens=first)
+    ours = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD, begin_suppress_tokens=first)
+    np.testing.assert_array_equal(ours, ref)
+    assert not np.isin(ours[:, ids.shape[1]], first).any()
+    with pytest.raises(ValueError, match="begin_suppress_tokens must be"):
+        model.generate(ids, mask, begin_suppress_tokens=[512])
+
+
 def test_output_scores_are_chosen_token_logprobs(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(17), 512, [5, 2])

@@ -32,7 +32,10 @@ class GenerationConfig:
         early_stopping: beam search stopping rule: True, False (heuristic) or "never" (HF semantics).
         repetition_penalty: >1 discourages tokens already in the row (padding ignored, unlike HF).
         no_repeat_ngram_size: forbid repeating any n-gram of this size (padding ignored, unlike HF).
+        bad_words_ids: token sequences never generated: the last token of each is banned wherever the
+            rest of it ends the row (a list of lists of ids; part of the compile key).
         suppress_tokens: token ids that are never generated (a tuple; part of the compile key).
+        begin_suppress_tokens: token ids that are not generated as the first new token.
         eos_token_id: int or list of ints; None uses the model config's.
         pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
         seed: pair of ints for the stateless sampler; same seed, same output. None draws a fresh one.
@@ -57,7 +60,9 @@ class GenerationConfig:
     early_stopping: bool | str = False
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
     suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     seed: tuple[int, int] | None = None
@@ -102,7 +107,7 @@ class GenerationConfig:
             option = "assistant_model" if assistant else "prompt_lookup_num_tokens"
             if self.num_beams > 1:
                 raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
-            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("bad_words_ids", ())):
                 if getattr(self, name) != off:
                     raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
         if streaming:
@@ -161,9 +166,17 @@ class GenerationConfig:
             )
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
             raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
-        if not isinstance(self.suppress_tokens, (list, tuple)) or not all(_is_int(t) for t in self.suppress_tokens):
-            raise ValueError(f"suppress_tokens must be a list of token ids, got {self.suppress_tokens!r}")
-        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(_is_int(t) for t in value):
+                raise ValueError(f"{name} must be a list of token ids, got {value!r}")
+            setattr(self, name, tuple(int(t) for t in value))
+        words = self.bad_words_ids
+        if not isinstance(words, (list, tuple)) or not all(
+                isinstance(w, (list, tuple)) and w and all(_is_int(t) for t in w) for w in words):
+            raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, e.g. [[12], [7, 9]], "
+                             f"got {words!r}")
+        self.bad_words_ids = tuple(tuple(int(t) for t in w) for w in words)
         if self.seed is not None:
             seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
@@ -177,9 +190,11 @@ class GenerationConfig:
             for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else []:
                 if not _is_int(token) or not 0 <= token < vocab:
                     raise ValueError(f"eos_token_id must be token id(s) in [0, {vocab}), got {self.eos_token_id!r}")
-            for token in self.suppress_tokens:
-                if not _is_int(token) or not 0 <= token < vocab:
-                    raise ValueError(f"suppress_tokens must be token ids in [0, {vocab}), got {self.suppress_tokens!r}")
+            for name in ("suppress_tokens", "begin_suppress_tokens"):
+                if not all(0 <= token < vocab for token in getattr(self, name)):
+                    raise ValueError(f"{name} must be token ids in [0, {vocab}), got {getattr(self, name)!r}")
+            if not all(0 <= token < vocab for word in self.bad_words_ids for token in word):
+                raise ValueError(f"bad_words_ids must hold token ids in [0, {vocab}), got {self.bad_words_ids!r}")
             pad = self.pad_token_id
             if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")

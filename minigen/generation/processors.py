@@ -1,7 +1,7 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
-    processors (PROCESSORS, every strategy):  repetition_penalty -> no_repeat_ngram -> min_new_tokens
-                                              -> suppress_tokens
+    processors (PROCESSORS, every strategy):  repetition_penalty -> no_repeat_ngram -> bad_words_ids
+                                              -> min_new_tokens -> suppress_tokens -> begin_suppress_tokens
     warpers (`warp`, sampling only):          temperature -> top_k -> top_p
 
 Where the reference reads `input_ids`, these read the row's sequence buffer `[batch, width]` plus a
@@ -76,6 +76,26 @@ def forbid_eos(logits, eos_ids: tuple[int, ...], active):
         return logits
     is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
     return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
+
+
+def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...], ...], eos_ids: tuple[int, ...]):
+    """Ban the last token of every word whose other tokens are the row's latest ones (HF's
+    NoBadWordsLogitsProcessor; a one-token word is banned everywhere, except an EOS id, which HF
+    drops from the list). A word's prefix must lie in written, non-padding slots."""
+    vocab = logits.shape[-1]
+    banned = tf.zeros_like(logits, tf.bool)
+    for word in words:
+        *prefix, last = word
+        if not prefix and last in eos_ids:
+            continue
+        hit = tf.ones([tf.shape(logits)[0]], tf.bool)
+        if prefix:
+            slots = next_slot - len(prefix) + tf.range(len(prefix))  # the row's latest len(prefix) slots
+            tail = tf.gather(sequences, tf.maximum(slots, 0), axis=1)  # [rows, len(prefix)]
+            hit = tf.reduce_all(tf.equal(tail, tf.constant(prefix)[None, :]), axis=1)
+            hit &= tf.reduce_all(tf.gather(valid, tf.maximum(slots, 0), axis=1), axis=1) & (next_slot >= len(prefix))
+        banned |= hit[:, None] & tf.equal(tf.range(vocab), last)[None, :]
+    return tf.where(banned, NEG_INF, logits)
 
 
 def suppress_tokens(logits, token_ids: tuple[int, ...]):
@@ -203,10 +223,15 @@ PROCESSORS = (
               lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
     Processor("no_repeat_ngram_size", 0, True, None,
               lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
+    Processor("bad_words_ids", (), True, None,
+              lambda logits, s, words: bad_words(logits, s.sequences, s.valid, s.next_slot, words, s.eos_ids)),
     Processor("min_new_tokens", None, False, tf.int32,
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n), reads_sequences=False),
     Processor("suppress_tokens", (), True, None,
               lambda logits, s, ids: suppress_tokens(logits, ids), reads_sequences=False),
+    Processor("begin_suppress_tokens", (), True, None,
+              lambda logits, s, ids: tf.where(tf.expand_dims(s.generated == 0, -1), suppress_tokens(logits, ids), logits),
+              reads_sequences=False),
 )
 
 
