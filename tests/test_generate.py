@@ -121,6 +121,27 @@ def test_suppress_tokens_matches_reference(hf_and_minigen):
             model.generate(ids, mask, suppress_tokens=bad)
 
 
+def test_sequence_bias_matches_reference(hf_and_minigen):
+    hf, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(22), 512, [7, 3, 10], pad_id=PAD)
+    plain = model.generate(ids, mask, max_new_tokens=14, eos_token_id=[], pad_token_id=PAD)
+    new = plain[:, ids.shape[1]:]
+    unseen = int(np.setdiff1d(np.arange(2, 512), new)[0])  # a token greedy never picks: pushed up everywhere
+    # a bigram pushed down whose last token greedy also writes after another token: only the bigram may go
+    pairs = [(int(r[i - 1]), int(r[i])) for r in new for i in range(1, len(r))]
+    bigram = next(p for p in pairs if any(q[1] == p[1] and q[0] != p[0] for q in pairs))
+    bias = [[[unseen], 2.0], [list(bigram), -8.0]]
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + 14, max_new_tokens=14, do_sample=False, eos_token_id=None,
+                      sequence_bias=bias)
+    ours = model.generate(ids, mask, max_new_tokens=14, eos_token_id=[], pad_token_id=PAD, sequence_bias=bias)
+    np.testing.assert_array_equal(ours, ref)
+    out = ours[:, ids.shape[1]:]
+    assert not np.array_equal(ours, plain) and (out == bigram[1]).any()  # its last token still comes elsewhere
+    for bad in ({(): 1.0}, {(1,): float("inf")}, [1, 2], {(600,): 1.0}):
+        with pytest.raises(ValueError, match="sequence_bias must"):
+            model.generate(ids, mask, sequence_bias=bad)
+
+
 def test_bad_words_ids_match_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("four")
     ids, mask = left_padded_batch(np.random.default_rng(20), 777, [6, 9, 4], pad_id=PAD)

@@ -17,6 +17,20 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _bias_pairs(value) -> tuple:
+    """sequence_bias as ((ids, bias), ...) from a dict {ids: bias} or a list of [ids, bias] pairs."""
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = tuple((tuple(ids), bias) for ids, bias in items)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or not all(
+            ids and all(_is_int(t) for t in ids) and _is_number(bias) and math.isfinite(bias) for ids, bias in pairs):
+        raise ValueError(f"sequence_bias must map non-empty token id sequences to finite numbers, e.g. "
+                         f"{{(12,): -2.0, (7, 9): 3.5}}, got {value!r}")
+    return tuple((tuple(int(t) for t in ids), float(bias)) for ids, bias in pairs)
+
+
 @dataclasses.dataclass
 class GenerationConfig:
     """Options for `generate`. Names and defaults follow Hugging Face's `GenerationConfig`.
@@ -32,6 +46,8 @@ class GenerationConfig:
         early_stopping: beam search stopping rule: True, False (heuristic) or "never" (HF semantics).
         repetition_penalty: >1 discourages tokens already in the row (padding ignored, unlike HF).
         no_repeat_ngram_size: forbid repeating any n-gram of this size (padding ignored, unlike HF).
+        sequence_bias: {token sequence: bias} (or [[ids, bias], ...]): the bias is added to the
+            sequence's last token wherever the rest of it ends the row (part of the compile key).
         bad_words_ids: token sequences never generated: the last token of each is banned wherever the
             rest of it ends the row (a list of lists of ids; part of the compile key).
         suppress_tokens: token ids that are never generated (a tuple; part of the compile key).
@@ -60,6 +76,7 @@ class GenerationConfig:
     early_stopping: bool | str = False
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    sequence_bias: tuple = ()  # normalised by check() to ((ids, bias), ...)
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
@@ -107,7 +124,8 @@ class GenerationConfig:
             option = "assistant_model" if assistant else "prompt_lookup_num_tokens"
             if self.num_beams > 1:
                 raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
-            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("bad_words_ids", ())):
+            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("bad_words_ids", ()),
+                              ("sequence_bias", ())):
                 if getattr(self, name) != off:
                     raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
         if streaming:
@@ -177,6 +195,7 @@ class GenerationConfig:
             raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, e.g. [[12], [7, 9]], "
                              f"got {words!r}")
         self.bad_words_ids = tuple(tuple(int(t) for t in w) for w in words)
+        self.sequence_bias = _bias_pairs(self.sequence_bias)
         if self.seed is not None:
             seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
@@ -193,6 +212,8 @@ class GenerationConfig:
             for name in ("suppress_tokens", "begin_suppress_tokens"):
                 if not all(0 <= token < vocab for token in getattr(self, name)):
                     raise ValueError(f"{name} must be token ids in [0, {vocab}), got {getattr(self, name)!r}")
+            if not all(0 <= token < vocab for word, _ in self.sequence_bias for token in word):
+                raise ValueError(f"sequence_bias must hold token ids in [0, {vocab}), got {self.sequence_bias!r}")
             if not all(0 <= token < vocab for word in self.bad_words_ids for token in word):
                 raise ValueError(f"bad_words_ids must hold token ids in [0, {vocab}), got {self.bad_words_ids!r}")
             pad = self.pad_token_id

@@ -1,6 +1,6 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
-    processors (PROCESSORS, every strategy):  repetition_penalty -> no_repeat_ngram -> bad_words_ids
+    processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> no_repeat_ngram -> bad_words_ids
                                               -> min_new_tokens -> suppress_tokens -> begin_suppress_tokens
     warpers (`warp`, sampling only):          temperature -> top_k -> top_p
 
@@ -78,24 +78,32 @@ def forbid_eos(logits, eos_ids: tuple[int, ...], active):
     return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
 
 
-def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...], ...], eos_ids: tuple[int, ...]):
-    """Ban the last token of every word whose other tokens are the row's latest ones (HF's
-    NoBadWordsLogitsProcessor; a one-token word is banned everywhere, except an EOS id, which HF
-    drops from the list). A word's prefix must lie in written, non-padding slots."""
+def ends_with(sequences, valid, next_slot, prefix: tuple[int, ...]):
+    """[rows] bool: the row's latest len(prefix) tokens (before next_slot, none of them padding) are `prefix`."""
+    if not prefix:
+        return tf.ones([tf.shape(sequences)[0]], tf.bool)
+    slots = tf.maximum(next_slot - len(prefix) + tf.range(len(prefix)), 0)
+    same = tf.equal(tf.gather(sequences, slots, axis=1), tf.constant(prefix)[None, :])  # [rows, len(prefix)]
+    return tf.reduce_all(same & tf.gather(valid, slots, axis=1), axis=1) & (next_slot >= len(prefix))
+
+
+def sequence_bias(logits, sequences, valid, next_slot, biases: tuple[tuple[tuple[int, ...], float], ...]):
+    """Add each (word, bias)'s bias to the word's last token wherever the rest of the word ends the
+    row (HF's SequenceBiasLogitsProcessor; a one-token word's bias applies at every step). Biases of
+    words sharing a last token add up."""
     vocab = logits.shape[-1]
-    banned = tf.zeros_like(logits, tf.bool)
-    for word in words:
-        *prefix, last = word
-        if not prefix and last in eos_ids:
-            continue
-        hit = tf.ones([tf.shape(logits)[0]], tf.bool)
-        if prefix:
-            slots = next_slot - len(prefix) + tf.range(len(prefix))  # the row's latest len(prefix) slots
-            tail = tf.gather(sequences, tf.maximum(slots, 0), axis=1)  # [rows, len(prefix)]
-            hit = tf.reduce_all(tf.equal(tail, tf.constant(prefix)[None, :]), axis=1)
-            hit &= tf.reduce_all(tf.gather(valid, tf.maximum(slots, 0), axis=1), axis=1) & (next_slot >= len(prefix))
-        banned |= hit[:, None] & tf.equal(tf.range(vocab), last)[None, :]
-    return tf.where(banned, NEG_INF, logits)
+    total = tf.zeros_like(logits)
+    for word, bias in biases:
+        hit = ends_with(sequences, valid, next_slot, word[:-1])
+        total += tf.where(hit[:, None] & tf.equal(tf.range(vocab), word[-1])[None, :], bias, 0.0)
+    return logits + total
+
+
+def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...], ...], eos_ids: tuple[int, ...]):
+    """Ban the last token of every word whose other tokens are the row's latest ones: a bias of -inf
+    (HF's NoBadWordsLogitsProcessor, which also drops one-token words that are an EOS id)."""
+    kept = tuple((word, NEG_INF) for word in words if not (len(word) == 1 and word[0] in eos_ids))
+    return sequence_bias(logits, sequences, valid, next_slot, kept)
 
 
 def suppress_tokens(logits, token_ids: tuple[int, ...]):
@@ -219,6 +227,8 @@ class Processor(NamedTuple):
 
 
 PROCESSORS = (
+    Processor("sequence_bias", (), True, None,
+              lambda logits, s, biases: sequence_bias(logits, s.sequences, s.valid, s.next_slot, biases)),
     Processor("repetition_penalty", 1.0, False, tf.float32,
               lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
     Processor("no_repeat_ngram_size", 0, True, None,
