@@ -263,10 +263,9 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def generation_options(args, **extra) -> dict:
-    """`generate` options from the shared flags (and `extra` ones), checked by GenerationConfig.check
-    like every other caller's (UsageError naming the bad one)."""
-
+def generation_options(args) -> dict:
+    """`generate` options from the shared flags, checked by GenerationConfig.check like every other
+    caller's (UsageError naming the bad one)."""
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
@@ -284,7 +283,6 @@ def generation_options(args, **extra) -> dict:
 
 
 def run_generate(args) -> None:
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = generation_options(args)
@@ -419,7 +417,6 @@ def run_batch(args, pipeline_args: list[str]) -> None:
 
 
 def run_export(args) -> None:
-
     if args.batch_size.lower() == "none":
         batch = None
     else:

@@ -105,16 +105,27 @@ def test_min_new_tokens_matches_reference(hf_and_minigen):
     assert not (ours[:, ids.shape[1]: ids.shape[1] + 8] == eos).any()
 
 
+def greedy_without_eos(model, ids, mask, max_new: int, **options):
+    """minigen's greedy output with no EOS stop, pads = PAD (what the processor tests compare)."""
+    return model.generate(ids, mask, max_new_tokens=max_new, eos_token_id=[], pad_token_id=PAD, **options)
+
+
+def assert_greedy_parity(hf, model, ids, mask, max_new: int, **options):
+    """minigen's greedy output with `options` equals the reference's in the same call shape; returns it."""
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + max_new, max_new_tokens=max_new, do_sample=False,
+                      eos_token_id=None, **options)
+    ours = greedy_without_eos(model, ids, mask, max_new, **options)
+    np.testing.assert_array_equal(ours, ref)
+    return ours
+
+
 def test_suppress_tokens_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(19), 512, [5, 9, 2])
-    plain = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)
+    plain = greedy_without_eos(model, ids, mask, 16)
     counts = np.bincount(plain[:, ids.shape[1]:].ravel(), minlength=512)
     suppressed = [int(t) for t in np.argsort(counts)[-3:]]  # the tokens greedy picks most: the option must bite
-    ref = hf_generate(hf, ids, mask, ids.shape[1] + 16, max_new_tokens=16, do_sample=False, eos_token_id=None,
-                      suppress_tokens=suppressed)
-    ours = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD, suppress_tokens=suppressed)
-    np.testing.assert_array_equal(ours, ref)
+    ours = assert_greedy_parity(hf, model, ids, mask, 16, suppress_tokens=suppressed)
     assert not np.isin(ours[:, ids.shape[1]:], suppressed).any() and not np.array_equal(ours, plain)
     for bad in ([512], [-1], 5, ["a"]):
         with pytest.raises(ValueError, match="suppress_tokens must be"):
@@ -124,17 +135,14 @@ def test_suppress_tokens_matches_reference(hf_and_minigen):
 def test_sequence_bias_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(22), 512, [7, 3, 10], pad_id=PAD)
-    plain = model.generate(ids, mask, max_new_tokens=14, eos_token_id=[], pad_token_id=PAD)
+    plain = greedy_without_eos(model, ids, mask, 14)
     new = plain[:, ids.shape[1]:]
     unseen = int(np.setdiff1d(np.arange(2, 512), new)[0])  # a token greedy never picks: pushed up everywhere
     # a bigram pushed down whose last token greedy also writes after another token: only the bigram may go
     pairs = [(int(r[i - 1]), int(r[i])) for r in new for i in range(1, len(r))]
     bigram = next(p for p in pairs if any(q[1] == p[1] and q[0] != p[0] for q in pairs))
     bias = [[[unseen], 2.0], [list(bigram), -8.0]]
-    ref = hf_generate(hf, ids, mask, ids.shape[1] + 14, max_new_tokens=14, do_sample=False, eos_token_id=None,
-                      sequence_bias=bias)
-    ours = model.generate(ids, mask, max_new_tokens=14, eos_token_id=[], pad_token_id=PAD, sequence_bias=bias)
-    np.testing.assert_array_equal(ours, ref)
+    ours = assert_greedy_parity(hf, model, ids, mask, 14, sequence_bias=bias)
     out = ours[:, ids.shape[1]:]
     assert not np.array_equal(ours, plain) and (out == bigram[1]).any()  # its last token still comes elsewhere
     for bad in ({(): 1.0}, {(1,): float("inf")}, [1, 2], {(600,): 1.0}):
@@ -145,15 +153,12 @@ def test_sequence_bias_matches_reference(hf_and_minigen):
 def test_bad_words_ids_match_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("four")
     ids, mask = left_padded_batch(np.random.default_rng(20), 777, [6, 9, 4], pad_id=PAD)
-    plain = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)
+    plain = greedy_without_eos(model, ids, mask, 16)
     new = plain[:, ids.shape[1]:]
     single = int(np.bincount(new.ravel()).argmax())  # greedy's favourite token: banned everywhere
     pair = [int(new[1, 3]), int(new[1, 4])]  # a bigram row 1 produces: its second token banned after its first
     words = [[single], pair]
-    ref = hf_generate(hf, ids, mask, ids.shape[1] + 16, max_new_tokens=16, do_sample=False, eos_token_id=None,
-                      bad_words_ids=words)
-    ours = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD, bad_words_ids=words)
-    np.testing.assert_array_equal(ours, ref)
+    ours = assert_greedy_parity(hf, model, ids, mask, 16, bad_words_ids=words)
     out = ours[:, ids.shape[1]:]
     assert not (out == single).any() and not np.array_equal(ours, plain)
     assert not ((out[:, :-1] == pair[0]) & (out[:, 1:] == pair[1])).any()
@@ -165,12 +170,9 @@ def test_bad_words_ids_match_reference(hf_and_minigen):
 def test_begin_suppress_tokens_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(21), 512, [5, 9, 2], pad_id=PAD)
-    plain = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD)
+    plain = greedy_without_eos(model, ids, mask, 8)
     first = sorted({int(t) for t in plain[:, ids.shape[1]]})  # each row's first choice, banned at the start only
-    ref = hf_generate(hf, ids, mask, ids.shape[1] + 8, max_new_tokens=8, do_sample=False, eos_token_id=None,
-                      begin_suppress_tokens=first)
-    ours = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], pad_token_id=PAD, begin_suppress_tokens=first)
-    np.testing.assert_array_equal(ours, ref)
+    ours = assert_greedy_parity(hf, model, ids, mask, 8, begin_suppress_tokens=first)
     assert not np.isin(ours[:, ids.shape[1]], first).any()
     with pytest.raises(ValueError, match="begin_suppress_tokens must be"):
         model.generate(ids, mask, begin_suppress_tokens=[512])

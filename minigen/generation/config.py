@@ -7,6 +7,10 @@ import math
 import numbers
 
 INT32_MAX = 2**31 - 1  # integer options become int32 tensors or shapes: larger values would wrap
+# The processors that read a row's tokens (processors.PROCESSORS), with their "off" values:
+# speculative decoding's verify blocks do not carry the tokens, so it refuses them.
+READS_ROW_TOKENS = (("sequence_bias", ()), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
+                    ("bad_words_ids", ()))
 
 
 def _is_int(value) -> bool:
@@ -124,8 +128,7 @@ class GenerationConfig:
             option = "assistant_model" if assistant else "prompt_lookup_num_tokens"
             if self.num_beams > 1:
                 raise ValueError(f"{option} (speculative decoding) needs num_beams=1, got num_beams={self.num_beams}")
-            for name, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("bad_words_ids", ()),
-                              ("sequence_bias", ())):
+            for name, off in READS_ROW_TOKENS:
                 if getattr(self, name) != off:
                     raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
         if streaming:

@@ -142,7 +142,7 @@ def token_logprob(logits, token):
 
 
 # The uses of randomness, each its own stream: rng_key(seed, step, use)
-DRAW = 0  # the token chosen at a step (greedy search's sampling twin; speculative's redraw)
+DRAW = 0  # the sampled token at a step (sampling; speculative's first token and redraw)
 ACCEPT = 1  # speculative sampling: the uniforms that accept or reject the candidates
 DRAFT = 2  # speculative sampling: the draft model's draw of candidate i uses DRAFT + i
 
@@ -151,8 +151,8 @@ def rng_key(seed, step, use: int = DRAW):
     """Stateless key for one use at one step: the same seed, step and use always give the same draws.
 
     The per-step draw folds the step in once: folding `use` in as well (a key made from a computed
-    key) made each sampled step of GPT-2 small ~10 ms slower under XLA (shipped 6-layer model,
-    128 tokens: 906 -> 355 tok/s), so only the other uses pay for the second fold."""
+    key) made sampling ~2.5x slower under XLA (shipped 6-layer model, batch 1, 128 tokens:
+    906 -> 355 tok/s; GPT-2 small: 57 -> 36 tok/s), so only the other uses pay for the second fold."""
     fold = tf.random.experimental.stateless_fold_in
     key = fold(seed, step)
     return key if use == DRAW else fold(key, use)

@@ -94,7 +94,12 @@ def compiled_generate(model, key: CompileKey, assistant=None):
     else:
         def run(ids, mask, knobs):
             return search(net, ids, mask, knobs, key)
-    return model.compile_cache.compiled(key if assistant is None else ("assisted", key, assistant), run)
+    return model.compile_cache.compiled(cache_key(key, assistant), run)
+
+
+def cache_key(key: CompileKey, assistant=None):
+    """The compile cache's key: a draft model is part of what was compiled."""
+    return key if assistant is None else ("assisted", key, assistant)
 
 
 def as_config(generation_config, options) -> GenerationConfig:
@@ -215,7 +220,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
                       speculation=speculation)
     ids, mask = expand_rows(ids, mask, key)
-    fresh = (key if assistant_model is None else ("assisted", key, assistant_model)) not in model.compile_cache
+    fresh = cache_key(key, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, key, assistant_model)
     traces = model.trace_count
     began = time.perf_counter()

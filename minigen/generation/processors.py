@@ -9,7 +9,8 @@ Where the reference reads `input_ids`, these read the row's sequence buffer `[ba
 reference, left padding is never counted as part of a prompt: a pad is not text the model saw.
 
 Adding a processor: write its function, add its row to PROCESSORS (the option that turns it on,
-the value that means off, whether that value shapes the graph), and its GenerationConfig field.
+the value that means off, whether that value shapes the graph), and its GenerationConfig field
+(plus config.READS_ROW_TOKENS if it reads the row's tokens: speculative verify blocks do not carry them).
 """
 
 from __future__ import annotations
@@ -223,7 +224,6 @@ class Processor(NamedTuple):
     in_key: bool  # the value shapes the graph (compile key) instead of travelling as a tensor (Knobs)
     dtype: object  # the tensor's dtype when not in_key
     apply: Callable  # (logits [..., vocab], step: Step, value) -> logits
-    reads_sequences: bool = True  # needs step.sequences (speculative verify blocks do not carry them)
 
 
 PROCESSORS = (
@@ -236,12 +236,11 @@ PROCESSORS = (
     Processor("bad_words_ids", (), True, None,
               lambda logits, s, words: bad_words(logits, s.sequences, s.valid, s.next_slot, words, s.eos_ids)),
     Processor("min_new_tokens", None, False, tf.int32,
-              lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n), reads_sequences=False),
+              lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n)),
     Processor("suppress_tokens", (), True, None,
-              lambda logits, s, ids: suppress_tokens(logits, ids), reads_sequences=False),
+              lambda logits, s, ids: suppress_tokens(logits, ids)),
     Processor("begin_suppress_tokens", (), True, None,
-              lambda logits, s, ids: tf.where(tf.expand_dims(s.generated == 0, -1), suppress_tokens(logits, ids), logits),
-              reads_sequences=False),
+              lambda logits, s, ids: tf.where(tf.expand_dims(s.generated == 0, -1), suppress_tokens(logits, ids), logits)),
 )
 
 
