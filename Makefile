@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 RUNTIME := $(VENV)/.runtime-installed
 STAMP := $(VENV)/.installed
+# transformers 4.55.4, the last release with contrastive search in its core: the reference of
+# tests/test_contrastive.py and of `make bench`'s contrastive row, in a venv of its own
+REF_VENV ?= .venv-ref
+REF := $(REF_VENV)/.installed
 
-.PHONY: test soak demo bench clean
+.PHONY: test soak demo bench clean reference-venv
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +25,22 @@ $(STAMP): $(RUNTIME)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+$(REF):
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(REF_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(REF_VENV)/bin/python -m pip install -q "transformers==4.55.4" safetensors
+	touch $(REF)
+
+reference-venv: $(REF)
+
+test: $(STAMP) $(REF)
 	$(PY) tests/suite.py -q
 
-soak: $(STAMP)
+soak: $(STAMP) $(REF)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) $(REF)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_generate.py $(BENCH_ARGS)
 
@@ -35,4 +48,4 @@ demo: $(RUNTIME)
 	$(PY) -m minigen.demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(REF_VENV) build *.egg-info

@@ -65,7 +65,14 @@ def workloads(vocab: int, prompt_len: int, new: int):
         ("b1 top-p 0.9 T 0.8", one, dict(do_sample=True, top_p=0.9, temperature=0.8)),
         ("b1 beam-4", one, dict(num_beams=4)),
         ("b8 greedy mixed lengths", eight, dict()),
+        ("b1 contrastive k4 a0.6", one, dict(penalty_alpha=0.6, top_k=4)),
     ]
+
+
+def runs_workload(system: str, options: dict) -> bool:
+    """Contrastive search: only minigen and transformers 4.55 (5.x moved it to a hub repository
+    that cannot be reached here; CTranslate2 has none)."""
+    return "penalty_alpha" not in options or system == "minigen"
 
 
 # ---- systems: each returns a callable run(prompts, options) -> list of generated lengths --------
@@ -89,7 +96,8 @@ def minigen_system(model_dir, new, dtype="float32"):
     def run(prompts, options):
         ids, mask = left_pad(prompts, 0)
         out = model.generate(ids, mask, max_new_tokens=new, eos_token_id=[], pad_token_id=0,
-                             seed=(1, 2) if options.get("do_sample") else None, top_k=0, **options)
+                             seed=(1, 2) if options.get("do_sample") else None, **{"top_k": 0, **options})
+        run.last = out[:, ids.shape[1]:]
         return [out.shape[1] - ids.shape[1]] * len(prompts)
 
     run.model = model
@@ -137,23 +145,28 @@ def ctranslate2_system(hf_dir, new, work):
     return run
 
 
-def run_tf_xla_peer(python, hf_dir, work, loads, new, runs, results):
-    """transformers 4.x TF + XLA in its own environment (it cannot share a venv with transformers 5)."""
+def run_peer(system: str, script: str, python, hf_dir, work, loads, new, runs, results, ours=None):
+    """A peer that needs a venv of its own, run as `python script HF_DIR WORKLOADS.json RUNS` after
+    the alternating runs; it prints {workload: {"first", "times"[, "tokens"]}}. Where it returns tokens
+    and `ours` (workload -> minigen's tokens) has the workload, they must be equal."""
     import subprocess
 
-    spec = Path(work) / "workloads.json"
+    spec = Path(work) / f"workloads-{system}.json"
     spec.write_text(json.dumps([{"name": n, "prompts": p, "options": o, "new": new} for n, p, o in loads]))
-    script = Path(__file__).with_name("peer_tf_xla.py")
-    print("running transformers TF + XLA with", python, flush=True)
-    done = subprocess.run([python, str(script), str(hf_dir), str(spec), str(runs)], capture_output=True, text=True)
+    print(f"running {system} with", python, flush=True)
+    done = subprocess.run([python, str(Path(__file__).with_name(script)), str(hf_dir), str(spec), str(runs)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"transformers TF + XLA failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        print(f"{system} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
         return
     for name, r in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        theirs = r.pop("tokens", None)
+        if theirs is not None and name in (ours or {}) and not np.array_equal(np.asarray(theirs), ours[name]):
+            raise SystemExit(f"{name}: {system} and minigen generated different tokens")
         tokens = new * len(next(p for n, p, _ in loads if n == name))
         r["tok_s"] = tokens / statistics.median(r["times"])
-        results[(name, "transformers-tf-xla")] = r
-        print(f"{name:26s} {'transformers-tf-xla':14s} {r['tok_s']:8.1f} tok/s   first call {r['first']:6.2f} s", flush=True)
+        results[(name, system)] = r
+        print(f"{name:26s} {system:14s} {r['tok_s']:8.1f} tok/s   first call {r['first']:6.2f} s", flush=True)
 
 
 # ---- model files ------------------------------------------------------------------------------
@@ -248,6 +261,9 @@ def main(argv=None):
     parser.add_argument("--peer-python", default=None,
                         help="python of a venv with transformers<5 + tf-keras: also run the reference's TF + XLA "
                              "generate (benchmarks/peer_tf_xla.py), after the alternating runs")
+    parser.add_argument("--reference-python", default=str(ROOT / ".venv-ref" / "bin" / "python"),
+                        help="python of a venv with transformers 4.55.4 + torch (`make reference-venv`): contrastive "
+                             "search's reference, run after the alternating runs (skipped if absent)")
     parser.add_argument("--speculative", action="store_true",
                         help="benchmark prompt lookup and the shipped draft/target pair instead (see above)")
     parser.add_argument("--out", default=None,
@@ -296,7 +312,8 @@ def main(argv=None):
     results = {}  # (workload, system) -> dict
     for wname, prompts, options in workloads(shape["vocab_size"], prompt_len, new):
         # reduced precision only at batch-1 greedy: what it gives on this CPU is the question
-        active = [s for s in systems if not (s.startswith("minigen-") and wname != "b1 greedy")]
+        active = [s for s in systems if not (s.startswith("minigen-") and wname != "b1 greedy")
+                  and runs_workload(s, options)]
         tokens = len(prompts) * new
         for s in active:
             start = time.perf_counter()
@@ -315,8 +332,21 @@ def main(argv=None):
             r["tok_s"] = tokens / statistics.median(r["times"])
             print(f"{wname:26s} {s:14s} {r['tok_s']:8.1f} tok/s   first call {r['first']:6.2f} s", flush=True)
 
+    contrastive = {}
+    if "minigen" in systems:
+        for wname, prompts, options in workloads(shape["vocab_size"], prompt_len, new):
+            if "penalty_alpha" in options:
+                systems["minigen"](prompts, options)
+                contrastive[wname] = systems["minigen"].last
+    if Path(args.reference_python).exists():  # its contrastive search, and its greedy beside it
+        loads = [w for w in workloads(shape["vocab_size"], prompt_len, new) if w[0] in ("b1 greedy", *contrastive)]
+        run_peer("transformers-4.55", "peer_hf455.py", args.reference_python, hf_dir, work, loads, new, runs,
+                 results, contrastive)
+    else:
+        print(f"no transformers 4.55 venv at {args.reference_python} (make reference-venv): no contrastive peer", flush=True)
     if args.peer_python:
-        run_tf_xla_peer(args.peer_python, hf_dir, work, workloads(shape["vocab_size"], prompt_len, new), new, runs, results)
+        run_peer("transformers-tf-xla", "peer_tf_xla.py", args.peer_python, hf_dir, work,
+                 workloads(shape["vocab_size"], prompt_len, new), new, runs, results)
 
     recompiles = None
     if "minigen" in systems:  # a new prompt length in an already-compiled bucket must not compile

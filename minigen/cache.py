@@ -70,3 +70,14 @@ def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor
     for q in range(group):
         buffer = xla.dynamic_update_slice(buffer, new[:, q], tf.stack([zero, q * cache_len + index, zero]))
     return buffer
+
+
+def keep_one(buffer: tf.Tensor, index, choice: tf.Tensor, s: int, heads: int) -> tf.Tensor:
+    """Contrastive search: of the `s` alternatives written at slots index .. index+s-1, move each
+    row's chosen one (choice [batch] int32) to slot `index`; the other slots are overwritten by the
+    next step's candidates. Reads and writes only those s slots, never the whole cache."""
+    zero, index = tf.constant(0, tf.int32), tf.cast(index, tf.int32)
+    block = tf.slice(buffer, tf.stack([zero, index, zero]), [-1, s, -1])  # [batch * heads, s, head_dim]
+    per_row = tf.repeat(choice, heads)  # leading rows are (batch, head), batch-major
+    kept = tf.gather(block, per_row[:, None], batch_dims=1)  # [batch * heads, 1, head_dim]
+    return xla.dynamic_update_slice(buffer, kept, tf.stack([zero, index, zero]))

@@ -66,11 +66,16 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
+    p.add_argument("--top-k", type=int, default=50,
+                   help="sample among the k most likely tokens (0 = off); with --penalty-alpha, the candidates "
+                        "contrastive search weighs per step (default 50)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default 1.0)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)")
     p.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--penalty-alpha", type=float, default=None, metavar="A",
+                   help="contrastive search: among the --top-k most likely tokens pick the one maximising "
+                        "(1 - A) * probability - A * its similarity to the text so far; A in [0, 1] (default: off)")
     p.add_argument("--seed", type=int, nargs=2, metavar=("A", "B"), help="two ints: the stateless sampling seed")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weights' dtype in memory (default float32)")
@@ -126,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bucket", type=int, default=64, help="prompt width: inputs are left-padded to it (default 64)")
     e.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
     e.add_argument("--strategy", default="greedy",
-                   help="comma-separated signatures to export: greedy, sample, beam (default greedy; the first "
-                        "is also serving_default)")
+                   help="comma-separated signatures to export: greedy, sample, beam, contrastive (default greedy; "
+                        "the first is also serving_default)")
     e.add_argument("--num-beams", type=int, default=4, help="beams of the beam signature (default 4)")
+    e.add_argument("--top-k", type=int, default=4, help="candidates per step of the contrastive signature (default 4)")
 
     c = sub.add_parser("convert", help="convert a Hugging Face GPT-2 directory (same as `python -m weights_tools convert`)")
     from weights_tools.__main__ import add_convert_arguments
@@ -269,7 +275,7 @@ def generation_options(args) -> dict:
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
-                   seed=tuple(args.seed) if args.seed else None)
+                   penalty_alpha=args.penalty_alpha, seed=tuple(args.seed) if args.seed else None)
     if getattr(args, "prompt_lookup", None) is not None:
         options["prompt_lookup_num_tokens"] = args.prompt_lookup
     if getattr(args, "assistant_model", None) is not None:
@@ -430,7 +436,7 @@ def run_export(args) -> None:
     lm = minigen.load(args.model)
     try:
         export(lm, args.out, batch_size=batch, bucket=args.bucket, max_new_tokens=args.max_new_tokens,
-               strategies=[s.strip() for s in args.strategy.split(",")], num_beams=args.num_beams)
+               strategies=[s.strip() for s in args.strategy.split(",")], num_beams=args.num_beams, top_k=args.top_k)
     except (ValueError, FileExistsError) as e:
         raise UsageError(str(e)) from None
     print(f"wrote {args.out} (signatures: {args.strategy}; inspect with `saved_model_cli show --dir {args.out} --all`)")

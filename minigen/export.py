@@ -1,12 +1,15 @@
 """Export the whole compiled generate as a TensorFlow SavedModel, for TF Serving or any TF runtime.
 
-Each strategy becomes one signature (`greedy`, `sample`, `beam`; the first exported is also
-`serving_default`) taking
+Each strategy becomes one signature (`greedy`, `sample`, `beam`, `contrastive`; the first exported
+is also `serving_default`) taking
 
     input_ids       int32 [batch, bucket]   left-padded prompts
     attention_mask  int32 [batch, bucket]   1 = token, 0 = padding
-    temperature, top_k, top_p, repetition_penalty   scalars (sample; repetition_penalty everywhere)
-    seed            int32 [2]               the stateless sampling seed
+    greedy, sample, beam:
+      temperature, top_k, top_p, repetition_penalty   scalars (sample; repetition_penalty everywhere)
+      seed            int32 [2]               the stateless sampling seed
+    contrastive (its top_k candidates fixed at export):
+      penalty_alpha, repetition_penalty       float32 scalars
 
 and returning `sequences` int32 [batch, bucket + max_new_tokens] (prompt, new tokens, pad after EOS)
 and `scores` (greedy/sample: per-token log-probs [batch, max_new_tokens]; beam: [batch]).
@@ -28,45 +31,52 @@ import tensorflow as tf
 
 from .compile_cache import xla_function
 from .generation.beam_search import beam_search
+from .generation.contrastive import contrastive_search
 from .generation.config import GenerationConfig
 from .generation.core import CompileKey, compile_key, make_knobs
 from .generation.search import search
 
-STRATEGIES = ("greedy", "sample", "beam")
+STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 RUNTIME = ("repetition_penalty",)  # processor options that are signature inputs
+SEARCH_INPUTS = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32, "repetition_penalty": tf.float32,
+                 "seed": tf.int32}
+# each signature's scalar inputs after input_ids and attention_mask (seed is [2])
+INPUTS = {"greedy": SEARCH_INPUTS, "sample": SEARCH_INPUTS, "beam": SEARCH_INPUTS,
+          "contrastive": {"penalty_alpha": tf.float32, "repetition_penalty": tf.float32}}
 
 
-def _config(strategy: str, max_new_tokens: int, num_beams: int) -> GenerationConfig:
+def _config(strategy: str, max_new_tokens: int, num_beams: int, top_k: int) -> GenerationConfig:
     """The options a strategy's signature is compiled with (EOS and pad ids come from the model's
     config, as in `generate`); checked like any other caller's."""
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=strategy == "sample",
                             num_beams=num_beams if strategy == "beam" else 1,
+                            penalty_alpha=0.5 if strategy == "contrastive" else None,
+                            top_k=top_k if strategy == "contrastive" else 50,
                             output_scores=strategy != "beam").check()
 
 
 class Exported(tf.Module):
     """The variables plus one compiled function per strategy."""
 
-    def __init__(self, model, batch_size, bucket, max_new_tokens, strategies, num_beams):
+    def __init__(self, model, batch_size, bucket, max_new_tokens, strategies, num_beams, top_k):
         super().__init__()
         self.weights = [v for v in _variables(model)]
-        # The signature takes any shape, so that a request of the wrong size meets a check naming
-        # the input instead of failing inside XLA; the checks run outside the compiled loop (XLA
-        # drops Assert ops), which is a nested jit_compile function kept as such in the SavedModel.
-        spec = [tf.TensorSpec([None, None], tf.int32, "input_ids"),
-                tf.TensorSpec([None, None], tf.int32, "attention_mask"),
-                tf.TensorSpec([], tf.float32, "temperature"), tf.TensorSpec([], tf.int32, "top_k"),
-                tf.TensorSpec([], tf.float32, "top_p"), tf.TensorSpec([], tf.float32, "repetition_penalty"),
-                tf.TensorSpec([None], tf.int32, "seed")]
         self.functions = {}
         for strategy in strategies:
             if strategy == "beam" and batch_size is None:
                 raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
-            cfg = _config(strategy, max_new_tokens, num_beams)
+            cfg = _config(strategy, max_new_tokens, num_beams, top_k)
             key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME)
             compiled = xla_function(_runner(model.network, cfg, key))
+            # The signature takes any shape, so that a request of the wrong size meets a check naming
+            # the input instead of failing inside XLA; the checks run outside the compiled loop (XLA
+            # drops Assert ops), which is a nested jit_compile function kept as such in the SavedModel.
+            spec = [tf.TensorSpec([None, None], tf.int32, "input_ids"),
+                    tf.TensorSpec([None, None], tf.int32, "attention_mask")]
+            spec += [tf.TensorSpec([None] if name == "seed" else [], dtype, name)
+                     for name, dtype in INPUTS[strategy].items()]
             self.functions[strategy] = tf.function(
-                _checked(compiled, batch_size, bucket, model.config.vocab_size, sampling=strategy == "sample"),
+                _checked(compiled, batch_size, bucket, model.config.vocab_size, strategy),
                 input_signature=spec, autograph=False)
 
 
@@ -82,10 +92,34 @@ def _variables(model):
         yield net.lm_head_weight
 
 
-def _checked(compiled, batch_size, bucket: int, vocab: int, sampling: bool):
-    """The signature's function: check every input with a message naming it, then run `compiled`."""
+def _knob_checks(knobs: dict, strategy: str) -> list:
+    """Range checks of a signature's scalar inputs, each naming its input."""
+    checks = [tf.debugging.assert_equal(tf.math.is_finite(knobs["repetition_penalty"]) & (knobs["repetition_penalty"] > 0),
+                                        True, message="repetition_penalty must be a finite number > 0 (1.0 = off)")]
+    if "top_k" in knobs:
+        checks.append(tf.debugging.assert_greater_equal(knobs["top_k"], 0, message="top_k must be >= 0 (0 = off)"))
+    if "seed" in knobs:
+        checks.append(tf.debugging.assert_equal(tf.shape(knobs["seed"]), [2], message="seed must be int32 [2]"))
+    if "penalty_alpha" in knobs:
+        alpha = knobs["penalty_alpha"]
+        checks.append(tf.debugging.assert_equal((alpha >= 0) & (alpha <= 1), True,
+                                                message="penalty_alpha must be a number in [0, 1]"))
+    if strategy == "sample":
+        temperature, top_p = knobs["temperature"], knobs["top_p"]
+        checks += [
+            tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature > 0), True,
+                                      message="temperature must be a finite number > 0"),
+            tf.debugging.assert_equal((top_p > 0) & (top_p <= 1), True, message="top_p must be in (0, 1]"),
+        ]
+    return checks
 
-    def run(input_ids, attention_mask, temperature, top_k, top_p, repetition_penalty, seed):
+
+def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
+    """The signature's function: check every input with a message naming it, then run `compiled`."""
+    names = list(INPUTS[strategy])
+
+    def run(input_ids, attention_mask, *values):
+        knobs = dict(zip(names, values))
         rows = -1 if batch_size is None else batch_size
         shape = f"[{'batch' if batch_size is None else batch_size}, {bucket}]"
         real = tf.equal(attention_mask, 1)
@@ -101,36 +135,29 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, sampling: bool):
                                       message="attention_mask must be left-padded (0s before 1s in each row)"),
             tf.debugging.assert_equal(tf.reduce_all(~real | ((input_ids >= 0) & (input_ids < vocab))), True,
                                       message=f"input_ids holds a token id outside the vocabulary [0, {vocab})"),
-            tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0 (0 = off)"),
-            tf.debugging.assert_equal(tf.math.is_finite(repetition_penalty) & (repetition_penalty > 0), True,
-                                      message="repetition_penalty must be a finite number > 0 (1.0 = off)"),
-            tf.debugging.assert_equal(tf.shape(seed), [2], message="seed must be int32 [2]"),
-        ]
+        ] + _knob_checks(knobs, strategy)
         if batch_size is not None:
             checks.append(tf.debugging.assert_equal(tf.shape(input_ids)[0], rows,
                                                     message=f"input_ids must be int32 {shape}: {batch_size} rows"))
-        if sampling:
-            checks += [
-                tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature > 0), True,
-                                          message="temperature must be a finite number > 0"),
-                tf.debugging.assert_equal((top_p > 0) & (top_p <= 1), True, message="top_p must be in (0, 1]"),
-            ]
         with tf.control_dependencies(checks):
             ids = tf.where(real, input_ids, 0)  # pad slots may hold any id; the model reads valid ones
             mask = tf.identity(attention_mask)
-            seed = tf.concat([seed, [0, 0]], 0)[:2]  # statically [2]: a wrong seed meets its check, not XLA
+            knobs = {name: tf.identity(value) for name, value in knobs.items()}
+            if "seed" in knobs:  # statically [2]: a wrong seed meets its check, not XLA
+                knobs["seed"] = tf.concat([knobs["seed"], [0, 0]], 0)[:2]
         # reshape, not ensure_shape: grappler trusts ensure_shape and folds the shape checks above away
         static_shape = [rows, bucket]
-        return compiled(tf.reshape(ids, static_shape), tf.reshape(mask, static_shape),
-                        temperature, top_k, top_p, repetition_penalty, seed)
+        return compiled(tf.reshape(ids, static_shape), tf.reshape(mask, static_shape), knobs)
 
     return run
 
 
 def _runner(net, cfg: GenerationConfig, key: CompileKey):
-    def run(input_ids, attention_mask, temperature, top_k, top_p, repetition_penalty, seed):
-        knobs = make_knobs(cfg, temperature=temperature, top_k=top_k, top_p=top_p,
-                           repetition_penalty=repetition_penalty, seed=seed)
+    def run(input_ids, attention_mask, given: dict):
+        knobs = make_knobs(cfg, **given)
+        if key.strategy == "contrastive":
+            sequences, scores = contrastive_search(net, input_ids, attention_mask, knobs, key)
+            return {"sequences": sequences, "scores": scores}
         if key.beam:
             nb = key.beam.num_beams
             ids, mask = tf.repeat(input_ids, nb, axis=0), tf.repeat(attention_mask, nb, axis=0)
@@ -143,20 +170,25 @@ def _runner(net, cfg: GenerationConfig, key: CompileKey):
 
 
 def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, max_new_tokens: int = 64,
-           strategies=("greedy",), num_beams: int = 4) -> str:
+           strategies=("greedy",), num_beams: int = 4, top_k: int = 4) -> str:
     """Write a SavedModel of `generate` to `out_dir` (which must not exist); returns out_dir.
 
-    batch_size None lets greedy/sample signatures take any batch size; beam needs a fixed one.
+    batch_size None lets greedy/sample/contrastive signatures take any batch size; beam needs a
+    fixed one. num_beams: the beam signature's beams; top_k: the contrastive signature's candidates.
     """
     strategies = tuple(strategies)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or not strategies:
         raise ValueError(f"strategies must be a non-empty subset of {', '.join(STRATEGIES)}, got {list(strategies)}")
-    for name, value in (("bucket", bucket), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+    for name, value in (("bucket", bucket), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
+                        ("top_k", top_k)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if "beam" in strategies and num_beams < 2:
         raise ValueError(f"num_beams must be >= 2 for the beam signature (1 is greedy search), got {num_beams}")
+    if "contrastive" in strategies and not 2 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be in [2, {model.config.vocab_size}] for the contrastive signature "
+                         f"(its candidates per step; 1 is greedy search), got {top_k}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
     if bucket + max_new_tokens > model.config.n_positions:
@@ -167,7 +199,7 @@ def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, ma
     parent = os.path.dirname(out_dir)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot write {out_dir}: its parent directory {parent} does not exist")
-    module = Exported(model, batch_size, bucket, max_new_tokens, strategies, num_beams)
+    module = Exported(model, batch_size, bucket, max_new_tokens, strategies, num_beams, top_k)
     signatures = {name: fn.get_concrete_function() for name, fn in module.functions.items()}
     signatures["serving_default"] = signatures[strategies[0]]
     # a fresh temporary directory of our own: a leftover from a killed run is never reused

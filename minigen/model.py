@@ -68,7 +68,7 @@ def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02, scale_re
 # ---- small pure functions ----------------------------------------------------------------------
 
 
-def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tensor:
+def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None, alternatives: bool = False) -> tf.Tensor:
     """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
 
     key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
@@ -83,7 +83,11 @@ def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None) -> tf.Tenso
     index = tf.cast(index, tf.int32)
     if index.shape.rank == 0:
         query_slots = index + tf.range(s)  # [s]
-        causal = tf.range(cache_len)[None, :] <= query_slots[:, None]  # [s, cache_len]
+        slots = tf.range(cache_len)[None, :]
+        if alternatives:
+            causal = (slots < index) | (slots == query_slots[:, None])  # [s, cache_len]
+        else:
+            causal = slots <= query_slots[:, None]  # [s, cache_len]
         mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [batch, 1, s, cache_len]
     else:  # one start slot per row (speculative decoding)
         query_slots = index[:, None] + tf.range(s)[None, :]  # [batch, s]
@@ -169,20 +173,23 @@ class Transformer:
 
     # -- phases --
 
-    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None):
+    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None, alternatives=False):
         """Run `s` new tokens per row through the model, writing their keys/values into the cache.
 
         tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
         once this call has written); index: the cache slot of tokens[:, 0], a scalar int32 or,
         when rows have different lengths (speculative decoding), one slot per row [batch] int32.
         lineage: beam search only, [prompts, beams, cache_len] int32 (see `attention`).
+        alternatives: contrastive search's candidates: the s tokens of a row are alternatives for
+            slot `index` (same position), each attending to the history and itself only; candidate i
+            is written at slot index + i until the chosen one is kept (cache.keep_one).
         Returns (hidden [batch, s, d] after the final layer norm, updated cache).
         """
         cfg = self.config
         s = tokens.shape[1]
         x = tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
         # x: [batch, s, d]
-        mask = attention_mask(key_mask, index, s, lineage)  # [batch, 1, s, cache_len] (see there for beams)
+        mask = attention_mask(key_mask, index, s, lineage, alternatives)  # [batch, 1, s, cache_len] (see there for beams)
         group = 1 if lineage is None else lineage.shape[1]
         keys, values = [], []
         for i, block in enumerate(self.blocks):

@@ -49,7 +49,7 @@ GROUPS = [
     (["test_compile.py"], 1.65),
     (["test_speculative.py"], 1.7),
     (["test_model.py"], 2.4),  # GPT-2 small and its reference twin: only beside a small group
-    (["test_cli_safety.py", "test_pipeline.py"], 1.6),
+    (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.9),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 

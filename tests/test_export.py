@@ -138,3 +138,36 @@ def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
         fn(input_ids=tf.constant(ids, tf.int64), attention_mask=tf.constant(mask), temperature=tf.constant(1.0),
            top_k=tf.constant(0), top_p=tf.constant(1.0), repetition_penalty=tf.constant(1.0),
            seed=tf.constant([1, 2]))
+
+
+def test_contrastive_signature(hf_and_minigen, tmp_path):
+    """The contrastive signature (any batch size, top_k fixed at export) gives generate's tokens
+    for two alphas from one export, and refuses a bad alpha by name."""
+    import tensorflow as tf
+
+    from minigen.export import export
+
+    _, _, model = hf_and_minigen("tiny")
+    export(model, str(tmp_path / "saved"), batch_size=None, bucket=16, max_new_tokens=8,
+           strategies=("contrastive",), top_k=3)
+    fn = tf.saved_model.load(str(tmp_path / "saved")).signatures["contrastive"]
+    assert set(fn.structured_input_signature[1]) == {"input_ids", "attention_mask", "penalty_alpha",
+                                                      "repetition_penalty"}
+    ids, mask = left_padded_batch(np.random.default_rng(5), 511, [4, 16, 9], pad_id=1)
+    pad = model.config.eos_token_id
+
+    def call(alpha, penalty=1.0):
+        return fn(input_ids=tf.constant(ids, tf.int32), attention_mask=tf.constant(mask, tf.int32),
+                  penalty_alpha=tf.constant(alpha), repetition_penalty=tf.constant(penalty))["sequences"].numpy()
+
+    outputs = []
+    for alpha in (0.3, 0.8):
+        expected = model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, penalty_alpha=alpha, top_k=3)
+        got = call(alpha)
+        np.testing.assert_array_equal(got[:, 16:], expected[:, 16:], err_msg=str(alpha))
+        outputs.append(got)
+    assert not np.array_equal(*outputs)  # alpha reaches the exported graph
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"penalty_alpha must be a number in \[0, 1\]"):
+        call(1.5)
+    with pytest.raises(ValueError, match="top_k must be in \\[2, 512\\] for the contrastive signature"):
+        export(model, str(tmp_path / "bad"), strategies=("contrastive",), top_k=1)

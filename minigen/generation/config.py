@@ -58,6 +58,10 @@ class GenerationConfig:
         begin_suppress_tokens: token ids that are not generated as the first new token.
         eos_token_id: int or list of ints; None uses the model config's.
         pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
+        penalty_alpha: contrastive search (with num_beams=1, do_sample=False and top_k > 1): each
+            step picks among the top_k tokens the one maximising (1 - penalty_alpha) * probability
+            - penalty_alpha * its largest cosine similarity with the row's earlier hidden states.
+            None or 0 = off (greedy). A run-time value; top_k is then part of the compile key.
         seed: pair of ints for the stateless sampler; same seed, same output. None draws a fresh one.
         pad_to_multiple_of: prompts are left-padded to this bucket width so new lengths reuse compiles.
         prompt_lookup_num_tokens: speculative decoding with prompt lookup: candidates per verify step
@@ -84,6 +88,7 @@ class GenerationConfig:
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
+    penalty_alpha: float | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     seed: tuple[int, int] | None = None
@@ -105,9 +110,13 @@ class GenerationConfig:
 
     @property
     def strategy(self) -> str:
+        """The reference's dispatch: beam search, sampling, contrastive search (penalty_alpha > 0
+        and top_k > 1), else greedy search."""
         if self.num_beams > 1:
             return "beam"
-        return "sample" if self.do_sample else "greedy"
+        if self.do_sample:
+            return "sample"
+        return "contrastive" if self.penalty_alpha and self.top_k > 1 else "greedy"
 
     def check(self, model_config=None, *, streaming: bool = False, continuing: bool = False,
               assistant: bool = False) -> "GenerationConfig":
@@ -131,9 +140,20 @@ class GenerationConfig:
             for name, off in READS_ROW_TOKENS:
                 if getattr(self, name) != off:
                     raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
+        if self.penalty_alpha:
+            if self.num_beams > 1 or self.do_sample:
+                raise ValueError(f"penalty_alpha (contrastive search) needs num_beams=1 and do_sample=False, got "
+                                 f"num_beams={self.num_beams}, do_sample={self.do_sample}; leave penalty_alpha=None "
+                                 "for beam search or sampling")
+            if speculative:
+                raise ValueError("penalty_alpha (contrastive search) does not combine with speculative decoding "
+                                 "(assistant_model / prompt_lookup_num_tokens)")
+            if continuing and self.strategy == "contrastive":
+                raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, "
+                                 "not contrastive search (penalty_alpha)")
         if streaming:
             if self.num_beams > 1:
-                raise ValueError("streaming supports greedy search and sampling, not num_beams > 1")
+                raise ValueError("streaming supports greedy search, sampling and contrastive search, not num_beams > 1")
             if speculative:
                 raise ValueError("streaming does not support prompt_lookup_num_tokens or assistant_model; use generate")
         if continuing:
@@ -177,6 +197,8 @@ class GenerationConfig:
         finite("top_p", "in (0, 1]", lambda v: 0 < v <= 1)
         finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
         finite("length_penalty", "a finite number")
+        if self.penalty_alpha is not None:
+            finite("penalty_alpha", "None or a number in [0, 1] (0 = off)", lambda v: 0 <= v <= 1)
         if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.num_beams > 1 and self.do_sample:
@@ -219,6 +241,9 @@ class GenerationConfig:
                 raise ValueError(f"sequence_bias must hold token ids in [0, {vocab}), got {self.sequence_bias!r}")
             if not all(0 <= token < vocab for word in self.bad_words_ids for token in word):
                 raise ValueError(f"bad_words_ids must hold token ids in [0, {vocab}), got {self.bad_words_ids!r}")
+            if self.strategy == "contrastive" and self.top_k > vocab:
+                raise ValueError(f"top_k (contrastive search's candidates) must be at most the vocabulary size "
+                                 f"({vocab}), got {self.top_k}")
             pad = self.pad_token_id
             if pad is not None and (not _is_int(pad) or not 0 <= pad < vocab):
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")

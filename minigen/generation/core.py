@@ -1,7 +1,7 @@
 """The decoding core every strategy shares: the compile key, the run-time knobs, the step a
 token is chosen by, the sequence buffer and the random key.
 
-A strategy (search.py: greedy and sampling, beam_search.py, speculative.py) owns only what is
+A strategy (search.py: greedy and sampling, beam_search.py, contrastive.py, speculative.py) owns only what is
 its own - beam bookkeeping, speculative propose/verify/accept - and calls these for the rest:
 
     compile_key(cfg, ...)        the one compile key, from a checked GenerationConfig
@@ -43,7 +43,7 @@ class CompileKey(NamedTuple):
     """Options that shape the graph: each distinct value is one compiled function. Built only by
     `compile_key`; everything numeric travels in `Knobs` instead."""
 
-    strategy: str  # "greedy" | "sample" | "beam"
+    strategy: str  # "greedy" | "sample" | "beam" | "contrastive"
     rows: int | None  # batch rows after expanding num_return_sequences / num_beams (None: any, export)
     bucket: int  # padded prompt width
     max_new_tokens: int
@@ -53,6 +53,7 @@ class CompileKey(NamedTuple):
     output_scores: bool  # greedy/sampling: keep each chosen token's log-prob
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
+    candidates: int = 0  # contrastive search: top_k tokens scored per step (the block's width)
     prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
     return_cache: bool = False  # also return the final cache (for a later continuation)
 
@@ -83,6 +84,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         output_scores=cfg.output_scores and strategy != "beam",
         beam=beam,
         speculation=spec,
+        candidates=cfg.top_k if strategy == "contrastive" else 0,
         prefix=prefix,
         return_cache=return_cache,
     )
@@ -98,6 +100,7 @@ class Knobs(NamedTuple):
     top_k: tf.Tensor  # int32 scalar, 0 = off
     top_p: tf.Tensor  # float32 scalar, 1.0 = off
     length_penalty: tf.Tensor  # float32 scalar (beam search)
+    penalty_alpha: tf.Tensor  # float32 scalar (contrastive search)
     seed: tf.Tensor  # int32 [2]
     processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
 
@@ -110,6 +113,7 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
         top_k=tf.constant(cfg.top_k, tf.int32),
         top_p=tf.constant(cfg.top_p, tf.float32),
         length_penalty=tf.constant(cfg.length_penalty, tf.float32),
+        penalty_alpha=tf.constant(cfg.penalty_alpha or 0.0, tf.float32),
         seed=tf.constant(np.asarray(seed, np.int64).astype(np.int32), tf.int32),
         processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
     )

@@ -20,11 +20,13 @@ import tensorflow as tf
 from ..cache import KVCache
 from ..compile_cache import compile_notice
 from ..model import Transformer
+from . import contrastive
 from .beam_search import beam_search
 from .config import GenerationConfig
 from .core import CompileKey, compile_key, make_knobs
 from .inputs import as_batch, left_pad_to
-from .search import decode_until, search, start_state
+from . import search as search_loop
+from .search import search
 from .speculative import speculative_loop
 
 logger = logging.getLogger("minigen")
@@ -88,6 +90,9 @@ def compiled_generate(model, key: CompileKey, assistant=None):
     elif key.strategy == "beam":
         def run(ids, mask, knobs):
             return beam_search(net, ids, mask, knobs, key)
+    elif key.strategy == "contrastive":
+        def run(ids, mask, knobs):
+            return contrastive.contrastive_search(net, ids, mask, knobs, key)
     elif key.prefix:
         def run(ids, mask, knobs, prefix_cache):
             return search(net, ids, mask, knobs, key, prefix_cache)
@@ -194,7 +199,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
             output is this model's own greedy output; sampled output has its distribution.
         **options: GenerationConfig fields (max_new_tokens, do_sample, temperature, top_k, top_p,
             num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
-            no_repeat_ngram_size, min_new_tokens, eos_token_id, pad_token_id, seed,
+            no_repeat_ngram_size, min_new_tokens, penalty_alpha (contrastive search), eos_token_id,
+            pad_token_id, seed,
             pad_to_multiple_of, return_dict, output_scores, prompt_lookup_num_tokens,
             max_matching_ngram_size, num_assistant_tokens).
 
@@ -275,12 +281,13 @@ def given_ids(input_ids) -> np.ndarray:
 def compiled_stream(model, key: CompileKey):
     """The cached (start, advance) pair of compiled functions for streaming with this key."""
     net = model.network
+    loop = contrastive if key.strategy == "contrastive" else search_loop
 
     def begin(ids, mask):
-        return start_state(net, ids, mask, key)
+        return loop.start_state(net, ids, mask, key)
 
     def advance(state, mask, key_mask, knobs, limit):
-        return decode_until(net, state, mask, key_mask, knobs, key, limit)
+        return loop.decode_until(net, state, mask, key_mask, knobs, key, limit)
 
     return model.compile_cache.compiled(("stream-start", key), begin), model.compile_cache.compiled(("stream", key), advance)
 
@@ -290,8 +297,8 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
 
     The compiled decode loop runs `chunk_size` steps at a time and hands its state (the static KV
     cache included) back for the next chunk, so the tokens are exactly `generate`'s. Rows that
-    finished get pad_token_id. Greedy search and sampling only (beam search's best hypothesis is
-    only known at the end).
+    finished get pad_token_id. Greedy search, sampling and contrastive search (beam search's best
+    hypothesis is only known at the end).
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
