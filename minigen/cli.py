@@ -73,6 +73,8 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)")
     p.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop a continuation once its text ends with TEXT (repeat for several)")
     p.add_argument("--penalty-alpha", type=float, default=None, metavar="A",
                    help="contrastive search: among the --top-k most likely tokens pick the one maximising "
                         "(1 - A) * probability - A * its similarity to the text so far; A in [0, 1] (default: off)")
@@ -275,7 +277,7 @@ def generation_options(args) -> dict:
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
-                   penalty_alpha=args.penalty_alpha, seed=tuple(args.seed) if args.seed else None)
+                   penalty_alpha=args.penalty_alpha, stop_strings=tuple(args.stop or ()), seed=tuple(args.seed) if args.seed else None)
     if getattr(args, "prompt_lookup", None) is not None:
         options["prompt_lookup_num_tokens"] = args.prompt_lookup
     if getattr(args, "assistant_model", None) is not None:

@@ -61,7 +61,8 @@ def eos_stopping_some_rows(tokens, max_new):
     raise AssertionError("no token stops only some rows; pick another seed")
 
 
-# alpha x k: every pair on the 2-layer model, a slice covering every value on the odd one
+# alpha x k: every pair on the 2-layer model (default run); a slice covering every value on the odd
+# one, and the processors, under `make soak` (the default suite's time is bounded)
 GRID = {"tiny": [(a, k) for a in (0.0, 0.4, 0.6, 0.9) for k in (1, 2, 4, 8)],
         "odd": [(0.0, 4), (0.4, 2), (0.6, 4), (0.9, 8)]}
 MAX_NEW = 20
@@ -94,25 +95,29 @@ def processor_cases(model):
 
 
 @pytest.fixture(scope="module")
-def expected(hf_and_minigen):
-    """Every parity case of this module, and the reference's output for each, from one subprocess."""
+def expected(hf_and_minigen, request):
+    """The parity cases the selected tests need, and the reference's output for each, from one
+    subprocess (importing torch and transformers takes seconds)."""
     if not REFERENCE.exists():
         pytest.skip(needs_reference.kwargs["reason"])
+    wanted = {getattr(item, "callspec", None) and item.callspec.params.get("name") or "processors"
+              for item in request.session.items if item.module is request.module and "expected" in item.fixturenames}
     cases, jobs = {}, []
-    for name in GRID:
+    for name in [n for n in GRID if n in wanted]:
         _, hf_dir, model = hf_and_minigen(name)
         ids, mask, eos, options = grid_cases(model, name)
         cases[name] = (model, ids, mask, eos, options)
         jobs.append((hf_dir, [(ids, mask, o) for o in options]))
-    _, hf_dir, model = hf_and_minigen("tiny")
-    ids, mask, plain, options = processor_cases(model)
-    cases["processors"] = (model, ids, mask, plain, options)
-    jobs.append((hf_dir, [(ids, mask, o) for o in options]))
+    if "processors" in wanted:
+        _, hf_dir, model = hf_and_minigen("tiny")
+        ids, mask, plain, options = processor_cases(model)
+        cases["processors"] = (model, ids, mask, plain, options)
+        jobs.append((hf_dir, [(ids, mask, o) for o in options]))
     return {name: (case, ref) for (name, case), ref in zip(cases.items(), reference(jobs))}
 
 
 @needs_reference
-@pytest.mark.parametrize("name", list(GRID))
+@pytest.mark.parametrize("name", [pytest.param("tiny"), pytest.param("odd", marks=pytest.mark.slow)])
 def test_matches_reference(expected, name):
     """alpha x k on a left-padded batch whose rows stop at different steps: tokens identical,
     chosen-token log-probs (output_scores) within float rounding."""
@@ -133,6 +138,7 @@ def test_matches_reference(expected, name):
 
 
 @needs_reference
+@pytest.mark.slow
 def test_matches_reference_with_processors(expected):
     (model, ids, mask, plain, options), ref = expected["processors"]
     for o, r in zip(options, ref):

@@ -105,3 +105,69 @@ def test_a_sampled_row_depends_on_seed_and_index_not_on_other_rows(hf_and_minige
     np.testing.assert_array_equal(a[1], b[1])  # other rows' contents do not matter
     c = model.generate([[5, 6, 7, 8], [5, 6, 7, 8]], **options)
     assert (c[0, 4:] != c[1, 4:]).any()  # the same prompt at two indices: two independent draws
+
+
+WARPER_CASES = [("min_p", 0.1, 1), ("min_p", 0.5, 3), ("typical_p", 0.9, 1), ("typical_p", 0.3, 5),
+                ("epsilon_cutoff", 3e-4, 1), ("epsilon_cutoff", 0.05, 4), ("eta_cutoff", 3e-4, 1), ("eta_cutoff", 0.02, 8)]
+
+
+@pytest.mark.parametrize("option, value, keep", WARPER_CASES, ids=[f"{o}-{v}-keep{k}" for o, v, k in WARPER_CASES])
+@pytest.mark.parametrize("spread", [1.0, 4.0], ids=["flat", "peaked"])
+def test_more_warpers_equal_reference(option, value, keep, spread):
+    """min_p / typical_p / epsilon / eta (each with min_tokens_to_keep) keep exactly the tokens HF's
+    warper keeps, after temperature, top-k and top-p as in HF's order; kept scores unchanged."""
+    from transformers.generation import logits_process as L
+
+    reference = {"min_p": lambda: L.MinPLogitsWarper(value, min_tokens_to_keep=keep),
+                 "typical_p": lambda: L.TypicalLogitsWarper(value, min_tokens_to_keep=keep),
+                 "epsilon_cutoff": lambda: L.EpsilonLogitsWarper(value, min_tokens_to_keep=keep),
+                 "eta_cutoff": lambda: L.EtaLogitsWarper(value, min_tokens_to_keep=keep, device="cpu")}[option]()
+    logits = (np.random.default_rng(30).standard_normal((8, 5000)) * spread).astype(np.float32)
+    ids = torch.zeros((8, 1), dtype=torch.long)
+    scores = TopPLogitsWarper(0.95, min_tokens_to_keep=keep)(ids, TemperatureLogitsWarper(0.9)(ids, torch.tensor(logits)))
+    ref = reference(ids, scores).numpy()
+    on = ((option, True), ("min_tokens_to_keep", keep))
+    ours = tf.function(lambda x: P.warp(x, tf.constant(0.9), tf.constant(0), tf.constant(0.95), on,
+                                        {option: tf.constant(value)}), jit_compile=True)(logits).numpy()
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], ref[np.isfinite(ref)], rtol=1e-6)
+    kept = np.isfinite(ref).sum(1)
+    assert (kept >= keep).all() and (kept < 5000).any()  # the warper removed tokens, never below keep
+
+
+def test_min_p_sampling_follows_reference_distribution(hf_and_minigen):
+    """Through generate: first-step draws follow softmax of HF's min_p-warped logits (chi-square),
+    and nothing min_p removes is ever drawn."""
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    hf, _, model = hf_and_minigen("tiny", initializer_range=0.05)
+    prompt = np.array([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        logits = hf(torch.tensor(prompt)).logits[:, -1]
+    warped = MinPLogitsWarper(0.3)(None, TemperatureLogitsWarper(0.7)(None, logits)).numpy()[0]
+    probs = np.exp(warped - warped.max())
+    probs /= probs.sum()
+    counts = np.zeros(512)
+    for seed in range(4):
+        out = model.generate(prompt, max_new_tokens=1, do_sample=True, temperature=0.7, top_k=0, min_p=0.3,
+                             num_return_sequences=500, seed=(seed, 5))
+        counts += np.bincount(out[:, -1], minlength=512)
+    support = probs > 0
+    assert counts[~support].sum() == 0 and 1 < support.sum() < 512
+    expected = probs[support] * counts.sum()
+    chi2 = ((counts[support] - expected) ** 2 / expected).sum()
+    assert chi2 < chi_square_upper(int(support.sum()) - 1), chi2
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(do_sample=True, min_p=1.5), r"min_p must be None or a number in \[0, 1\]"),
+    (dict(do_sample=True, typical_p=0.0), r"typical_p must be in \(0, 1\]"),
+    (dict(do_sample=True, epsilon_cutoff=1.0), r"epsilon_cutoff must be in \[0, 1\)"),
+    (dict(do_sample=True, eta_cutoff=-0.1), r"eta_cutoff must be in \[0, 1\)"),
+    (dict(do_sample=True, min_tokens_to_keep=0), r"min_tokens_to_keep must be an integer in \[1, 256\]"),
+    (dict(min_p=0.1), "min_p is a sampling warper: set do_sample=True"),
+])
+def test_warper_options_are_checked(hf_and_minigen, options, message):
+    _, _, model = hf_and_minigen("tiny")
+    with pytest.raises(ValueError, match=message):
+        model.generate([[1, 2, 3]], max_new_tokens=2, **options)

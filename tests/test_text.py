@@ -127,3 +127,101 @@ def test_continuing_rejects_beams_and_mismatched_rows(text_model_dir):
     state = lm.generate(ids, mask, max_new_tokens=2, return_state=True).state
     with pytest.raises(ValueError, match="2 rows"):
         lm.generate(ids[:1], mask[:1], max_new_tokens=2, cache=state)
+
+
+# ---- stop strings ----------------------------------------------------------------------------------
+
+
+def hf_text_twin(model_dir):
+    """The reference model and a transformers tokenizer over the same tokenizer.json."""
+    import transformers
+
+    hf_dir = model_dir.parent / "hf"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    return hf, transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
+
+
+def stop_inside_tokens(pieces: list[bytes], size: int = 4) -> str:
+    """A `size`-byte UTF-8 string from the joined pieces that starts inside a piece and ends in a
+    later one (so matching it needs a partial first token and more than one token), or None."""
+    text, start = b"".join(pieces), 0
+    for piece in pieces:
+        for offset in range(1, len(piece)):
+            at = start + offset
+            chunk = text[at:at + size]
+            if len(chunk) == size and at + size > start + len(piece):
+                try:
+                    return chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+        start += len(piece)
+    return None
+
+
+def test_stop_strings_match_reference(text_model_dir):
+    """Stop strings spanning tokens and starting inside a token stop exactly the rows HF's
+    StopStringCriteria stops, at the same token (greedy, left-padded batch); contrastive search
+    stops where its own output first ends with the string (transformers 5 has no contrastive search).
+    A row that stops is padded after the stop, as HF does when there is an EOS id."""
+    import torch
+
+    from minigen.generation.stop_strings import token_bytes
+
+    model_dir, lm = text_model_dir
+    hf, hf_tok = hf_text_twin(model_dir)
+    tok = lm.tokenizer
+    ids, mask = tok.encode_batch(PROMPTS)
+    width = ids.shape[1]
+    for options in (dict(), dict(penalty_alpha=0.6, top_k=4)):
+        # with an EOS id HF pads the rows a stop string ended (without one it lets them run on)
+        eos = tok.eos_id
+        plain = lm.generate(ids, mask, max_new_tokens=24, eos_token_id=eos, pad_token_id=tok.pad_id, **options)
+        assert not (plain[:, width:] == eos).any()
+        # 4 bytes of a row's continuation that begin inside one of its tokens and end in a later one
+        row, stop = next((r, found) for r in range(len(PROMPTS)) if (found := stop_inside_tokens(
+            [token_bytes(tok.backend)[t] for t in plain[r, width:width + 16]])))
+        if options:  # transformers 5 has no contrastive search: plain output, cut after the token in which
+            # the stop string first ends (HF's rule: the string may end inside the latest token)
+            ref = plain.copy()
+            for r in range(len(plain)):
+                text = b"".join(token_bytes(tok.backend)[t] for t in ids[r][mask[r] == 1])  # the prompt counts
+                for i, t in enumerate(plain[r, width:]):
+                    piece = token_bytes(tok.backend)[t]
+                    text += piece
+                    if stop.encode() in text[max(0, len(text) - len(piece) - len(stop) + 1):]:
+                        ref[r, width + i + 1:] = tok.pad_id
+                        break
+        else:
+            with torch.no_grad():
+                ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=24,
+                                  do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_id,
+                                  stop_strings=[stop, "zzz"], tokenizer=hf_tok).numpy()
+            ref = np.pad(ref, ((0, 0), (0, width + 24 - ref.shape[1])), constant_values=tok.pad_id)
+        ours = lm.generate(ids, mask, max_new_tokens=24, eos_token_id=eos, pad_token_id=tok.pad_id,
+                           stop_strings=[stop, "zzz"], **options)
+        np.testing.assert_array_equal(ours, ref, err_msg=str(options))
+        assert stop in tok.decode(ours[row, width:]) and not np.array_equal(ours[row], plain[row])  # it stopped
+        texts = lm.generate_text(PROMPTS, max_new_tokens=24, stop_strings=stop, **options)
+        assert texts[row].count(stop) == 1 and len(texts[row]) < len(tok.decode(plain[row, width:]))
+        if not options:  # streaming reads the same finished flag (its chunks: tests/test_contrastive.py)
+            assert "".join(lm.stream(PROMPTS[row], max_new_tokens=24, stop_strings=stop)) == texts[row]
+
+
+def test_stop_strings_errors(text_model_dir, hf_and_minigen):
+    _, lm = text_model_dir
+    with pytest.raises(ValueError, match="stop_strings must be a non-empty string or a list of them"):
+        lm.generate_text("The", stop_strings=[""])
+    with pytest.raises(ValueError, match="stop_strings work with greedy search, sampling and contrastive search"):
+        lm.generate_text("The", stop_strings=["x"], num_beams=2)
+    _, _, bare = hf_and_minigen("tiny")  # no tokenizer
+    with pytest.raises(ValueError, match="stop_strings need the model's tokenizer"):
+        bare.generate([[1, 2, 3]], stop_strings=["x"])
+
+
+def test_cli_stop(text_model_dir, cli):
+    model_dir, lm = text_model_dir
+    plain = lm.generate_text(PROMPTS[0], max_new_tokens=20)[0]
+    stop = plain[3:6]
+    out = cli("generate", PROMPTS[0], "--model", model_dir, "--max-new-tokens", "20", "--stop", stop, "--stop", "zzz")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert lm.generate_text(PROMPTS[0], max_new_tokens=20, stop_strings=[stop, "zzz"])[0] in out.stdout

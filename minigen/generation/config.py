@@ -10,7 +10,7 @@ INT32_MAX = 2**31 - 1  # integer options become int32 tensors or shapes: larger 
 # The processors that read a row's tokens (processors.PROCESSORS), with their "off" values:
 # speculative decoding's verify blocks do not carry the tokens, so it refuses them.
 READS_ROW_TOKENS = (("sequence_bias", ()), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
-                    ("bad_words_ids", ()))
+                    ("bad_words_ids", ()), ("logits_processor", ()))
 
 
 def _is_int(value) -> bool:
@@ -40,10 +40,18 @@ class GenerationConfig:
     """Options for `generate`. Names and defaults follow Hugging Face's `GenerationConfig`.
 
     Attributes:
-        max_new_tokens: tokens to generate after the prompt (HF's default total of 20 is kept as 20 new).
+        max_new_tokens: tokens to generate after the prompt. None: max_length - the prompt's width if
+            max_length is given, else 20 (HF's default total of 20 is kept as 20 new).
+        max_length: prompt width (padding included, as HF counts it) + new tokens; max_new_tokens wins.
         min_new_tokens: EOS is forbidden until this many tokens were generated.
+        min_length: EOS is forbidden until prompt width + generated reaches this (HF's MinLength);
+            with min_new_tokens the later of the two holds.
         do_sample: sample instead of taking the argmax (with num_beams=1).
         temperature, top_k, top_p: sampling warpers, applied in that order (top_k=0 or top_p=1.0 disable).
+        min_p, typical_p, epsilon_cutoff, eta_cutoff: the further sampling warpers, in that order after
+            top_p (None / 1.0 / 0.0 / 0.0 = off); run-time values.
+        min_tokens_to_keep: every warper keeps at least this many of the best tokens (1 to 256; part
+            of the compile key; HF's warper argument).
         num_beams: beam search width (1 = greedy / sampling).
         num_return_sequences: beam search: best hypotheses per prompt; sampling: samples per prompt.
         length_penalty: beam scores are sum_logprobs / generated_length ** length_penalty.
@@ -56,6 +64,21 @@ class GenerationConfig:
             rest of it ends the row (a list of lists of ids; part of the compile key).
         suppress_tokens: token ids that are never generated (a tuple; part of the compile key).
         begin_suppress_tokens: token ids that are not generated as the first new token.
+        forced_bos_token_id: the first new token of a 1-token-wide prompt (HF forces it at length 1).
+        forced_eos_token_id: id (or ids) forced as the last token (at max_new_tokens).
+        exponential_decay_length_penalty: (start, factor): after `start` new tokens, EOS scores grow
+            by |score| * (factor ** (generated - start) - 1) (part of the compile key).
+        remove_invalid_values: nan scores become 0 and +-inf the largest finite float32 values.
+        stop_strings: a row stops once one of these ends inside its latest token (a str or a list; needs the
+            model's tokenizer). Matched as bytes over the tokens, inside the compiled loop, as HF's
+            StopStringCriteria: a string may span tokens or start inside one. Greedy, sampling,
+            contrastive search.
+        logits_processor: your own processors, applied after the built-in ones (as HF applies a user
+            LogitsProcessorList): functions fn(sequences, valid, generated, logits) -> logits in
+            TensorFlow ops, compiled into the loop (part of the compile key, by identity); see
+            processors.custom for the shapes.
+        renormalize_logits: log-softmax the processed scores (matters for beam scores; the choice of
+            greedy, sampling and contrastive search does not change).
         eos_token_id: int or list of ints; None uses the model config's.
         pad_token_id: fills positions after a row's EOS; None uses the config's, else the first EOS id.
         penalty_alpha: contrastive search (with num_beams=1, do_sample=False and top_k > 1): each
@@ -72,12 +95,19 @@ class GenerationConfig:
             (and sequences_scores for beam search) instead of a bare array.
     """
 
-    max_new_tokens: int = 20
+    max_new_tokens: int | None = None
+    max_length: int | None = None
     min_new_tokens: int = 0
+    min_length: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
+    min_p: float | None = None
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    min_tokens_to_keep: int = 1
     num_beams: int = 1
     num_return_sequences: int = 1
     length_penalty: float = 1.0
@@ -88,6 +118,13 @@ class GenerationConfig:
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    exponential_decay_length_penalty: tuple | None = None
+    remove_invalid_values: bool = False
+    logits_processor: tuple = ()
+    stop_strings: tuple[str, ...] = ()
+    renormalize_logits: bool = False
     penalty_alpha: float | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -151,6 +188,9 @@ class GenerationConfig:
             if continuing and self.strategy == "contrastive":
                 raise ValueError("cache/return_state (continuing a generation) support greedy search and sampling, "
                                  "not contrastive search (penalty_alpha)")
+        if self.stop_strings and (self.num_beams > 1 or speculative):
+            raise ValueError("stop_strings work with greedy search, sampling and contrastive search, not with "
+                             "num_beams > 1 or speculative decoding")
         if streaming:
             if self.num_beams > 1:
                 raise ValueError("streaming supports greedy search, sampling and contrastive search, not num_beams > 1")
@@ -179,8 +219,12 @@ class GenerationConfig:
             if not _is_number(value) or not math.isfinite(value) or not ok(value):
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
-        positive_int("max_new_tokens")
+        if self.max_new_tokens is not None:
+            positive_int("max_new_tokens")
+        if self.max_length is not None:
+            positive_int("max_length")
         positive_int("min_new_tokens", 0)
+        positive_int("min_length", 0)
         positive_int("num_beams")
         positive_int("num_return_sequences")
         positive_int("no_repeat_ngram_size", 0)
@@ -190,11 +234,23 @@ class GenerationConfig:
         positive_int("num_assistant_tokens")
         if self.prompt_lookup_num_tokens is not None:
             positive_int("prompt_lookup_num_tokens")
-        for name in ("do_sample", "return_dict", "output_scores"):
+        for name in ("do_sample", "return_dict", "output_scores", "remove_invalid_values", "renormalize_logits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         finite("temperature", "a finite number > 0", lambda v: v > 0)
         finite("top_p", "in (0, 1]", lambda v: 0 < v <= 1)
+        if self.min_p is not None:
+            finite("min_p", "None or a number in [0, 1]", lambda v: 0 <= v <= 1)
+        finite("typical_p", "in (0, 1] (1.0 = off)", lambda v: 0 < v <= 1)
+        finite("epsilon_cutoff", "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
+        finite("eta_cutoff", "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
+        if not _is_int(self.min_tokens_to_keep) or not 1 <= self.min_tokens_to_keep <= 256:
+            raise ValueError(f"min_tokens_to_keep must be an integer in [1, 256], got {self.min_tokens_to_keep!r}")
+        warpers = {"min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_tokens_to_keep": 1}
+        if not self.do_sample:
+            for name, off in warpers.items():
+                if getattr(self, name) != off:
+                    raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at {off}")
         finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
         finite("length_penalty", "a finite number")
         if self.penalty_alpha is not None:
@@ -221,6 +277,29 @@ class GenerationConfig:
                              f"got {words!r}")
         self.bad_words_ids = tuple(tuple(int(t) for t in w) for w in words)
         self.sequence_bias = _bias_pairs(self.sequence_bias)
+        stops = (self.stop_strings,) if isinstance(self.stop_strings, str) else self.stop_strings
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(t, str) and t for t in stops):
+            raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {self.stop_strings!r}")
+        self.stop_strings = tuple(stops)
+        fns = self.logits_processor
+        if not isinstance(fns, (list, tuple)) or not all(callable(f) for f in fns):
+            raise ValueError(f"logits_processor must be a list of functions fn(sequences, valid, generated, logits) "
+                             f"-> logits, got {fns!r}")
+        self.logits_processor = tuple(fns)
+        decay = self.exponential_decay_length_penalty
+        if decay is not None:
+            if (not isinstance(decay, (list, tuple)) or len(decay) != 2 or not _is_int(decay[0]) or decay[0] < 0
+                    or not _is_number(decay[1]) or not math.isfinite(decay[1]) or decay[1] < 1):
+                raise ValueError(f"exponential_decay_length_penalty must be (start, factor): an int >= 0 and a "
+                                 f"finite number >= 1 (1 = off), got {decay!r}")
+            self.exponential_decay_length_penalty = (int(decay[0]), float(decay[1]))
+        if self.forced_bos_token_id is not None and not _is_int(self.forced_bos_token_id):
+            raise ValueError(f"forced_bos_token_id must be a token id or None, got {self.forced_bos_token_id!r}")
+        forced = self.forced_eos_token_id
+        if forced is not None:
+            ids = [forced] if _is_int(forced) else forced
+            if not isinstance(ids, (list, tuple)) or not ids or not all(_is_int(t) for t in ids):
+                raise ValueError(f"forced_eos_token_id must be a token id, a non-empty list of them or None, got {forced!r}")
         if self.seed is not None:
             seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):
@@ -234,6 +313,10 @@ class GenerationConfig:
             for token in (eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else []:
                 if not _is_int(token) or not 0 <= token < vocab:
                     raise ValueError(f"eos_token_id must be token id(s) in [0, {vocab}), got {self.eos_token_id!r}")
+            if self.forced_bos_token_id is not None and not 0 <= self.forced_bos_token_id < vocab:
+                raise ValueError(f"forced_bos_token_id must be a token id in [0, {vocab}), got {self.forced_bos_token_id!r}")
+            if self.forced_eos_token_id is not None and not all(0 <= t < vocab for t in self.forced_eos_ids):
+                raise ValueError(f"forced_eos_token_id must be token id(s) in [0, {vocab}), got {self.forced_eos_token_id!r}")
             for name in ("suppress_tokens", "begin_suppress_tokens"):
                 if not all(0 <= token < vocab for token in getattr(self, name)):
                     raise ValueError(f"{name} must be token ids in [0, {vocab}), got {getattr(self, name)!r}")
@@ -249,6 +332,40 @@ class GenerationConfig:
                 raise ValueError(f"pad_token_id must be a token id in [0, {vocab}), got {pad!r}")
 
     # -- resolved values --
+
+    def for_prompt(self, width: int) -> "GenerationConfig":
+        """This config for prompts `width` tokens wide (padding included, as HF counts): the length
+        options become max_new_tokens (given, else max_length - width, else 20) and min_new_tokens
+        (the later of it and min_length - width); forced_bos_token_id is kept only for a 1-token
+        prompt, the only case where HF's ForcedBOS fires (at length 1)."""
+        max_new = self.max_new_tokens
+        if max_new is None and self.max_length is not None:
+            max_new = self.max_length - width
+            if max_new < 1:
+                raise ValueError(f"max_length ({self.max_length}) must exceed the prompt's width ({width} tokens, "
+                                 "padding included); set max_new_tokens instead")
+        return dataclasses.replace(
+            self, max_new_tokens=20 if max_new is None else max_new,
+            min_new_tokens=max(self.min_new_tokens, self.min_length - width),
+            forced_bos_token_id=self.forced_bos_token_id if width == 1 else None)
+
+    @property
+    def forced_eos_ids(self) -> tuple[int, ...]:
+        forced = self.forced_eos_token_id
+        return () if forced is None else (int(forced),) if _is_int(forced) else tuple(int(t) for t in forced)
+
+    @property
+    def forced_eos(self) -> tuple:
+        """The forced-EOS processor's setting: ((ids), the step it fires at) or () when off."""
+        return (self.forced_eos_ids, self.max_new_tokens - 1) if self.forced_eos_ids else ()
+
+    @property
+    def begin_suppress(self) -> tuple:
+        """The begin-suppress processor's setting: ((ids), the step it fires at; HF's begin index moves
+        one on when a BOS is forced first) or () when off."""
+        if not self.begin_suppress_tokens:
+            return ()
+        return (self.begin_suppress_tokens, 0 if self.forced_bos_token_id is None else 1)
 
     def eos_ids(self, model_config) -> tuple[int, ...]:
         """EOS ids in the vocabulary (a config default such as 50256 on a small vocab can never occur)."""

@@ -108,10 +108,11 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
         scores = state.scores
         if key.output_scores:
             scores = core.write_column(scores, state.step, tf.where(state.finished, 0.0, core.token_logprob(logits, token)))
+        sequences = core.write_column(state.sequences, slot, token)
+        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
         return state._replace(
-            step=state.step + 1, cache=cache, logits=next_logits,
-            sequences=core.write_column(state.sequences, slot, token),
-            finished=state.finished | core.is_eos(token, key.eos_ids), scores=scores,
+            step=state.step + 1, cache=cache, logits=next_logits, sequences=sequences,
+            finished=state.finished | ended, scores=scores,
             context=xla.dynamic_update_slice(state.context, chosen, tf.stack([0, slot, 0])))
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new)

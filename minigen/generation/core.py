@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from . import processors as P
 from .config import GenerationConfig
+from .stop_strings import stop_hit
 
 # -- what is compiled: one function per distinct key ------------------------------------------------
 
@@ -53,17 +54,19 @@ class CompileKey(NamedTuple):
     output_scores: bool  # greedy/sampling: keep each chosen token's log-prob
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
+    stop: tuple = ()  # stop strings: the check's shapes (stop_strings.StopTable.shape_key), () = off
     candidates: int = 0  # contrastive search: top_k tokens scored per step (the block's width)
     prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
     return_cache: bool = False  # also return the final cache (for a later continuation)
 
 
 def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: int, *, prefix: int = 0,
-                return_cache: bool = False, speculation: str = "", runtime: tuple = ()) -> CompileKey:
+                return_cache: bool = False, speculation: str = "", runtime: tuple = (), stop: tuple = ()) -> CompileKey:
     """The compile key of a checked config for `batch` prompts padded to `bucket`.
 
     speculation: "" | "lookup" | "draft"; runtime: processor options given at run time whatever
-    their value (the SavedModel's inputs), so they are in the graph even when off in `cfg`.
+    their value (the SavedModel's inputs), so they are in the graph even when off in `cfg`;
+    stop: the stop-string table's shape_key when cfg.stop_strings (the table itself is a Knobs tensor).
     """
     strategy = cfg.strategy
     expand = cfg.num_beams if strategy == "beam" else cfg.num_return_sequences
@@ -84,6 +87,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         output_scores=cfg.output_scores and strategy != "beam",
         beam=beam,
         speculation=spec,
+        stop=stop,
         candidates=cfg.top_k if strategy == "contrastive" else 0,
         prefix=prefix,
         return_cache=return_cache,
@@ -102,6 +106,8 @@ class Knobs(NamedTuple):
     length_penalty: tf.Tensor  # float32 scalar (beam search)
     penalty_alpha: tf.Tensor  # float32 scalar (contrastive search)
     seed: tf.Tensor  # int32 [2]
+    stop_table: tf.Tensor  # int32 [vocab + 1, n]: stop strings (stop_strings.StopTable), [1, 1] when off
+    stop_lengths: tf.Tensor  # int32 [strings]: their lengths in bytes
     processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
 
 
@@ -115,6 +121,8 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
         length_penalty=tf.constant(cfg.length_penalty, tf.float32),
         penalty_alpha=tf.constant(cfg.penalty_alpha or 0.0, tf.float32),
         seed=tf.constant(np.asarray(seed, np.int64).astype(np.int32), tf.int32),
+        stop_table=tf.zeros([1, 1], tf.int32),
+        stop_lengths=tf.zeros([0], tf.int32),
         processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
     )
     return knobs._replace(**{k: v for k, v in given.items() if k in Knobs._fields})
@@ -136,7 +144,7 @@ def choose_token(logits, knobs: Knobs, key: CompileKey, rng):
     `token_logprob(those, token)`)."""
     if key.strategy != "sample":
         return tf.argmax(logits, axis=-1, output_type=tf.int32), logits
-    logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p)
+    logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
     return P.gumbel_argmax(logits, rng), logits
 
 
@@ -189,6 +197,15 @@ def written_slots(prompt_mask, step, max_new: int):
     rows = tf.shape(prompt_mask)[0]
     generated = tf.range(max_new)[None, :] < step
     return tf.concat([tf.cast(prompt_mask, tf.bool), tf.tile(generated, [rows, 1])], axis=1)
+
+
+def stops(sequences, mask, step, slot, knobs: Knobs, key: CompileKey):
+    """[rows] bool: the row's text, through the token just written at `slot` (the step-th), ends with
+    a stop string. Always False when the key has none."""
+    if not key.stop:
+        return tf.zeros([tf.shape(sequences)[0]], tf.bool)
+    valid = written_slots(mask, step + 1, key.max_new_tokens)
+    return stop_hit(knobs.stop_table, knobs.stop_lengths, key.stop, sequences, valid, slot)
 
 
 def is_eos(tokens, eos_ids):

@@ -10,6 +10,7 @@ can prove it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -25,6 +26,8 @@ from .beam_search import beam_search
 from .config import GenerationConfig
 from .core import CompileKey, compile_key, make_knobs
 from .inputs import as_batch, left_pad_to
+from .processors import check_custom
+from .stop_strings import StopTable, stop_table, token_bytes
 from . import search as search_loop
 from .search import search
 from .speculative import speculative_loop
@@ -107,6 +110,22 @@ def cache_key(key: CompileKey, assistant=None):
     return key if assistant is None else ("assisted", key, assistant)
 
 
+@functools.lru_cache(maxsize=8)
+def _stop_table(tokenizer, stop_strings: tuple) -> StopTable:
+    return stop_table(token_bytes(tokenizer.backend), stop_strings)
+
+
+def stop_inputs(model, cfg: GenerationConfig) -> tuple[tuple, dict]:
+    """(the compile key's stop part, the Knobs tensors) for cfg.stop_strings, from the model's tokenizer."""
+    if not cfg.stop_strings:
+        return (), {}
+    if model.tokenizer is None:
+        raise ValueError("stop_strings need the model's tokenizer: load a model directory that holds tokenizer.json "
+                         "(or vocab.json + merges.txt)")
+    table = _stop_table(model.tokenizer, cfg.stop_strings)
+    return table.shape_key, {"stop_table": tf.constant(table.table), "stop_lengths": tf.constant(table.lengths)}
+
+
 def as_config(generation_config, options) -> GenerationConfig:
     """One GenerationConfig from generate's generation_config (a GenerationConfig, a dict or None)
     and keyword options overriding its fields; not yet checked."""
@@ -121,13 +140,15 @@ def as_config(generation_config, options) -> GenerationConfig:
 
 
 def prepare(model, input_ids, attention_mask, cfg: GenerationConfig):
-    """Check the prompts against a checked config, left-pad them to the bucket.
+    """Check the prompts against a checked config, resolve its lengths for their width
+    (GenerationConfig.for_prompt), left-pad them to the bucket.
 
-    Returns (ids, mask, batch, width, bucket): ids/mask [batch, bucket] int32.
+    Returns (cfg for this width, ids, mask, batch, width, bucket): ids/mask [batch, bucket] int32.
     """
     ids, mask = as_batch(model.config, input_ids, attention_mask)
     check_left_padded(mask)
     batch, width = ids.shape
+    cfg = cfg.for_prompt(width)
     longest = int(mask.sum(axis=1).max())
     if longest + cfg.max_new_tokens > model.config.n_positions:
         raise ValueError(
@@ -136,7 +157,7 @@ def prepare(model, input_ids, attention_mask, cfg: GenerationConfig):
         )
     bucket = -(-width // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of
     ids, mask = left_pad_to(ids, mask, bucket)
-    return ids, mask, batch, width, bucket
+    return cfg, ids, mask, batch, width, bucket
 
 
 def expand_rows(ids, mask, key: CompileKey):
@@ -213,7 +234,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     continuing = cache is not None or return_state
     cfg = as_config(generation_config, options).check(model.config, continuing=continuing,
                                                       assistant=assistant_model is not None)
-    ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
+    cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
     if assistant_model is not None:
         check_assistant(model, assistant_model, cfg, int(mask.sum(axis=1).max()))
     speculation = "draft" if assistant_model is not None else "lookup" if cfg.prompt_lookup_num_tokens else ""
@@ -223,15 +244,17 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         ids = np.concatenate([cache.sequences, ids], axis=1).astype(np.int32)
         mask = np.concatenate([cache.mask, mask], axis=1).astype(np.int32)
         bucket, prefix, args = ids.shape[1], cache.width - 1, (cache.cache,)
+    stop, stop_knobs = stop_inputs(model, cfg)
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
-                      speculation=speculation)
+                      speculation=speculation, stop=stop)
     ids, mask = expand_rows(ids, mask, key)
+    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     fresh = cache_key(key, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, key, assistant_model)
     traces = model.trace_count
     began = time.perf_counter()
     with compile_notice(describe(key), fresh):
-        result = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg), *args)
+        result = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg, **stop_knobs), *args)
         sequences, scores = result[0].numpy(), result[1].numpy()
     elapsed = time.perf_counter() - began
     compiled = model.trace_count != traces
@@ -303,12 +326,14 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     cfg = as_config(generation_config, options).check(model.config, streaming=True)
-    ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
-    key = compile_key(cfg, model.config, batch, bucket)
+    cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
+    stop, stop_knobs = stop_inputs(model, cfg)
+    key = compile_key(cfg, model.config, batch, bucket, stop=stop)
     ids, mask = expand_rows(ids, mask, key)
+    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     fresh = ("stream", key) not in model.compile_cache
     begin, advance = compiled_stream(model, key)
-    knobs = make_knobs(cfg)
+    knobs = make_knobs(cfg, **stop_knobs)
     mask_t = tf.constant(mask)
     traces, began = model.trace_count, time.perf_counter()
     with compile_notice("streaming " + describe(key), fresh):

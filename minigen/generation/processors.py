@@ -1,8 +1,13 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
     processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> no_repeat_ngram -> bad_words_ids
-                                              -> min_new_tokens -> suppress_tokens -> begin_suppress_tokens
-    warpers (`warp`, sampling only):          temperature -> top_k -> top_p
+                                              -> min_new_tokens (and min_length) -> forced_bos -> forced_eos
+                                              -> remove_invalid_values -> exponential_decay_length_penalty
+                                              -> suppress_tokens -> begin_suppress_tokens -> logits_processor (the
+                                              user's functions) -> renormalize_logits
+    warpers (`warp`, sampling only):          temperature -> top_k -> top_p -> min_p -> typical_p
+                                              -> epsilon_cutoff -> eta_cutoff (min_tokens_to_keep: each keeps
+                                              at least that many of the best tokens)
 
 Where the reference reads `input_ids`, these read the row's sequence buffer `[batch, width]` plus a
 `valid` mask of the same shape (real prompt tokens and tokens generated so far). Unlike the
@@ -107,13 +112,40 @@ def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...],
     return sequence_bias(logits, sequences, valid, next_slot, kept)
 
 
+def force_tokens(logits, token_ids: tuple[int, ...], active):
+    """Where `active` (bool of logits' leading shape), only `token_ids` remain: score 0, the rest -inf
+    (HF's ForcedBOS/ForcedEOS)."""
+    forced = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(token_ids)[None, :]), axis=1)
+    return tf.where(tf.expand_dims(active, -1), tf.where(forced, 0.0, NEG_INF), logits)
+
+
+def remove_invalid_values(logits):
+    """nan -> 0, +inf / -inf -> the largest / smallest finite float32 (HF's InfNanRemoveLogitsProcessor)."""
+    logits = tf.convert_to_tensor(logits)
+    big = logits.dtype.max
+    logits = tf.where(tf.math.is_nan(logits), tf.zeros_like(logits), logits)
+    return tf.clip_by_value(logits, -big, big)
+
+
+def exponential_decay(logits, eos_ids: tuple[int, ...], generated, start: int, factor: float):
+    """After `start` new tokens, EOS scores grow by |score| * (factor ** (generated - start) - 1)
+    (HF's ExponentialDecayLengthPenalty; a non-finite EOS score is left as it is)."""
+    if not eos_ids:
+        return logits
+    is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
+    steps = tf.cast(generated - start, tf.float32)
+    growth = tf.expand_dims(tf.where(steps > 0, tf.pow(factor, steps) - 1.0, 0.0), -1)
+    penalty = tf.where(is_eos & tf.math.is_finite(logits), tf.abs(logits) * growth, 0.0)
+    return logits + penalty
+
+
 def suppress_tokens(logits, token_ids: tuple[int, ...]):
     """These tokens never come: their logits become -inf (HF's SuppressTokensLogitsProcessor)."""
     banned = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(token_ids)[None, :]), axis=1)
     return tf.where(banned, NEG_INF, logits)
 
 
-def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
+def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm, keep: int = 1):
     """Threshold logit for top-k then top-p, given each row's best logits in descending order.
 
     sorted_desc: [batch, n]; keep_k: scalar, tokens top-k keeps (already clipped to [1, vocab]);
@@ -126,8 +158,9 @@ def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm):
     in_k = rank < keep_k
     probs = tf.where(in_k, tf.exp(sorted_desc - log_norm[:, None]), 0.0)
     before = tf.cumsum(probs, axis=1, exclusive=True)  # mass strictly above each token
-    keep = ((before < top_p) & in_k) | (rank == 0)  # HF: remove when ascending cumsum <= 1 - top_p
-    count = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    # HF: remove when ascending cumsum <= 1 - top_p, but never the `keep` best
+    kept = ((before < top_p) & in_k) | (rank < keep)
+    count = tf.reduce_sum(tf.cast(kept, tf.int32), axis=1)
     threshold = tf.gather(sorted_desc, count - 1, batch_dims=1)
     return threshold, tf.reduce_sum(probs, axis=1)
 
@@ -157,17 +190,18 @@ def _top_p_threshold_by_bisection(logits, log_norm, top_p):
     return tf.reduce_min(tf.where(bits >= lo[:, None], logits, float("inf")), axis=1)
 
 
-def top_k_top_p(logits, top_k, top_p):
+def top_k_top_p(logits, top_k, top_p, keep: int = 1):
     """HF's TopKLogitsWarper then TopPLogitsWarper as one threshold per row; filtered logits get -inf.
 
-    top_k: scalar int (0 = off); top_p: scalar float (1.0 = off). Exact, and in the common case it
+    top_k: scalar int (0 = off); top_p: scalar float (1.0 = off); keep: min_tokens_to_keep (static,
+    at most CANDIDATES): top-k keeps max(top_k, keep), top-p never fewer than `keep`. Exact, and in the common case it
     sorts only the best CANDIDATES logits. When the top-p cut lies beyond them (a flat distribution)
     with top-k off, a bisection finds it without sorting; only a top_k between CANDIDATES and the
     vocabulary size sorts the full vocabulary.
     """
     vocab = logits.shape[-1]
     n = min(CANDIDATES, vocab)
-    keep_k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    keep_k = tf.where(top_k > 0, tf.minimum(tf.maximum(top_k, keep), vocab), vocab)
     top_p_on = top_p < 1.0
     full_norm = tf.reduce_logsumexp(logits, axis=1)  # [batch]
 
@@ -179,7 +213,7 @@ def top_k_top_p(logits, top_k, top_p):
         k_threshold = tf.where(
             keep_k < vocab, tf.gather(sorted_desc, tf.minimum(keep_k, count) - 1, axis=1), NEG_INF
         )
-        p_threshold, mass = _cut_from_sorted(sorted_desc, keep_k, top_p, norm)
+        p_threshold, mass = _cut_from_sorted(sorted_desc, keep_k, top_p, norm, keep)
         p_threshold = tf.where(top_p_on, p_threshold, NEG_INF)
         return tf.maximum(k_threshold, p_threshold), mass
 
@@ -188,14 +222,58 @@ def top_k_top_p(logits, top_k, top_p):
     exact = (keep_k <= n) | ((keep_k == vocab) & (~top_p_on | tf.reduce_all(mass >= top_p)))
     if n < vocab:
         def slow():
-            return tf.cond(
-                keep_k == vocab,
-                lambda: _top_p_threshold_by_bisection(logits, full_norm, top_p),
-                lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0],
-            )
+            def bisection():  # never above the keep-th best logit
+                return tf.minimum(_top_p_threshold_by_bisection(logits, full_norm, top_p), best[:, keep - 1])
+
+            return tf.cond(keep_k == vocab, bisection,
+                           lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0])
 
         threshold = tf.cond(exact, lambda: threshold, slow)
     return tf.where(logits >= threshold[:, None], logits, NEG_INF)
+
+
+def _keeps(logits, keep: int):
+    """[rows, vocab] bool: the `keep` best tokens of each row, which no warper removes."""
+    return logits >= tf.math.top_k(logits, keep).values[:, -1:]
+
+
+def min_p(logits, p, keep: int):
+    """HF's MinPLogitsWarper: drop tokens less likely than p times the row's most likely one."""
+    probs = tf.nn.softmax(logits)
+    remove = probs < p * tf.reduce_max(probs, axis=1, keepdims=True)
+    return tf.where(remove & ~_keeps(logits, keep), NEG_INF, logits)
+
+
+def typical(logits, mass, keep: int):
+    """HF's TypicalLogitsWarper (locally typical sampling): keep the tokens whose surprisal is closest
+    to the row's entropy until they hold `mass` of the probability. Sorts the vocabulary."""
+    vocab = logits.shape[-1]
+    logp = tf.nn.log_softmax(logits)
+    p = tf.exp(logp)
+    entropy = -tf.reduce_sum(tf.where(p > 0, logp * p, 0.0), axis=1, keepdims=True)
+    shifted = tf.abs(-logp - entropy)  # [rows, vocab]
+    order = tf.argsort(shifted, axis=1, stable=True)  # most typical first
+    sorted_shifted = tf.gather(shifted, order, batch_dims=1)
+    cumulative = tf.cumsum(tf.nn.softmax(tf.gather(logits, order, batch_dims=1)), axis=1)
+    last = tf.minimum(tf.reduce_sum(tf.cast(cumulative < mass, tf.int32), axis=1), vocab - 1)
+    cut = tf.gather(sorted_shifted, last[:, None], batch_dims=1)  # [rows, 1]
+    most_typical = shifted <= sorted_shifted[:, keep - 1:keep]  # the `keep` most typical always stay
+    return tf.where((shifted > cut) & ~most_typical, NEG_INF, logits)
+
+
+def epsilon_cutoff(logits, epsilon, keep: int):
+    """HF's EpsilonLogitsWarper: drop tokens with probability below epsilon."""
+    remove = tf.nn.softmax(logits) < epsilon
+    return tf.where(remove & ~_keeps(logits, keep), NEG_INF, logits)
+
+
+def eta_cutoff(logits, epsilon, keep: int):
+    """HF's EtaLogitsWarper: drop tokens with probability below min(epsilon, sqrt(epsilon) * exp(-entropy))."""
+    logp = tf.nn.log_softmax(logits)
+    probs = tf.exp(logp)
+    entropy = -tf.reduce_sum(tf.where(probs > 0, logp * probs, 0.0), axis=1, keepdims=True)
+    eta = tf.minimum(epsilon, tf.sqrt(epsilon) * tf.exp(-entropy))
+    return tf.where((probs < eta) & ~_keeps(logits, keep), NEG_INF, logits)
 
 
 def gumbel_argmax(logits, key):
@@ -208,6 +286,39 @@ def gumbel_argmax(logits, key):
 # ---- the table every strategy applies ------------------------------------------------------------
 
 
+def custom(logits, step: "Step", fns):
+    """The user's processors, in order: fn(sequences [rows, width] int32, valid [rows, width] bool,
+    generated (int32 scalar: tokens generated so far), logits [rows, vocab] float32) -> logits."""
+    for fn in fns:
+        logits = fn(step.sequences, step.valid, step.generated, logits)
+    return logits
+
+
+_COMPILABLE = set()  # (fn, rows, width, vocab) already checked
+
+
+def check_custom(fns, rows: int, width: int, vocab: int) -> None:
+    """Run each user processor alone, compiled with XLA, on zeros of the loop's shapes: ValueError
+    naming the function if it does not compile or does not return logits of the same shape and dtype
+    (so the error names it, instead of failing deep inside the generation loop's compile)."""
+    for fn in fns:
+        if (fn, rows, width, vocab) in _COMPILABLE:
+            continue
+        name = getattr(fn, "__qualname__", repr(fn))
+        args = (tf.zeros([rows, width], tf.int32), tf.zeros([rows, width], tf.bool), tf.constant(0),
+                tf.zeros([rows, vocab], tf.float32))
+        try:
+            out = tf.function(fn, jit_compile=True, autograph=False)(*args)
+        except Exception as e:  # noqa: BLE001 - any failure is reported against the user's function
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"logits_processor {name} is not an XLA-compilable function of (sequences, valid, "
+                             f"generated, logits) in TensorFlow ops: {type(e).__name__}: {first}") from None
+        if not isinstance(out, tf.Tensor) or out.shape != (rows, vocab) or out.dtype != tf.float32:
+            got = f"{out.dtype.name} {out.shape}" if isinstance(out, tf.Tensor) else type(out).__name__
+            raise ValueError(f"logits_processor {name} must return float32 logits of shape [{rows}, {vocab}], got {got}")
+        _COMPILABLE.add((fn, rows, width, vocab))
+
+
 class Step(NamedTuple):
     """What a processor may read when scoring the next token of each row."""
 
@@ -218,9 +329,12 @@ class Step(NamedTuple):
     eos_ids: tuple
 
 
+ALWAYS = "always"  # a Processor's `off` for one that is always in the graph (cheap, value at run time)
+
+
 class Processor(NamedTuple):
-    option: str  # the GenerationConfig field that sets it
-    off: object  # the value that leaves the logits unchanged; None: always in the graph (cheap)
+    option: str  # the GenerationConfig field (or resolved property) that sets it
+    off: object  # the value that leaves the logits unchanged, or ALWAYS
     in_key: bool  # the value shapes the graph (compile key) instead of travelling as a tensor (Knobs)
     dtype: object  # the tensor's dtype when not in_key
     apply: Callable  # (logits [..., vocab], step: Step, value) -> logits
@@ -235,29 +349,62 @@ PROCESSORS = (
               lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
     Processor("bad_words_ids", (), True, None,
               lambda logits, s, words: bad_words(logits, s.sequences, s.valid, s.next_slot, words, s.eos_ids)),
-    Processor("min_new_tokens", None, False, tf.int32,
+    Processor("min_new_tokens", ALWAYS, False, tf.int32,  # min_length is folded in (GenerationConfig.for_prompt)
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n)),
+    Processor("forced_bos_token_id", None, True, None,
+              lambda logits, s, token: force_tokens(logits, (token,), s.generated == 0)),
+    Processor("forced_eos", (), True, None,  # ((ids), the last step)
+              lambda logits, s, forced: force_tokens(logits, forced[0], s.generated == forced[1])),
+    Processor("remove_invalid_values", False, True, None,
+              lambda logits, s, on: remove_invalid_values(logits)),
+    Processor("exponential_decay_length_penalty", None, True, None,
+              lambda logits, s, decay: exponential_decay(logits, s.eos_ids, s.generated, *decay)),
     Processor("suppress_tokens", (), True, None,
               lambda logits, s, ids: suppress_tokens(logits, ids)),
-    Processor("begin_suppress_tokens", (), True, None,
-              lambda logits, s, ids: tf.where(tf.expand_dims(s.generated == 0, -1), suppress_tokens(logits, ids), logits)),
+    Processor("begin_suppress", (), True, None,  # ((ids), the step it fires at)
+              lambda logits, s, at: tf.where(tf.expand_dims(s.generated == at[1], -1), suppress_tokens(logits, at[0]),
+                                             logits)),
+    Processor("logits_processor", (), True, None,  # the user's functions, by identity
+              lambda logits, s, fns: custom(logits, s, fns)),
+    Processor("renormalize_logits", False, True, None,
+              lambda logits, s, on: tf.nn.log_softmax(logits)),
+)
+
+
+class Warper(NamedTuple):
+    option: str
+    off: object
+    in_key: bool
+    dtype: object
+    apply: Callable | None  # (logits [rows, vocab], value, keep: min_tokens_to_keep) -> logits; None: a setting
+
+
+# After temperature, top-k and top-p (`warp`), sampling only. Their on/off state is in the compile
+# key, their values are tensors; min_tokens_to_keep is a setting every warper reads.
+WARPERS = (
+    Warper("min_tokens_to_keep", 1, True, None, None),
+    Warper("min_p", None, False, tf.float32, min_p),
+    Warper("typical_p", 1.0, False, tf.float32, typical),
+    Warper("epsilon_cutoff", 0.0, False, tf.float32, epsilon_cutoff),
+    Warper("eta_cutoff", 0.0, False, tf.float32, eta_cutoff),
 )
 
 
 def active(cfg, runtime: tuple = ()) -> tuple:
-    """The compile key's part for processors: ((option, value if it shapes the graph else True), ...)
-    for each processor `cfg` turns on (or that `runtime` names: its value comes at run time)."""
+    """The compile key's part for processors and warpers: ((option, value if it shapes the graph
+    else True), ...) for each `cfg` turns on (or that `runtime` names: its value comes at run time)."""
     on = []
-    for p in PROCESSORS:
+    for p in PROCESSORS + (WARPERS if cfg.do_sample else ()):
         value = getattr(cfg, p.option)
-        if p.off is None or p.option in runtime or value != p.off:
+        if p.off is ALWAYS or p.option in runtime or value != p.off:
             on.append((p.option, value if p.in_key else True))
     return tuple(on)
 
 
 def knob_values(cfg) -> dict:
     """The run-time values (tensors) of the processors whose value is not in the compile key."""
-    return {p.option: tf.constant(getattr(cfg, p.option), p.dtype) for p in PROCESSORS if not p.in_key}
+    return {p.option: tf.constant(getattr(cfg, p.option) if getattr(cfg, p.option) is not None else 0.0, p.dtype)
+            for p in PROCESSORS + WARPERS if not p.in_key}
 
 
 def apply(logits, step: Step, on: tuple, values: dict):
@@ -270,9 +417,14 @@ def apply(logits, step: Step, on: tuple, values: dict):
     return logits
 
 
-def warp(logits, temperature, top_k, top_p):
-    """The sampling warpers over the last axis of logits [..., vocab]: temperature, then top-k and top-p."""
-    if logits.shape.rank == 2:
-        return top_k_top_p(logits / temperature, top_k, top_p)
-    flat = tf.reshape(logits, [-1, logits.shape[-1]]) / temperature
-    return tf.reshape(top_k_top_p(flat, top_k, top_p), tf.shape(logits))
+def warp(logits, temperature, top_k, top_p, on: tuple = (), values: dict | None = None):
+    """The sampling warpers over the last axis of logits [..., vocab]: temperature, top-k and top-p,
+    then those of WARPERS that `on` (see `active`) names, with their tensors from `values`."""
+    settings = dict(on)
+    keep = settings.get("min_tokens_to_keep", 1)
+    flat = logits if logits.shape.rank == 2 else tf.reshape(logits, [-1, logits.shape[-1]])
+    flat = top_k_top_p(flat / temperature, top_k, top_p, keep)
+    for w in WARPERS:
+        if w.apply is not None and w.option in settings:
+            flat = w.apply(flat, values[w.option], keep)
+    return flat if logits.shape.rank == 2 else tf.reshape(flat, tf.shape(logits))

@@ -72,8 +72,9 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         if key.output_scores:
             logprob = tf.where(state.finished, 0.0, core.token_logprob(final, token))
             scores = core.write_column(scores, state.step, logprob)
-        return state._replace(step=state.step + 1, sequences=core.write_column(state.sequences, slot, token),
-                              finished=state.finished | core.is_eos(token, key.eos_ids), scores=scores)
+        sequences = core.write_column(state.sequences, slot, token)
+        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
+        return state._replace(step=state.step + 1, sequences=sequences, finished=state.finished | ended, scores=scores)
 
     def step(state: DecodeState) -> DecodeState:
         """Choose a token, then run it through the model for the next token's logits."""

@@ -195,7 +195,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         hidden, cache = net.forward(block, positions, key_mask, state.cache, lengths - 1)
         logits = core.process(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
         if sampling:
-            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p)
+            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
         tokens, n = accept(logits, candidates, q, iteration)
         # how many tokens each row keeps: the accepted candidates and one more, cut at EOS / max_new
         count = tf.minimum(n + 1, max_new - generated)
