@@ -47,14 +47,14 @@ GROUPS = [
     (["test_export.py", "test_input_errors.py"], 1.65),
     (["test_speculative.py", "test_processors.py"], 2.6),
     (["test_readme.py"], 1.8),
+    (["test_generate.py", "test_config.py", "test_tokenizer.py"], 1.7),
+    (["test_compile.py"], 1.65),
     (["test_sampling.py", "test_train.py", "test_converter.py"], 2.05),
     (["test_text.py"], 2.1),
-    (["test_generate.py", "test_config.py", "test_tokenizer.py"], 1.7),
-    (["test_model.py"], 2.45),  # GPT-2 small and its reference twin
     (["test_cli.py", "test_loops.py", "test_structure.py"], 2.0),
     (["test_shipped.py"], 1.9),
+    (["test_model.py"], 2.45),  # GPT-2 small and its reference twin
     (["test_speculative_sampling.py"], 1.95),
-    (["test_compile.py"], 1.65),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 

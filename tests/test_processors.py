@@ -11,10 +11,12 @@ from conftest import left_padded_batch
 from helpers import PAD, early_eos, hf_generate
 
 
+# the default run keeps one case of each penalty and the pair; all of them under `make soak`
 @pytest.mark.parametrize(
     "options",
-    [dict(repetition_penalty=1.8), dict(repetition_penalty=0.7), dict(no_repeat_ngram_size=2),
-     dict(no_repeat_ngram_size=3), dict(repetition_penalty=1.3, no_repeat_ngram_size=2)],
+    [dict(repetition_penalty=1.8), pytest.param(dict(repetition_penalty=0.7), marks=pytest.mark.slow),
+     pytest.param(dict(no_repeat_ngram_size=2), marks=pytest.mark.slow), dict(no_repeat_ngram_size=3),
+     dict(repetition_penalty=1.3, no_repeat_ngram_size=2)],
     ids=["rep1.8", "rep0.7", "ngram2", "ngram3", "both"],
 )
 def test_penalties_match_reference_on_unpadded_batch(hf_and_minigen, options):
@@ -232,7 +234,7 @@ def test_custom_logits_processor_matches_reference(hf_and_minigen):
             scores[:, ::2] = -float("inf")
         return scores
 
-    for options in (dict(), dict(num_beams=3), dict(repetition_penalty=1.3)):
+    for options in (dict(), dict(num_beams=3)):
         ref = hf_generate(hf, ids, mask, ids.shape[1] + 10, max_new_tokens=10, do_sample=False, eos_token_id=None,
                           logits_processor=LogitsProcessorList([reference_rule]), **options)
         ours = model.generate(ids, mask, max_new_tokens=10, eos_token_id=[], pad_token_id=PAD,

@@ -107,12 +107,14 @@ def test_a_sampled_row_depends_on_seed_and_index_not_on_other_rows(hf_and_minige
     assert (c[0, 4:] != c[1, 4:]).any()  # the same prompt at two indices: two independent draws
 
 
-WARPER_CASES = [("min_p", 0.1, 1), ("min_p", 0.5, 3), ("typical_p", 0.9, 1), ("typical_p", 0.3, 5),
-                ("epsilon_cutoff", 3e-4, 1), ("epsilon_cutoff", 0.05, 4), ("eta_cutoff", 3e-4, 1), ("eta_cutoff", 0.02, 8)]
+# each warper on flat and on peaked rows, with min_tokens_to_keep 1 and above
+WARPER_CASES = [("min_p", 0.1, 1, 1.0), ("min_p", 0.5, 3, 4.0), ("typical_p", 0.9, 1, 4.0), ("typical_p", 0.3, 5, 1.0),
+                ("epsilon_cutoff", 3e-4, 1, 1.0), ("epsilon_cutoff", 0.05, 4, 4.0), ("eta_cutoff", 3e-4, 1, 4.0),
+                ("eta_cutoff", 0.02, 8, 1.0)]
 
 
-@pytest.mark.parametrize("option, value, keep", WARPER_CASES, ids=[f"{o}-{v}-keep{k}" for o, v, k in WARPER_CASES])
-@pytest.mark.parametrize("spread", [1.0, 4.0], ids=["flat", "peaked"])
+@pytest.mark.parametrize("option, value, keep, spread", WARPER_CASES,
+                         ids=[f"{o}-{v}-keep{k}-{'flat' if sp == 1.0 else 'peaked'}" for o, v, k, sp in WARPER_CASES])
 def test_more_warpers_equal_reference(option, value, keep, spread):
     """min_p / typical_p / epsilon / eta (each with min_tokens_to_keep) keep exactly the tokens HF's
     warper keeps, after temperature, top-k and top-p as in HF's order; kept scores unchanged."""

@@ -225,3 +225,18 @@ def test_cli_stop(text_model_dir, cli):
     out = cli("generate", PROMPTS[0], "--model", model_dir, "--max-new-tokens", "20", "--stop", stop, "--stop", "zzz")
     assert out.returncode == 0, out.stderr[-2000:]
     assert lm.generate_text(PROMPTS[0], max_new_tokens=20, stop_strings=[stop, "zzz"])[0] in out.stdout
+
+
+def test_max_time_stops_streaming_between_chunks(text_model_dir):
+    """max_time is read between streamed chunks: a limit already passed after the first chunk ends
+    the stream there; generate (one compiled call) refuses it rather than ignore it."""
+    _, lm = text_model_dir
+    ids, mask = lm.tokenizer.encode_batch(PROMPTS[:2])
+    whole = list(lm.stream_tokens(ids, mask, chunk_size=4, max_new_tokens=16, eos_token_id=[]))
+    cut = list(lm.stream_tokens(ids, mask, chunk_size=4, max_new_tokens=16, eos_token_id=[], max_time=1e-9))
+    assert len(whole) == 4 and len(cut) == 1
+    np.testing.assert_array_equal(cut[0], whole[0])
+    with pytest.raises(ValueError, match="max_time is read between streamed chunks"):
+        lm.generate(ids, mask, max_time=5.0)
+    with pytest.raises(ValueError, match="max_time must be None or a number of seconds > 0"):
+        list(lm.stream_tokens(ids, mask, max_time=0))

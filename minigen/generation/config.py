@@ -69,6 +69,8 @@ class GenerationConfig:
         exponential_decay_length_penalty: (start, factor): after `start` new tokens, EOS scores grow
             by |score| * (factor ** (generated - start) - 1) (part of the compile key).
         remove_invalid_values: nan scores become 0 and +-inf the largest finite float32 values.
+        max_time: seconds: streaming stops after the chunk during which this much time has passed
+            (the loop runs compiled, so the clock is read between chunks; generate() refuses it).
         stop_strings: a row stops once one of these ends inside its latest token (a str or a list; needs the
             model's tokenizer). Matched as bytes over the tokens, inside the compiled loop, as HF's
             StopStringCriteria: a string may span tokens or start inside one. Greedy, sampling,
@@ -124,6 +126,7 @@ class GenerationConfig:
     remove_invalid_values: bool = False
     logits_processor: tuple = ()
     stop_strings: tuple[str, ...] = ()
+    max_time: float | None = None
     renormalize_logits: bool = False
     penalty_alpha: float | None = None
     eos_token_id: int | list[int] | None = None
@@ -191,6 +194,10 @@ class GenerationConfig:
         if self.stop_strings and (self.num_beams > 1 or speculative):
             raise ValueError("stop_strings work with greedy search, sampling and contrastive search, not with "
                              "num_beams > 1 or speculative decoding")
+        if self.max_time is not None and not streaming:
+            raise ValueError("max_time is read between streamed chunks (the whole generate call runs as one "
+                             "compiled loop): use stream / stream_tokens (minigen generate --stream), or leave "
+                             "it None")
         if streaming:
             if self.num_beams > 1:
                 raise ValueError("streaming supports greedy search, sampling and contrastive search, not num_beams > 1")
@@ -253,6 +260,8 @@ class GenerationConfig:
                     raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at {off}")
         finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
         finite("length_penalty", "a finite number")
+        if self.max_time is not None:
+            finite("max_time", "None or a number of seconds > 0", lambda v: v > 0)
         if self.penalty_alpha is not None:
             finite("penalty_alpha", "None or a number in [0, 1] (0 = off)", lambda v: 0 <= v <= 1)
         if self.early_stopping not in (True, False, "never") or not isinstance(self.early_stopping, (bool, str)):

@@ -352,6 +352,9 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
         done = chosen
         if done < limit:  # every row finished early
             break
+        if cfg.max_time is not None and time.perf_counter() - began > cfg.max_time:
+            logger.info("max_time %.3gs reached after %d tokens", cfg.max_time, done)
+            break
     elapsed = time.perf_counter() - began
     logger.info("streamed %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, done, elapsed, batch * done / elapsed,
                 ", incl. the compile" if model.trace_count != traces else "")
