@@ -196,8 +196,8 @@ def test_scores_equal_a_full_forward_pass(hf_and_minigen):
     """Each chosen token's log-prob, computed from the cache the loop keeps (the chosen candidate's
     keys/values moved into place, the others dropped), equals the one a fresh forward pass over the
     finished sequence gives: a wrong cache move or attention mask changes the logits after it."""
-    _, _, model = hf_and_minigen("odd")
-    ids, mask = left_padded_batch(np.random.default_rng(47), 1003, [3, 10, 6], pad_id=PAD)
+    _, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(47), 512, [3, 10, 6], pad_id=PAD)
     out = contrastive(model, ids, mask, 0.8, 8, 16, eos_token_id=[], output_scores=True)
     full_mask = np.concatenate([mask, np.ones((3, 16), mask.dtype)], axis=1)
     logits = model.logits(out.sequences, full_mask)[:, ids.shape[1] - 1:-1]  # [rows, 16, vocab]: next-token logits

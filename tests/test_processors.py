@@ -96,6 +96,7 @@ def test_sequence_bias_matches_reference(hf_and_minigen):
             model.generate(ids, mask, sequence_bias=bad)
 
 
+@pytest.mark.slow  # make soak: bad_words_ids is sequence_bias with -inf, whose rule the default run checks
 def test_bad_words_ids_match_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("four")
     ids, mask = left_padded_batch(np.random.default_rng(20), 777, [6, 9, 4], pad_id=PAD)
@@ -113,6 +114,7 @@ def test_bad_words_ids_match_reference(hf_and_minigen):
             model.generate(ids, mask, bad_words_ids=bad)
 
 
+@pytest.mark.slow  # make soak: the default run checks begin_suppress_tokens in test_forced_tokens_match_reference
 def test_begin_suppress_tokens_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(21), 512, [5, 9, 2], pad_id=PAD)

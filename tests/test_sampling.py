@@ -8,6 +8,7 @@ import tensorflow as tf
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from conftest import grid
 from helpers import chi_square_upper
 from minigen.generation import processors as P
 
@@ -29,11 +30,14 @@ def our_warp(logits, temperature, top_k, top_p):
     return P.top_k_top_p(logits / temperature, top_k, top_p)
 
 
-@pytest.mark.parametrize(
-    "temperature, top_k, top_p",
-    [(1.0, 50, 1.0), (0.7, 10, 1.0), (1.0, 0, 0.9), (1.3, 40, 0.8), (1.0, 0, 0.5), (0.5, 300, 0.95),
-     (1.0, 300, 1.0), (2.0, 0, 0.99), (1.0, 1, 1.0), (1.0, 1000, 0.3)],
-)
+# every path (top-k only, the 256-candidate cut, bisection, the full sort) in the default run; the
+# other mixes under `make soak`
+WARP_GRID = [(1.0, 50, 1.0), (0.7, 10, 1.0), (1.0, 0, 0.9), (1.3, 40, 0.8), (1.0, 0, 0.5), (0.5, 300, 0.95),
+             (1.0, 300, 1.0), (2.0, 0, 0.99), (1.0, 1, 1.0), (1.0, 1000, 0.3)]
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", grid(
+    WARP_GRID, default=[(1.0, 50, 1.0), (1.0, 0, 0.9), (1.3, 40, 0.8), (1.0, 300, 1.0), (1.0, 1, 1.0)]))
 @pytest.mark.parametrize("spread", [1.0, 4.0], ids=["flat", "peaked"])
 def test_warpers_equal_reference(temperature, top_k, top_p, spread):
     # a 5000-token vocabulary: flat rows put the top-p cut beyond the 256 candidates (full-sort path)
@@ -107,14 +111,14 @@ def test_a_sampled_row_depends_on_seed_and_index_not_on_other_rows(hf_and_minige
     assert (c[0, 4:] != c[1, 4:]).any()  # the same prompt at two indices: two independent draws
 
 
-# each warper on flat and on peaked rows, with min_tokens_to_keep 1 and above
+# each warper on flat and on peaked rows, with min_tokens_to_keep 1 and above (one of each warper in
+# the default run, all under `make soak`)
 WARPER_CASES = [("min_p", 0.1, 1, 1.0), ("min_p", 0.5, 3, 4.0), ("typical_p", 0.9, 1, 4.0), ("typical_p", 0.3, 5, 1.0),
                 ("epsilon_cutoff", 3e-4, 1, 1.0), ("epsilon_cutoff", 0.05, 4, 4.0), ("eta_cutoff", 3e-4, 1, 4.0),
                 ("eta_cutoff", 0.02, 8, 1.0)]
 
 
-@pytest.mark.parametrize("option, value, keep, spread", WARPER_CASES,
-                         ids=[f"{o}-{v}-keep{k}-{'flat' if sp == 1.0 else 'peaked'}" for o, v, k, sp in WARPER_CASES])
+@pytest.mark.parametrize("option, value, keep, spread", grid(WARPER_CASES, default=WARPER_CASES[1::2]))
 def test_more_warpers_equal_reference(option, value, keep, spread):
     """min_p / typical_p / epsilon / eta (each with min_tokens_to_keep) keep exactly the tokens HF's
     warper keeps, after temperature, top-k and top-p as in HF's order; kept scores unchanged."""
