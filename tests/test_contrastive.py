@@ -61,10 +61,10 @@ def eos_stopping_some_rows(tokens, max_new):
     raise AssertionError("no token stops only some rows; pick another seed")
 
 
-# alpha x k: every pair on the 2-layer model (default run); a slice covering every value on the odd
-# one, and the processors, under `make soak` (the default suite's time is bounded)
+# alpha x k: every pair on the 2-layer model (default run), and on the odd one with the processors
+# under `make soak` (the default suite's time is bounded)
 GRID = {"tiny": [(a, k) for a in (0.0, 0.4, 0.6, 0.9) for k in (1, 2, 4, 8)],
-        "odd": [(0.0, 4), (0.4, 2), (0.6, 4), (0.9, 8)]}
+        "odd": [(a, k) for a in (0.0, 0.4, 0.6, 0.9) for k in (1, 2, 4, 8)]}
 MAX_NEW = 20
 
 
@@ -151,20 +151,30 @@ def test_matches_reference_with_processors(expected):
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha, k", [(0.6, 4), (0.4, 2), (0.9, 8)])
 def test_matches_reference_gpt2_small_shape(tmp_path, alpha, k):
-    """GPT-2 small's shape (`make soak`: ~20 s and 2.6 GB each). Memory: the reference model lives
-    only in its subprocess, and runs before minigen's copy is loaded here."""
+    """GPT-2 small's shape (`make soak`: ~30 s and 2.6 GB each), a left-padded batch whose rows an EOS
+    stops at different steps. Memory: the reference model lives only in its subprocess, and runs
+    after minigen's copy is released."""
+    import gc
+
     import minigen
     from weights_tools.convert import convert
 
     hf = build_hf_model("small", initializer_range=0.2)
     hf.save_pretrained(tmp_path / "hf")
     del hf
-    ids, mask = left_padded_batch(np.random.default_rng(42), 50257, [7, 3], pad_id=PAD)
-    options = dict(max_new_tokens=12, penalty_alpha=alpha, top_k=k, eos_token_id=None, pad_token_id=PAD)
-    ref = reference([(tmp_path / "hf", [(ids, mask, options)])])[0][0]
     convert(str(tmp_path / "hf"), str(tmp_path / "minigen"), quiet=True)
     model = minigen.load(tmp_path / "minigen")
-    np.testing.assert_array_equal(contrastive(model, ids, mask, alpha, k, 12, eos_token_id=[]), ref["sequences"])
+    ids, mask = left_padded_batch(np.random.default_rng(42), 50257, [7, 3, 5], pad_id=PAD)
+    free = contrastive(model, ids, mask, alpha, k, 16, eos_token_id=[])[:, ids.shape[1]:]
+    eos = eos_stopping_some_rows(free, 16)
+    ours = contrastive(model, ids, mask, alpha, k, 16, eos_token_id=eos)
+    del model
+    gc.collect()
+    options = dict(max_new_tokens=16, penalty_alpha=alpha, top_k=k, eos_token_id=eos, pad_token_id=PAD)
+    ref = reference([(tmp_path / "hf", [(ids, mask, options)])])[0][0]
+    np.testing.assert_array_equal(ours, ref["sequences"])
+    stopped = [(row[ids.shape[1]:] == eos).any() for row in ours]
+    assert any(stopped) and not all(stopped)
 
 
 # ---- properties that need no reference ------------------------------------------------------------
