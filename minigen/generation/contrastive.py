@@ -32,9 +32,12 @@ from ..positions import generated_position
 from . import core
 from .core import CompileKey, Knobs
 from .processors import Step
+from .search import first_state
 
 
 class ContrastiveState(NamedTuple):
+    """search.DecodeState's fields, in its order, then the context buffer."""
+
     step: tf.Tensor  # int32 scalar: tokens chosen so far
     cache: kv.KVCache
     logits: tf.Tensor  # [rows, vocab] float32: scores for the next token
@@ -71,16 +74,8 @@ def start_state(net, ids, mask, key: CompileKey) -> tuple[ContrastiveState, tf.T
     hidden, cache, key_mask = net.prefill(ids, mask, cache_len=bucket + max_new + k - 1)
     # hidden: [rows, bucket, d]
     context = tf.concat([unit(hidden), tf.zeros([rows, max_new, hidden.shape[-1]])], axis=1)
-    state = ContrastiveState(
-        step=tf.constant(0),
-        cache=cache,
-        logits=net.lm_head(hidden[:, -1]),
-        sequences=core.new_sequences(ids, max_new, key.pad_id),
-        prompt_len=tf.reduce_sum(mask, axis=1),
-        finished=tf.zeros([rows], tf.bool),
-        scores=tf.zeros([rows, max_new], tf.float32),
-        context=context,
-    )
+    # greedy's state (search.first_state), plus the context buffer
+    state = ContrastiveState(*first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), context=context)
     return state, key_mask
 
 

@@ -72,6 +72,11 @@ def no_repeat_ngram(logits, sequences, valid, next_slot, n: int):
     return tf.where(banned, NEG_INF, logits)
 
 
+def token_mask(vocab: int, token_ids: tuple[int, ...]):
+    """[vocab] bool: True at the given token ids."""
+    return tf.reduce_any(tf.equal(tf.range(vocab)[:, None], tf.constant(token_ids)[None, :]), axis=1)
+
+
 def forbid_eos(logits, eos_ids: tuple[int, ...], active):
     """min_new_tokens: where `active`, EOS tokens get -inf.
 
@@ -80,7 +85,7 @@ def forbid_eos(logits, eos_ids: tuple[int, ...], active):
     """
     if not eos_ids:
         return logits
-    is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
+    is_eos = token_mask(logits.shape[-1], eos_ids)
     return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
 
 
@@ -115,7 +120,7 @@ def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...],
 def force_tokens(logits, token_ids: tuple[int, ...], active):
     """Where `active` (bool of logits' leading shape), only `token_ids` remain: score 0, the rest -inf
     (HF's ForcedBOS/ForcedEOS)."""
-    forced = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(token_ids)[None, :]), axis=1)
+    forced = token_mask(logits.shape[-1], token_ids)
     return tf.where(tf.expand_dims(active, -1), tf.where(forced, 0.0, NEG_INF), logits)
 
 
@@ -132,7 +137,7 @@ def exponential_decay(logits, eos_ids: tuple[int, ...], generated, start: int, f
     (HF's ExponentialDecayLengthPenalty; a non-finite EOS score is left as it is)."""
     if not eos_ids:
         return logits
-    is_eos = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(eos_ids)[None, :]), axis=1)
+    is_eos = token_mask(logits.shape[-1], eos_ids)
     steps = tf.cast(generated - start, tf.float32)
     growth = tf.expand_dims(tf.where(steps > 0, tf.pow(factor, steps) - 1.0, 0.0), -1)
     penalty = tf.where(is_eos & tf.math.is_finite(logits), tf.abs(logits) * growth, 0.0)
@@ -141,7 +146,7 @@ def exponential_decay(logits, eos_ids: tuple[int, ...], generated, start: int, f
 
 def suppress_tokens(logits, token_ids: tuple[int, ...]):
     """These tokens never come: their logits become -inf (HF's SuppressTokensLogitsProcessor)."""
-    banned = tf.reduce_any(tf.equal(tf.range(logits.shape[-1])[:, None], tf.constant(token_ids)[None, :]), axis=1)
+    banned = token_mask(logits.shape[-1], token_ids)
     return tf.where(banned, NEG_INF, logits)
 
 
@@ -237,6 +242,11 @@ def _keeps(logits, keep: int):
     return logits >= tf.math.top_k(logits, keep).values[:, -1:]
 
 
+def entropy(logp):
+    """Each row's entropy from its log-probs [rows, vocab] -> [rows, 1] (0 * log 0 counts as 0)."""
+    return -tf.reduce_sum(tf.where(logp > float("-inf"), logp * tf.exp(logp), 0.0), axis=1, keepdims=True)
+
+
 def min_p(logits, p, keep: int):
     """HF's MinPLogitsWarper: drop tokens less likely than p times the row's most likely one."""
     probs = tf.nn.softmax(logits)
@@ -249,9 +259,7 @@ def typical(logits, mass, keep: int):
     to the row's entropy until they hold `mass` of the probability. Sorts the vocabulary."""
     vocab = logits.shape[-1]
     logp = tf.nn.log_softmax(logits)
-    p = tf.exp(logp)
-    entropy = -tf.reduce_sum(tf.where(p > 0, logp * p, 0.0), axis=1, keepdims=True)
-    shifted = tf.abs(-logp - entropy)  # [rows, vocab]
+    shifted = tf.abs(-logp - entropy(logp))  # [rows, vocab]
     order = tf.argsort(shifted, axis=1, stable=True)  # most typical first
     sorted_shifted = tf.gather(shifted, order, batch_dims=1)
     cumulative = tf.cumsum(tf.nn.softmax(tf.gather(logits, order, batch_dims=1)), axis=1)
@@ -270,10 +278,8 @@ def epsilon_cutoff(logits, epsilon, keep: int):
 def eta_cutoff(logits, epsilon, keep: int):
     """HF's EtaLogitsWarper: drop tokens with probability below min(epsilon, sqrt(epsilon) * exp(-entropy))."""
     logp = tf.nn.log_softmax(logits)
-    probs = tf.exp(logp)
-    entropy = -tf.reduce_sum(tf.where(probs > 0, logp * probs, 0.0), axis=1, keepdims=True)
-    eta = tf.minimum(epsilon, tf.sqrt(epsilon) * tf.exp(-entropy))
-    return tf.where((probs < eta) & ~_keeps(logits, keep), NEG_INF, logits)
+    eta = tf.minimum(epsilon, tf.sqrt(epsilon) * tf.exp(-entropy(logp)))
+    return tf.where((tf.exp(logp) < eta) & ~_keeps(logits, keep), NEG_INF, logits)
 
 
 def gumbel_argmax(logits, key):

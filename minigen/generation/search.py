@@ -37,19 +37,23 @@ def start_state(net, ids, mask, key: CompileKey, prefix_cache=None) -> tuple[Dec
     """Prefill: the prompt fills a fresh cache (its first key.prefix slots copied from
     prefix_cache when continuing). Returns (state before the first choice, key_mask)."""
     bucket, max_new = key.bucket, key.max_new_tokens
-    rows = tf.shape(ids)[0]
     prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
     hidden, cache, key_mask = net.prefill(ids, mask, cache_len=bucket + max_new, prefix=prefix)
-    state = DecodeState(
+    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), key_mask
+
+
+def first_state(ids, mask, key: CompileKey, cache, logits) -> DecodeState:
+    """The state before the first choice, once the prompt is in `cache` and gave `logits` [rows, vocab]."""
+    rows = tf.shape(ids)[0]
+    return DecodeState(
         step=tf.constant(0),
         cache=cache,
-        logits=net.lm_head(hidden[:, -1]),
-        sequences=core.new_sequences(ids, max_new, key.pad_id),
+        logits=logits,
+        sequences=core.new_sequences(ids, key.max_new_tokens, key.pad_id),
         prompt_len=tf.reduce_sum(mask, axis=1),
         finished=tf.zeros([rows], tf.bool),
-        scores=tf.zeros([rows, max_new], tf.float32),
+        scores=tf.zeros([rows, key.max_new_tokens], tf.float32),
     )
-    return state, key_mask
 
 
 def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: CompileKey, limit) -> DecodeState:
