@@ -78,6 +78,9 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--penalty-alpha", type=float, default=None, metavar="A",
                    help="contrastive search: among the --top-k most likely tokens pick the one maximising "
                         "(1 - A) * probability - A * its similarity to the text so far; A in [0, 1] (default: off)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop generating after this many seconds (checked between streamed chunks: with "
+                        "`generate --stream`, and per generate call in `batch`; default: no limit)")
     p.add_argument("--seed", type=int, nargs=2, metavar=("A", "B"), help="two ints: the stateless sampling seed")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weights' dtype in memory (default float32)")
@@ -282,9 +285,13 @@ def generation_options(args) -> dict:
         options["prompt_lookup_num_tokens"] = args.prompt_lookup
     if getattr(args, "assistant_model", None) is not None:
         options["num_assistant_tokens"] = args.num_assistant_tokens
+    if args.max_time is not None:
+        options["max_time"] = args.max_time
+    # `batch` honours max_time by streaming each generate call (pipeline.MinigenModelHandler)
+    streaming = getattr(args, "stream", False) or (args.command == "batch" and args.max_time is not None)
     try:
         GenerationConfig.from_options(**options).check(
-            None, streaming=getattr(args, "stream", False), assistant=getattr(args, "assistant_model", None) is not None)
+            None, streaming=streaming, assistant=getattr(args, "assistant_model", None) is not None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options

@@ -8,11 +8,16 @@ is also `serving_default`) taking
     greedy, sample, beam:
       temperature, top_k, top_p, repetition_penalty   scalars (sample; repetition_penalty everywhere)
       seed            int32 [2]               the stateless sampling seed
+      min_new_tokens  int32 scalar            EOS forbidden before this many new tokens
+      sample also:    min_p, typical_p, epsilon_cutoff, eta_cutoff   (off: 0, 1, 0, 0)
+      beam also:      length_penalty
     contrastive (its top_k candidates fixed at export):
       penalty_alpha, repetition_penalty       float32 scalars
+      min_new_tokens  int32 scalar
 
 and returning `sequences` int32 [batch, bucket + max_new_tokens] (prompt, new tokens, pad after EOS)
-and `scores` (greedy/sample: per-token log-probs [batch, max_new_tokens]; beam: [batch]).
+and, greedy/sample/contrastive, `logprobs` float32 [batch, max_new_tokens] (each chosen token's
+log-prob, 0 after EOS) or, beam, `sequences_scores` float32 [batch] (the best hypothesis' score).
 The generation loop is inside the graph, compiled with XLA (`jit_compile=True` is kept in the
 SavedModel); the weights are variables. Loading needs only TensorFlow.
 
@@ -37,12 +42,16 @@ from .generation.core import CompileKey, compile_key, make_knobs
 from .generation.search import search
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
-RUNTIME = ("repetition_penalty",)  # processor options that are signature inputs
 SEARCH_INPUTS = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32, "repetition_penalty": tf.float32,
-                 "seed": tf.int32}
+                 "min_new_tokens": tf.int32, "seed": tf.int32}
+WARPER_INPUTS = {"min_p": tf.float32, "typical_p": tf.float32, "epsilon_cutoff": tf.float32, "eta_cutoff": tf.float32}
 # each signature's scalar inputs after input_ids and attention_mask (seed is [2])
-INPUTS = {"greedy": SEARCH_INPUTS, "sample": SEARCH_INPUTS, "beam": SEARCH_INPUTS,
-          "contrastive": {"penalty_alpha": tf.float32, "repetition_penalty": tf.float32}}
+INPUTS = {"greedy": SEARCH_INPUTS, "sample": {**SEARCH_INPUTS, **WARPER_INPUTS},
+          "beam": {**SEARCH_INPUTS, "length_penalty": tf.float32},
+          "contrastive": {"penalty_alpha": tf.float32, "repetition_penalty": tf.float32, "min_new_tokens": tf.int32}}
+# processor and warper options among them, in the graph whatever the compile-time config says
+RUNTIME = {strategy: tuple(name for name in names if name in ("repetition_penalty", *WARPER_INPUTS))
+           for strategy, names in INPUTS.items()}
 
 
 def _config(strategy: str, max_new_tokens: int, num_beams: int, top_k: int) -> GenerationConfig:
@@ -52,7 +61,7 @@ def _config(strategy: str, max_new_tokens: int, num_beams: int, top_k: int) -> G
                             num_beams=num_beams if strategy == "beam" else 1,
                             penalty_alpha=0.5 if strategy == "contrastive" else None,
                             top_k=top_k if strategy == "contrastive" else 50,
-                            output_scores=strategy != "beam").check()
+                            output_logprobs=strategy != "beam").check()
 
 
 class Exported(tf.Module):
@@ -66,7 +75,7 @@ class Exported(tf.Module):
             if strategy == "beam" and batch_size is None:
                 raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
             cfg = _config(strategy, max_new_tokens, num_beams, top_k)
-            key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME)
+            key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME[strategy])
             compiled = xla_function(_runner(model.network, cfg, key))
             # The signature takes any shape, so that a request of the wrong size meets a check naming
             # the input instead of failing inside XLA; the checks run outside the compiled loop (XLA
@@ -100,6 +109,20 @@ def _knob_checks(knobs: dict, strategy: str) -> list:
         checks.append(tf.debugging.assert_greater_equal(knobs["top_k"], 0, message="top_k must be >= 0 (0 = off)"))
     if "seed" in knobs:
         checks.append(tf.debugging.assert_equal(tf.shape(knobs["seed"]), [2], message="seed must be int32 [2]"))
+    if "min_new_tokens" in knobs:
+        checks.append(tf.debugging.assert_greater_equal(knobs["min_new_tokens"], 0,
+                                                        message="min_new_tokens must be >= 0"))
+    if "length_penalty" in knobs:
+        checks.append(tf.debugging.assert_equal(tf.math.is_finite(knobs["length_penalty"]), True,
+                                                message="length_penalty must be a finite number"))
+    ranges = {"min_p": (0.0, 1.0, "[0, 1] (0 = off)"), "typical_p": (0.0, 1.0, "(0, 1] (1 = off)"),
+              "epsilon_cutoff": (0.0, 1.0, "[0, 1) (0 = off)"), "eta_cutoff": (0.0, 1.0, "[0, 1) (0 = off)")}
+    for name, (low, high, allowed) in ranges.items():
+        if name in knobs:
+            value = knobs[name]
+            ok = (value > low) if name == "typical_p" else (value >= low)
+            ok &= (value <= high) if name in ("min_p", "typical_p") else (value < high)
+            checks.append(tf.debugging.assert_equal(ok, True, message=f"{name} must be in {allowed}"))
     if "penalty_alpha" in knobs:
         alpha = knobs["penalty_alpha"]
         checks.append(tf.debugging.assert_equal((alpha >= 0) & (alpha <= 1), True,
@@ -155,16 +178,14 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
 def _runner(net, cfg: GenerationConfig, key: CompileKey):
     def run(input_ids, attention_mask, given: dict):
         knobs = make_knobs(cfg, **given)
-        if key.strategy == "contrastive":
-            sequences, scores = contrastive_search(net, input_ids, attention_mask, knobs, key)
-            return {"sequences": sequences, "scores": scores}
         if key.beam:
             nb = key.beam.num_beams
             ids, mask = tf.repeat(input_ids, nb, axis=0), tf.repeat(attention_mask, nb, axis=0)
-            sequences, scores = beam_search(net, ids, mask, knobs, key)
-            return {"sequences": sequences[:, 0], "scores": scores[:, 0]}
-        sequences, scores = search(net, input_ids, attention_mask, knobs, key)
-        return {"sequences": sequences, "scores": scores}
+            out = beam_search(net, ids, mask, knobs, key)
+            return {"sequences": out.sequences[:, 0], "sequences_scores": out.sequences_scores[:, 0]}
+        loop = contrastive_search if key.strategy == "contrastive" else search
+        out = loop(net, input_ids, attention_mask, knobs, key)
+        return {"sequences": out.sequences, "logprobs": out.record.logprobs}
 
     return run
 

@@ -5,6 +5,8 @@ generation, text and export are imported here, one way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -13,8 +15,19 @@ from . import text
 from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice
 from .config import GPT2Config
 from .generation import generate as generation
+from .generation import outputs
 from .generation.inputs import prepare_logits_inputs
 from .model import Transformer
+from .positions import positions_from_mask
+
+
+@dataclasses.dataclass
+class LogitsOutput:
+    """What `GPT2.logits(..., output_hidden_states=True or output_attentions=True)` returns."""
+
+    logits: np.ndarray  # [batch, seq, vocab]
+    hidden_states: tuple | None = None  # n_layer + 1 x [batch, seq, d]
+    attentions: tuple | None = None  # n_layer x [batch, heads, seq, seq]
 
 
 class GPT2:
@@ -41,21 +54,51 @@ class GPT2:
     def trace_count(self) -> int:
         return self.compile_cache.traces
 
-    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+    def logits(self, input_ids, attention_mask=None, output_hidden_states: bool = False,
+               output_attentions: bool = False):
         """Full-sequence logits, float32 [batch, seq, vocab]. Pads may be on either side; positions
-        come from the mask, so each row gives the logits of that prompt alone at its real positions."""
+        come from the mask, so each row gives the logits of that prompt alone at its real positions.
+
+        output_hidden_states / output_attentions: return a LogitsOutput instead, with HF's
+        hidden_states (n_layer + 1 arrays [batch, seq, d]: the embeddings, each block's output, the
+        last after the final layer norm) and attentions (n_layer arrays [batch, heads, seq, seq] of
+        attention probabilities; 0 for padded keys, rows of padded queries are meaningless).
+        """
+        for name, value in (("output_hidden_states", output_hidden_states), ("output_attentions", output_attentions)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
         ids, mask, width = prepare_logits_inputs(self.config, input_ids, attention_mask)
         net = self.network
+        layers = output_hidden_states or output_attentions
 
         def run(ids, mask):
-            hidden, _, _ = net.prefill(ids, mask, ids.shape[1])
-            return net.lm_head(hidden)
+            if not layers:
+                hidden, _, _ = net.prefill(ids, mask, ids.shape[1])
+                return net.lm_head(hidden)
+            key_mask = tf.cast(mask, tf.bool)
+            cache = net.new_cache(tf.shape(ids)[0], ids.shape[1])
+            positions = positions_from_mask(mask)
+            hidden, _, states, probs = net.forward(ids, positions, key_mask, cache, 0, keep_layers=True)
+            return net.lm_head(hidden), states, probs
 
-        key = ("logits", ids.shape)
+        key = ("logits", ids.shape, layers)
         fresh = key not in self.compile_cache
         fn = self.compile_cache.compiled(key, run)
         with compile_notice(f"logits for {ids.shape[0]} x {ids.shape[1]} tokens", fresh):
-            return fn(tf.constant(ids), tf.constant(mask)).numpy()[:, :width]
+            result = fn(tf.constant(ids), tf.constant(mask))
+        if not layers:
+            return result.numpy()[:, :width]
+        logits, states, probs = result
+        return LogitsOutput(
+            logits=logits.numpy()[:, :width],
+            hidden_states=tuple(h.numpy()[:, :width] for h in states) if output_hidden_states else None,
+            attentions=tuple(p.numpy()[:, :, :width, :width] for p in probs) if output_attentions else None)
+
+    @staticmethod
+    def compute_transition_scores(sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """Each generated token's score from generate's output_scores, as HF's method of this name;
+        see `minigen.generation.outputs.compute_transition_scores`."""
+        return outputs.compute_transition_scores(sequences, scores, beam_indices, normalize_logits)
 
     def generate(self, input_ids, attention_mask=None, **options):
         """Generate continuations; see `minigen.generation.generate.generate` for the options

@@ -173,7 +173,8 @@ class Transformer:
 
     # -- phases --
 
-    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None, alternatives=False):
+    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None, alternatives=False,
+                keep_layers=False):
         """Run `s` new tokens per row through the model, writing their keys/values into the cache.
 
         tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
@@ -183,7 +184,10 @@ class Transformer:
         alternatives: contrastive search's candidates: the s tokens of a row are alternatives for
             slot `index` (same position), each attending to the history and itself only; candidate i
             is written at slot index + i until the chosen one is kept (cache.keep_one).
-        Returns (hidden [batch, s, d] after the final layer norm, updated cache).
+        keep_layers: also return every layer's input (HF's hidden_states: the embeddings, each block's
+            output, the last one after the final layer norm) and attention probabilities (without lineage).
+        Returns (hidden [batch, s, d] after the final layer norm, updated cache), plus with keep_layers
+        (n_layer + 1 x [batch, s, d], n_layer x [batch, heads, s, cache_len]).
         """
         cfg = self.config
         s = tokens.shape[1]
@@ -191,20 +195,26 @@ class Transformer:
         # x: [batch, s, d]
         mask = attention_mask(key_mask, index, s, lineage, alternatives)  # [batch, 1, s, cache_len] (see there for beams)
         group = 1 if lineage is None else lineage.shape[1]
-        keys, values = [], []
+        keys, values, inputs, probs = [], [], [], []
         for i, block in enumerate(self.blocks):
+            inputs.append(x)
             h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
-            h, k_cache, v_cache = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group)
+            h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group)
+            probs.append(p)
             x = x + h
             h = layer_norm(x, block.ln_2_scale, block.ln_2_bias, cfg.layer_norm_epsilon)
             x = x + linear(self._act(linear(h, block.up_kernel, block.up_bias)), block.down_kernel, block.down_bias)
             keys.append(k_cache)
             values.append(v_cache)
         x = layer_norm(x, self.ln_f_scale, self.ln_f_bias, cfg.layer_norm_epsilon)
+        if keep_layers:
+            heads = [tf.reshape(p, [-1, cfg.n_head, s, p.shape[-1]]) for p in probs]
+            return x, kv.KVCache(tuple(keys), tuple(values)), tuple(inputs) + (x,), tuple(heads)
         return x, kv.KVCache(tuple(keys), tuple(values))
 
     def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask, group: int = 1):
-        """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache).
+        """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache,
+        probs [groups * heads, group * s, group * cache_len]: the attention probabilities).
 
         The cache holds heads in its leading dimension ([batch * heads, cache_len, head_dim], see
         cache.py), so the score and value matmuls read the freshly written buffer as it is: any
@@ -241,7 +251,7 @@ class Transformer:
         out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [groups * heads, group * s, head_dim]
         out = tf.transpose(tf.reshape(out, [groups, heads, group, s, head_dim]), [0, 2, 3, 1, 4])
         out = tf.reshape(out, [rows, s, cfg.n_embd])
-        return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache
+        return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache, probs
 
     def lm_head(self, hidden):
         """Logits [..., vocab] (float32) from final hidden states [..., d]; the head is tied to wte."""

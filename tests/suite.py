@@ -47,7 +47,7 @@ GROUPS = [
     (["test_export.py", "test_input_errors.py"], 1.65),
     (["test_speculative.py", "test_processors.py"], 2.6),
     (["test_readme.py"], 1.8),
-    (["test_generate.py", "test_config.py", "test_tokenizer.py"], 1.7),
+    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.8),
     (["test_compile.py"], 1.65),
     (["test_sampling.py", "test_train.py", "test_converter.py"], 2.05),
     (["test_text.py"], 2.1),

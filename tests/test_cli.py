@@ -49,6 +49,7 @@ def test_cli_stdin_and_input_output_round_trip(text_model_dir, tmp_path, cli):
         (["generate", "x", "--model", "{model}", "--max-new-tokens", "zero"], 2, "--max-new-tokens"),
         (["generate", "", "--model", "{model}"], 2, "empty"),
         (["generate", "x", "--model", "{model}", "--no-such-flag"], 2, "unrecognized"),
+        (["generate", "x", "--model", "{model}", "--max-time", "2"], 2, "max_time is read between streamed chunks"),
     ],
 )
 
@@ -78,6 +79,8 @@ def test_cli_stream_equals_non_streamed(text_model_dir, cli):
     streamed = cli("generate", PROMPTS[1], "--model", path, "--max-new-tokens", 9, "--stream")
     assert plain.returncode == 0 and streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == plain.stdout
+    timed = cli("generate", PROMPTS[1], "--model", path, "--max-new-tokens", 9, "--stream", "--max-time", 600)
+    assert timed.returncode == 0 and timed.stdout == plain.stdout, timed.stderr
 
 
 def test_cli_verbose_reports_compile_and_speed(text_model_dir, cli):

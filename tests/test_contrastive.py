@@ -120,16 +120,16 @@ def expected(hf_and_minigen, request):
 @pytest.mark.parametrize("name", [pytest.param("tiny"), pytest.param("odd", marks=pytest.mark.slow)])
 def test_matches_reference(expected, name):
     """alpha x k on a left-padded batch whose rows stop at different steps: tokens identical,
-    chosen-token log-probs (output_scores) within float rounding."""
+    chosen-token log-probs (output_logprobs) within float rounding."""
     (model, ids, mask, eos, options), ref = expected[name]
     for o, r in zip(options, ref):
         ours = contrastive(model, ids, mask, o["penalty_alpha"], o["top_k"], MAX_NEW, eos_token_id=eos,
-                           output_scores=True)
+                           output_logprobs=True)
         np.testing.assert_array_equal(ours.sequences, r["sequences"], err_msg=str(o))
         theirs = np.asarray(r["scores"])  # [rows, steps until every row stopped]
         new = np.asarray(r["sequences"])[:, ids.shape[1]:ids.shape[1] + theirs.shape[1]]
         live = (np.cumsum(new == eos, axis=1) - (new == eos)) == 0  # up to and including each row's EOS
-        np.testing.assert_allclose(ours.scores[:, :theirs.shape[1]][live], theirs[live], atol=2e-4, err_msg=str(o))
+        np.testing.assert_allclose(ours.logprobs[:, :theirs.shape[1]][live], theirs[live], atol=2e-4, err_msg=str(o))
     # the EOS was picked from alpha 0.6, k 4's output: there, rows really stop at different steps
     at = GRID[name].index((0.6, 4))
     stopped = [(row[ids.shape[1]:] == eos).any() for row in np.asarray(ref[at]["sequences"])]
@@ -208,12 +208,12 @@ def test_scores_equal_a_full_forward_pass(hf_and_minigen):
     finished sequence gives: a wrong cache move or attention mask changes the logits after it."""
     _, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(47), 512, [3, 10, 6], pad_id=PAD)
-    out = contrastive(model, ids, mask, 0.8, 8, 16, eos_token_id=[], output_scores=True)
+    out = contrastive(model, ids, mask, 0.8, 8, 16, eos_token_id=[], output_logprobs=True)
     full_mask = np.concatenate([mask, np.ones((3, 16), mask.dtype)], axis=1)
     logits = model.logits(out.sequences, full_mask)[:, ids.shape[1] - 1:-1]  # [rows, 16, vocab]: next-token logits
     logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     chosen = np.take_along_axis(logprobs, out.sequences[:, ids.shape[1]:, None], axis=-1)[..., 0]
-    np.testing.assert_allclose(out.scores, chosen, atol=1e-4)
+    np.testing.assert_allclose(out.logprobs, chosen, atol=1e-4)
     greedy = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)
     assert not np.array_equal(out.sequences, greedy)  # candidates other than the first were chosen
 

@@ -22,11 +22,10 @@ inputs = json.load(open(sys.argv[2]))
 out = {}
 for name, knobs in inputs["calls"].items():
     fn = loaded.signatures[name]
+    spec = fn.structured_input_signature[1]
     result = fn(input_ids=tf.constant(inputs["ids"], tf.int32), attention_mask=tf.constant(inputs["mask"], tf.int32),
-                temperature=tf.constant(knobs["temperature"]), top_k=tf.constant(knobs["top_k"]),
-                top_p=tf.constant(knobs["top_p"]), repetition_penalty=tf.constant(knobs["repetition_penalty"]),
-                seed=tf.constant(knobs["seed"], tf.int32))
-    out[name] = result["sequences"].numpy().tolist()
+                **{k: tf.constant(v, spec[k].dtype) for k, v in knobs.items()})
+    out[name] = {k: v.numpy().tolist() for k, v in result.items()}
 print(json.dumps(out))
 """
 
@@ -38,11 +37,10 @@ def test_saved_model_round_trip(hf_and_minigen, tmp_path):
     ids, mask = left_padded_batch(np.random.default_rng(3), 511, [5, 16], pad_id=1)
     export(model, str(tmp_path / "saved"), batch_size=2, bucket=16, max_new_tokens=8,
            strategies=("greedy", "sample", "beam"), num_beams=3)
-    calls = {
-        "greedy": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=[0, 0]),
-        "sample": dict(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=[3, 4]),
-        "beam": dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=[0, 0]),
-    }
+    plain = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, seed=[0, 0])
+    sample = dict(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, min_new_tokens=3, seed=[3, 4],
+                  min_p=0.02, typical_p=0.95, epsilon_cutoff=0.0, eta_cutoff=0.0005)
+    calls = {"greedy": plain, "sample": sample, "beam": {**plain, "length_penalty": 0.6, "min_new_tokens": 2}}
     (tmp_path / "inputs.json").write_text(json.dumps({"ids": ids.tolist(), "mask": mask.tolist(), "calls": calls}))
     (tmp_path / "load.py").write_text(LOADER)
     done = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(tmp_path / "saved"), str(tmp_path / "inputs.json")],
@@ -51,14 +49,20 @@ def test_saved_model_round_trip(hf_and_minigen, tmp_path):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     pad = model.config.eos_token_id
     expected = {
-        "greedy": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad),
+        "greedy": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, output_logprobs=True),
         "sample": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, do_sample=True, temperature=0.8,
-                                 top_k=20, top_p=0.9, repetition_penalty=1.2, seed=(3, 4)),
-        "beam": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, num_beams=3),
+                                 top_k=20, top_p=0.9, repetition_penalty=1.2, min_new_tokens=3, seed=(3, 4),
+                                 min_p=0.02, typical_p=0.95, eta_cutoff=0.0005, output_logprobs=True),
+        "beam": model.generate(ids, mask, max_new_tokens=8, pad_token_id=pad, num_beams=3, length_penalty=0.6,
+                               min_new_tokens=2, output_scores=True),
     }
     for name in calls:  # generated tokens, and the prompt where it is real (the SavedModel reads pad slots as 0)
-        np.testing.assert_array_equal(np.array(got[name])[:, 16:], expected[name][:, 16:], err_msg=name)
-        np.testing.assert_array_equal(np.array(got[name])[:, :16][mask == 1], ids[mask == 1], err_msg=name)
+        sequences = np.array(got[name]["sequences"])
+        np.testing.assert_array_equal(sequences[:, 16:], expected[name].sequences[:, 16:], err_msg=name)
+        np.testing.assert_array_equal(sequences[:, :16][mask == 1], ids[mask == 1], err_msg=name)
+    np.testing.assert_allclose(got["greedy"]["logprobs"], expected["greedy"].logprobs, atol=1e-5)
+    np.testing.assert_allclose(got["sample"]["logprobs"], expected["sample"].logprobs, atol=1e-5)
+    np.testing.assert_allclose(got["beam"]["sequences_scores"], expected["beam"].sequences_scores, atol=1e-5)
 
     # what `saved_model_cli show --dir saved --all` reads and lists, read here without a new process
     from tensorflow.python.tools import saved_model_utils
@@ -105,15 +109,14 @@ def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["saved", "saved.partial"]
     fn = tf.saved_model.load(str(tmp_path / "saved")).signatures["sample"]
     ids, mask = np.ones([2, 8], np.int32), np.ones([2, 8], np.int32)
-    knobs = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=[1, 2])
+    knobs = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, seed=[1, 2],
+                 min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+    spec = fn.structured_input_signature[1]
 
     def call(ids=ids, mask=mask, **change):
         k = {**knobs, **change}
         return fn(input_ids=tf.constant(ids, tf.int32), attention_mask=tf.constant(mask, tf.int32),
-                  temperature=tf.constant(k["temperature"], tf.float32), top_k=tf.constant(k["top_k"], tf.int32),
-                  top_p=tf.constant(k["top_p"], tf.float32),
-                  repetition_penalty=tf.constant(k["repetition_penalty"], tf.float32),
-                  seed=tf.constant(k["seed"], tf.int32))
+                  **{name: tf.constant(value, spec[name].dtype) for name, value in k.items()})
 
     pads = np.where(np.arange(8) < 3, 0, 1)[None].repeat(2, 0)
     ok = call(ids=np.where(pads == 1, ids, -7), mask=pads)["sequences"].numpy()  # pad slots may hold any id
@@ -130,14 +133,17 @@ def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
         (dict(top_k=-1), "top_k must be >= 0"),
         (dict(repetition_penalty=float("nan")), "repetition_penalty must be"),
         (dict(seed=[1, 2, 3]), r"seed must be int32 \[2\]"),
+        (dict(min_new_tokens=-1), "min_new_tokens must be >= 0"),
+        (dict(min_p=1.5), r"min_p must be in \[0, 1\]"),
+        (dict(typical_p=0.0), r"typical_p must be in \(0, 1\]"),
+        (dict(eta_cutoff=1.0), r"eta_cutoff must be in \[0, 1\)"),
     ]
     for change, message in bad:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             call(**change)
     with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a int32 tensor but is a int64"):
-        fn(input_ids=tf.constant(ids, tf.int64), attention_mask=tf.constant(mask), temperature=tf.constant(1.0),
-           top_k=tf.constant(0), top_p=tf.constant(1.0), repetition_penalty=tf.constant(1.0),
-           seed=tf.constant([1, 2]))
+        fn(input_ids=tf.constant(ids, tf.int64), attention_mask=tf.constant(mask),
+           **{name: tf.constant(value, spec[name].dtype) for name, value in knobs.items()})
 
 
 def test_contrastive_signature(hf_and_minigen, tmp_path):
@@ -152,13 +158,14 @@ def test_contrastive_signature(hf_and_minigen, tmp_path):
            strategies=("contrastive",), top_k=3)
     fn = tf.saved_model.load(str(tmp_path / "saved")).signatures["contrastive"]
     assert set(fn.structured_input_signature[1]) == {"input_ids", "attention_mask", "penalty_alpha",
-                                                      "repetition_penalty"}
+                                                      "repetition_penalty", "min_new_tokens"}
     ids, mask = left_padded_batch(np.random.default_rng(5), 511, [4, 16, 9], pad_id=1)
     pad = model.config.eos_token_id
 
     def call(alpha, penalty=1.0):
         return fn(input_ids=tf.constant(ids, tf.int32), attention_mask=tf.constant(mask, tf.int32),
-                  penalty_alpha=tf.constant(alpha), repetition_penalty=tf.constant(penalty))["sequences"].numpy()
+                  penalty_alpha=tf.constant(alpha), repetition_penalty=tf.constant(penalty),
+                  min_new_tokens=tf.constant(0))["sequences"].numpy()
 
     outputs = []
     for alpha in (0.3, 0.8):

@@ -67,15 +67,15 @@ def test_beam_search_matches_reference(hf_and_minigen, num_beams, num_return, ea
             np.testing.assert_allclose(ours.sequences_scores, out.sequences_scores.numpy(), atol=1e-4)
 
 
-def test_output_scores_are_chosen_token_logprobs(hf_and_minigen):
+def test_output_logprobs_are_chosen_token_logprobs(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(17), 512, [5, 2])
     seq, out = hf_generate(hf, ids, mask, None, max_new_tokens=8, do_sample=False, eos_token_id=None,
                            output_scores=True, return_dict_in_generate=True)
     ref = hf.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).numpy()
-    ours = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], output_scores=True)
+    ours = model.generate(ids, mask, max_new_tokens=8, eos_token_id=[], output_logprobs=True)
     np.testing.assert_array_equal(ours.sequences, seq)
-    np.testing.assert_allclose(ours.scores, ref, atol=1e-4)
+    np.testing.assert_allclose(ours.logprobs, ref, atol=1e-4)
 
 
 def test_multiple_eos_ids(hf_and_minigen):

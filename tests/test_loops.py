@@ -76,24 +76,28 @@ def run(loop, max_new: int, **options):
 
 @pytest.mark.parametrize("options", [dict(), dict(do_sample=True, top_k=1, seed=(1, 2))], ids=["greedy", "sample-top1"])
 def test_search_follows_the_position_rule_and_stops_each_row(options):
-    (sequences, _), width = run(search, 9, **options)
+    out, width = run(search, 9, **options)
+    sequences = out.sequences
     assert sequences.numpy()[:, width:].tolist() == [expected(n, 9) for n in LENGTHS]
 
 
 def test_min_new_tokens_forbids_eos_until_reached():
-    (sequences, _), width = run(search, 9, min_new_tokens=4)
+    out, width = run(search, 9, min_new_tokens=4)
+    sequences = out.sequences
     assert sequences.numpy()[:, width:].tolist() == [expected(n, 9, min_new=4) for n in LENGTHS]
 
 
 def test_max_new_tokens_one_and_scores():
-    (sequences, scores), width = run(search, 1, output_scores=True)
+    out, width = run(search, 1, output_logprobs=True)
+    sequences, scores = out.sequences, out.record.logprobs
     assert sequences.numpy()[:, width:].tolist() == [[n] for n in LENGTHS]
     chosen = MARGIN - math.log(math.exp(MARGIN) + VOCAB - 1)  # log-softmax of the winning logit
     np.testing.assert_allclose(scores.numpy(), [[chosen]] * 3, rtol=1e-6)
 
 
 def test_scores_are_zero_after_eos():
-    (sequences, scores), width = run(search, 8, output_scores=True)
+    out, width = run(search, 8, output_logprobs=True)
+    sequences, scores = out.sequences, out.record.logprobs
     live = np.array([[t != PAD for t in expected(n, 8)] for n in LENGTHS])
     chosen = MARGIN - math.log(math.exp(MARGIN) + VOCAB - 1)
     np.testing.assert_allclose(scores.numpy(), np.where(live, chosen, 0.0), rtol=1e-6)
@@ -114,7 +118,8 @@ def test_chunked_decoding_equals_one_shot():
 
 def test_beam_search_best_hypothesis_is_the_most_likely_path():
     """Every step's best token is the same for all paths, so the best beam is the greedy path."""
-    (sequences, _), width = run(beam_search, 9, num_beams=2)
+    out, width = run(beam_search, 9, num_beams=2)
+    sequences = out.sequences
     assert sequences.numpy()[:, 0, width:].tolist() == [expected(n, 9) for n in LENGTHS]
 
 
@@ -123,6 +128,7 @@ def prompt_lookup(net, ids, mask, knobs, key):
 
 
 def test_speculative_verify_blocks_use_each_rows_positions():
-    (sequences, _, stats), width = run(prompt_lookup, 9, prompt_lookup_num_tokens=3)
+    out, width = run(prompt_lookup, 9, prompt_lookup_num_tokens=3)
+    sequences, stats = out.sequences, out.speculation
     assert sequences.numpy()[:, width:].tolist() == [expected(n, 9) for n in LENGTHS]
     assert int(stats[0]) >= 1  # verify steps ran

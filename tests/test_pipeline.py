@@ -78,6 +78,24 @@ def test_direct_runner_pipeline(tmp_path, lm):
     assert counts["prompts_generated"] == 48 and counts["invalid_prompts"] == 5
 
 
+def test_handler_max_time_cuts_each_generate_call(lm):
+    """max_time in a batch job: each generate call streams and stops once the time is up (after its
+    first chunk of 8 tokens here), and every result says whether it was cut."""
+    from minigen.pipeline import MinigenModelHandler
+
+    prompts = corpus_prompts(3)
+    examples = [{"id": i, "prompt": p, "prompt_tokens": len(lm.tokenizer.encode(p))} for i, p in enumerate(prompts)]
+    whole = [r.inference for r in MinigenModelHandler(rows=4, max_new_tokens=24, max_time=600.0).run_inference(examples, lm)]
+    cut = [r.inference for r in MinigenModelHandler(rows=4, max_new_tokens=24, max_time=1e-9).run_inference(examples, lm)]
+    assert [r["text"] for r in whole] == lm.generate_text(prompts, max_new_tokens=24)
+    assert not any(r["truncated"] for r in whole)
+    for short, full in zip(cut, whole):
+        assert short["truncated"] and short["new_tokens"] == 8 and full["new_tokens"] > 8, (short, full)
+        assert full["text"].startswith(short["text"])
+    with pytest.raises(ValueError, match="streaming supports greedy search, sampling and contrastive search"):
+        MinigenModelHandler(num_beams=2, max_time=5.0)
+
+
 def test_minigen_batch_command(tmp_path, cli):
     import glob
     import tempfile

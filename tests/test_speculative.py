@@ -52,12 +52,12 @@ def test_speculative_min_new_tokens_and_scores_equal_plain(hf_and_minigen):
     hf, hf_dir, model = hf_and_minigen("odd")
     ids, mask = left_padded_batch(np.random.default_rng(33), hf.config.vocab_size, [7, 2, 12])
     eos = early_eos(hf, ids, mask, 20)
-    common = dict(max_new_tokens=20, eos_token_id=eos, pad_token_id=PAD, min_new_tokens=6, output_scores=True)
+    common = dict(max_new_tokens=20, eos_token_id=eos, pad_token_id=PAD, min_new_tokens=6, output_logprobs=True)
     plain = model.generate(ids, mask, **common)
     for options in (dict(prompt_lookup_num_tokens=4), dict(assistant_model=same_weights(hf_dir))):
         spec = model.generate(ids, mask, **common, **options)
         np.testing.assert_array_equal(spec.sequences, plain.sequences)
-        np.testing.assert_allclose(spec.scores, plain.scores, atol=2e-4)
+        np.testing.assert_allclose(spec.logprobs, plain.logprobs, atol=2e-4)
 
 
 def test_prompt_lookup_copies_from_the_row(hf_and_minigen):

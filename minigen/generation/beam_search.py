@@ -37,6 +37,9 @@ class BeamState(NamedTuple):
     finished: tf.Tensor  # [batch, num_beams, width] int32: best finished hypotheses
     finished_scores: tf.Tensor  # [batch, num_beams] float32: length-penalised scores
     is_finished: tf.Tensor  # [batch, num_beams] bool: slot holds a real finished hypothesis
+    running_beams: tf.Tensor  # [batch, num_beams, max_new] int32: the flat beam row of each token, -1 after
+    finished_beams: tf.Tensor  # [batch, num_beams, max_new] int32: the same for finished hypotheses
+    record: core.Record  # each step's processed log-probs / raw logits when asked ([0, ...] otherwise)
     can_improve: tf.Tensor  # [batch, 1] bool: the early-stopping heuristic is not yet satisfied
     done: tf.Tensor  # bool scalar
 
@@ -54,7 +57,8 @@ def length_scale(length, length_penalty):
 def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     """ids, mask: [batch * num_beams, bucket] (each prompt repeated num_beams times).
 
-    Returns (sequences [batch, num_return_sequences, width], scores [batch, num_return_sequences]).
+    Returns core.Outputs: sequences [batch, num_return_sequences, width], sequences_scores
+    [batch, num_return_sequences], and with key.scores each hypothesis' beam_indices [batch, r, max_new].
     """
     nb, bucket, max_new = key.beam.num_beams, key.bucket, key.max_new_tokens
     width = bucket + max_new
@@ -71,6 +75,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
     sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
     first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
+    # which beam row each generated token came from (the reference's beam_indices), kept with scores only
+    no_beams = tf.fill([batch, nb, max_new if key.scores else 0], -1)
+    flat_row = tf.range(batch)[:, None] * nb  # [batch, 1]: a prompt's first beam row
     state = BeamState(
         step=tf.constant(0),
         cache=cache,
@@ -81,6 +88,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         finished=sequences,
         finished_scores=tf.fill([batch, nb], -BIG),
         is_finished=tf.zeros([batch, nb], tf.bool),
+        running_beams=no_beams,
+        finished_beams=no_beams,
+        record=core.new_record(key, rows, vocab),
         can_improve=tf.ones([batch, 1], tf.bool),
         done=tf.constant(False),
     )
@@ -89,17 +99,22 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         slot = bucket + s.step
         flat = tf.reshape(s.running, [rows, width])
         step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids)
-        logprobs = core.process(tf.nn.log_softmax(s.logits), step, knobs, key)
+        logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
+        record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
         totals = tf.reshape(logprobs, [batch, nb, vocab]) + s.running_scores[:, :, None]
         top_scores, top_index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
         parent, token = top_index // vocab, top_index % vocab
         candidates = core.write_column(gather_beams(s.running, parent), slot, token)
+        candidate_beams = s.running_beams
+        if key.scores:
+            candidate_beams = core.write_column(gather_beams(s.running_beams, parent), s.step, flat_row + parent)
         hits = core.is_eos(token, key.eos_ids) | (s.step + 1 >= max_new)
 
         # running beams for the next step: the best that did not finish
         alive_scores = top_scores - tf.cast(hits, tf.float32) * BIG
         _, best_alive = tf.math.top_k(alive_scores, nb)
         running = gather_beams(candidates, best_alive)
+        running_beams = gather_beams(candidate_beams, best_alive)
         running_scores = gather_beams(alive_scores, best_alive)
         parents = gather_beams(parent, best_alive)
 
@@ -114,6 +129,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         finished_scores, best_done = tf.math.top_k(merged_scores, nb)
         finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best_done)
         is_finished = gather_beams(tf.concat([s.is_finished, just_finished], axis=1), best_done)
+        finished_beams = gather_beams(tf.concat([s.finished_beams, candidate_beams], axis=1), best_done)
 
         # early-stopping heuristic (the reference's _check_early_stop_heuristic)
         generated = s.step + 1
@@ -145,10 +161,14 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
             finished=finished,
             finished_scores=finished_scores,
             is_finished=is_finished,
+            running_beams=running_beams,
+            finished_beams=finished_beams,
+            record=record,
             can_improve=can_improve,
             done=done,
         )
 
     state = tf.while_loop(lambda s: ~s.done, lambda s: (body(s),), (state,), maximum_iterations=max_new)[0]
     r = key.beam.num_return_sequences
-    return state.finished[:, :r], state.finished_scores[:, :r]
+    return core.Outputs(state.finished[:, :r], state.record, state.step, sequences_scores=state.finished_scores[:, :r],
+                        beam_indices=state.finished_beams[:, :r] if key.scores else None)

@@ -93,8 +93,15 @@ class GenerationConfig:
             copied from the row's own earlier text (None = off).
         max_matching_ngram_size: prompt lookup matches the row's last n tokens, n from this down to 1.
         num_assistant_tokens: speculative decoding with `assistant_model=`: draft tokens per verify step.
-        return_dict, output_scores: return a GenerateOutput with per-step chosen-token log-probs
-            (and sequences_scores for beam search) instead of a bare array.
+        return_dict: return a GenerateOutput instead of a bare array (also implied by the output_* options).
+        output_scores: as HF: GenerateOutput.scores, each step's processed scores (what the token was
+            chosen from: log-probs after the processors for beam search), a tuple of max_new_tokens
+            [rows, vocab] arrays; beam search adds sequences_scores and beam_indices.
+            Costs rows x max_new_tokens x vocab x 4 bytes.
+        output_logits: as HF: GenerateOutput.logits, each step's raw logits, same layout and cost.
+        output_logprobs: GenerateOutput.logprobs [rows, max_new_tokens]: the log-prob of each chosen
+            token under the distribution it was chosen from (0 after EOS); cheap (minigen's own
+            option: HF users get it from compute_transition_scores(..., normalize_logits=True)).
     """
 
     max_new_tokens: int | None = None
@@ -138,6 +145,8 @@ class GenerationConfig:
     num_assistant_tokens: int = 4
     return_dict: bool = False
     output_scores: bool = False
+    output_logits: bool = False
+    output_logprobs: bool = False
 
     @classmethod
     def from_options(cls, **options) -> "GenerationConfig":
@@ -180,6 +189,10 @@ class GenerationConfig:
             for name, off in READS_ROW_TOKENS:
                 if getattr(self, name) != off:
                     raise ValueError(f"{option} (speculative decoding) does not support {name}; leave it at {off}")
+            for name in ("output_scores", "output_logits"):
+                if getattr(self, name):
+                    raise ValueError(f"{option} (speculative decoding) does not return {name}; use output_logprobs "
+                                     "for the chosen tokens' log-probs")
         if self.penalty_alpha:
             if self.num_beams > 1 or self.do_sample:
                 raise ValueError(f"penalty_alpha (contrastive search) needs num_beams=1 and do_sample=False, got "
@@ -198,7 +211,13 @@ class GenerationConfig:
             raise ValueError("max_time is read between streamed chunks (the whole generate call runs as one "
                              "compiled loop): use stream / stream_tokens (minigen generate --stream), or leave "
                              "it None")
+        if self.output_logprobs and self.num_beams > 1:
+            raise ValueError("output_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 "
+                             "use output_scores and compute_transition_scores(sequences, scores, beam_indices)")
         if streaming:
+            for name in ("output_scores", "output_logits", "output_logprobs"):
+                if getattr(self, name):
+                    raise ValueError(f"streaming yields token ids only; {name} needs generate")
             if self.num_beams > 1:
                 raise ValueError("streaming supports greedy search, sampling and contrastive search, not num_beams > 1")
             if speculative:
@@ -241,7 +260,8 @@ class GenerationConfig:
         positive_int("num_assistant_tokens")
         if self.prompt_lookup_num_tokens is not None:
             positive_int("prompt_lookup_num_tokens")
-        for name in ("do_sample", "return_dict", "output_scores", "remove_invalid_values", "renormalize_logits"):
+        for name in ("do_sample", "return_dict", "output_scores", "output_logits", "output_logprobs",
+                     "remove_invalid_values", "renormalize_logits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         finite("temperature", "a finite number > 0", lambda v: v > 0)

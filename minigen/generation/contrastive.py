@@ -44,7 +44,7 @@ class ContrastiveState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
     prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
     finished: tf.Tensor  # [rows] bool
-    scores: tf.Tensor  # [rows, max_new] float32: log-prob of each chosen token (0 after EOS)
+    record: core.Record  # what is kept of each step when asked
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 
 
@@ -88,8 +88,8 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
     def step(state: ContrastiveState) -> ContrastiveState:
         slot = bucket + state.step
         valid = core.written_slots(mask, state.step, max_new)  # [rows, bucket + max_new]
-        logits = core.process(state.logits, Step(state.sequences, valid, slot, state.step, key.eos_ids), knobs, key)
-        probs, candidates = tf.math.top_k(tf.nn.softmax(logits), k)  # [rows, k]
+        scores = core.scores(state.logits, Step(state.sequences, valid, slot, state.step, key.eos_ids), knobs, key)
+        probs, candidates = tf.math.top_k(tf.nn.softmax(scores), k)  # [rows, k]
         position = generated_position(state.prompt_len, state.step)[:, None] + tf.zeros_like(candidates)
         hidden, cache = net.forward(candidates, position, key_mask, state.cache, slot, alternatives=True)
         directions = unit(hidden)  # [rows, k, d]
@@ -100,14 +100,12 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
         chosen = tf.gather(directions, choice, batch_dims=1)[:, None, :]  # [rows, 1, d]
         # only the chosen candidate goes through the LM head (the reference computes all k)
         next_logits = net.lm_head(tf.gather(hidden, choice, batch_dims=1))
-        scores = state.scores
-        if key.output_scores:
-            scores = core.write_column(scores, state.step, tf.where(state.finished, 0.0, core.token_logprob(logits, token)))
+        record = core.record(state.record, key, state.step, state.logits, scores, token, state.finished)
         sequences = core.write_column(state.sequences, slot, token)
         ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
         return state._replace(
             step=state.step + 1, cache=cache, logits=next_logits, sequences=sequences,
-            finished=state.finished | ended, scores=scores,
+            finished=state.finished | ended, record=record,
             context=xla.dynamic_update_slice(state.context, chosen, tf.stack([0, slot, 0])))
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new)
@@ -119,7 +117,7 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
 
 
 def contrastive_search(net, ids, mask, knobs: Knobs, key: CompileKey):
-    """Contrastive search over ids, mask [rows, bucket]. Returns (sequences, scores)."""
+    """Contrastive search over ids, mask [rows, bucket]. Returns core.Outputs."""
     state, key_mask = start_state(net, ids, mask, key)
     state = decode_until(net, state, mask, key_mask, knobs, key, key.max_new_tokens)
-    return state.sequences, state.scores
+    return core.Outputs(state.sequences, state.record, state.step)

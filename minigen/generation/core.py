@@ -6,10 +6,12 @@ its own - beam bookkeeping, speculative propose/verify/accept - and calls these 
 
     compile_key(cfg, ...)        the one compile key, from a checked GenerationConfig
     make_knobs(cfg)              every numeric option as a tensor (new values never retrace)
-    process(logits, step, ...)   the logits processors the options turn on (processors.PROCESSORS)
-    choose_token(logits, ...)    argmax or a seeded draw from the warped distribution
+    scores(logits, step, ...)    the processed scores a token is chosen from (processors, warpers)
+    choose_token(scores, ...)    argmax or a seeded draw
+    new_record / record          what is kept of each step when asked (log-probs, scores, logits)
     write_column / write_runs    tokens into the [rows, bucket + max_new] sequence buffer
     rng_key(seed, step, use)     the one stateless random-key scheme
+    Outputs                      what every loop returns
 
 Position ids follow the rule in minigen/positions.py.
 """
@@ -20,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
 from . import processors as P
 from .config import GenerationConfig
@@ -51,7 +54,9 @@ class CompileKey(NamedTuple):
     eos_ids: tuple
     pad_id: int
     processors: tuple  # ((option, setting), ...): the processors in the graph, see processors.active
-    output_scores: bool  # greedy/sampling: keep each chosen token's log-prob
+    logprobs: bool = False  # keep each chosen token's log-prob (output_logprobs): [rows, max_new]
+    scores: bool = False  # keep each step's processed scores (output_scores): [max_new, rows, vocab]
+    logits: bool = False  # keep each step's raw logits (output_logits): [max_new, rows, vocab]
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
     stop: tuple = ()  # stop strings: the check's shapes (stop_strings.StopTable.shape_key), () = off
@@ -84,7 +89,9 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         eos_ids=cfg.eos_ids(model_config),
         pad_id=cfg.pad_id(model_config),
         processors=P.active(cfg, runtime),
-        output_scores=cfg.output_scores and strategy != "beam",
+        logprobs=cfg.output_logprobs,
+        scores=cfg.output_scores,
+        logits=cfg.output_logits,
         beam=beam,
         speculation=spec,
         stop=stop,
@@ -131,26 +138,75 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
 # -- one step: logits in, token out ----------------------------------------------------------------
 
 
-def process(logits, step: P.Step, knobs: Knobs, key: CompileKey):
-    """The processors in the key, in the reference's order, over logits [..., vocab]."""
-    return P.apply(logits, step, key.processors, knobs.processors)
+def scores(logits, step: P.Step, knobs: Knobs, key: CompileKey):
+    """The scores the next token is chosen from, over logits [..., vocab], in the reference's order
+    (what it returns as `scores`): the processors in the key, then when sampling temperature, top-k,
+    top-p and the other warpers, then renormalize_logits last of all."""
+    scores = P.apply(logits, step, key.processors, knobs.processors)
+    if key.strategy == "sample":
+        scores = P.warp(scores, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
+    if ("renormalize_logits", True) in key.processors:
+        scores = tf.nn.log_softmax(scores)
+    return scores
 
 
-def choose_token(logits, knobs: Knobs, key: CompileKey, rng):
-    """Pick each row's token from processed logits [rows, vocab]: the argmax, or when sampling a
-    draw (stateless key `rng`) after temperature, top-k and top-p.
-
-    Returns (token [rows] int32, the logits it was chosen from: its log-prob is
-    `token_logprob(those, token)`)."""
+def choose_token(scores, key: CompileKey, rng):
+    """Each row's token [rows] int32 from processed scores [rows, vocab]: the argmax, or when
+    sampling a draw with the stateless key `rng`."""
     if key.strategy != "sample":
-        return tf.argmax(logits, axis=-1, output_type=tf.int32), logits
-    logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
-    return P.gumbel_argmax(logits, rng), logits
+        return tf.argmax(scores, axis=-1, output_type=tf.int32)
+    return P.gumbel_argmax(scores, rng)
 
 
 def token_logprob(logits, token):
     """log softmax(logits)[token] per row: logits [..., vocab], token [...] -> [...]"""
     return tf.gather(tf.nn.log_softmax(logits), token[..., None], batch_dims=token.shape.rank)[..., 0]
+
+
+# -- what is kept of each step, each only when asked (a size-0 placeholder otherwise) ---------------
+
+
+class Record(NamedTuple):
+    logprobs: tf.Tensor  # [rows, max_new] float32: each chosen token's log-prob, 0 after EOS ([rows, 0] when off)
+    scores: tf.Tensor  # [max_new, rows, vocab] float32: each step's processed scores ([0, rows, vocab] when off)
+    logits: tf.Tensor  # [max_new, rows, vocab] float32: each step's raw logits ([0, rows, vocab] when off)
+
+
+def new_record(key: CompileKey, rows, vocab: int) -> Record:
+    """Zeros for what `key` asks to keep; step-major scores so each step writes one contiguous slab.
+    Memory when on: rows x max_new x vocab x 4 bytes each for scores and logits."""
+    steps = key.max_new_tokens
+    return Record(
+        logprobs=tf.zeros([rows, steps if key.logprobs else 0], tf.float32),
+        scores=tf.zeros([steps if key.scores else 0, rows, vocab], tf.float32),
+        logits=tf.zeros([steps if key.logits else 0, rows, vocab], tf.float32),
+    )
+
+
+def record(rec: Record, key: CompileKey, step, logits, scores, token, finished) -> Record:
+    """rec with step `step` written: logits, scores [rows, vocab] as the token was chosen from them,
+    token [rows] and finished [rows] (rows done before this step: log-prob 0)."""
+    logprobs, kept_scores, kept_logits = rec
+    at = tf.stack([step, 0, 0])
+    if key.logprobs:
+        logprobs = write_column(logprobs, step, tf.where(finished, 0.0, token_logprob(scores, token)))
+    if key.scores:
+        kept_scores = xla.dynamic_update_slice(kept_scores, scores[None], at)
+    if key.logits:
+        kept_logits = xla.dynamic_update_slice(kept_logits, logits[None], at)
+    return Record(logprobs, kept_scores, kept_logits)
+
+
+class Outputs(NamedTuple):
+    """What every compiled loop returns; generate.py shapes it for the caller."""
+
+    sequences: tf.Tensor  # [rows, bucket + max_new] int32 (beam search: [batch, num_return_sequences, width])
+    record: Record
+    steps: tf.Tensor  # int32 scalar: steps the loop ran (after them every row had finished)
+    sequences_scores: tf.Tensor | None = None  # beam search: [batch, num_return_sequences]
+    beam_indices: tf.Tensor | None = None  # beam search with scores: [batch, num_return_sequences, max_new]
+    cache: object = None  # key.return_cache: the final KVCache
+    speculation: tf.Tensor | None = None  # speculative decoding: [3] int32 verify steps, accepted, row-steps
 
 
 # The uses of randomness, each its own stream: rng_key(seed, step, use)

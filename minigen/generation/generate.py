@@ -18,7 +18,6 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from ..cache import KVCache
 from ..compile_cache import compile_notice
 from ..model import Transformer
 from . import contrastive
@@ -26,6 +25,7 @@ from .beam_search import beam_search
 from .config import GenerationConfig
 from .core import CompileKey, compile_key, make_knobs
 from .inputs import as_batch, left_pad_to
+from .outputs import GenerateOutput, GenerationState, generated_mask, per_step
 from .processors import check_custom
 from .stop_strings import StopTable, stop_table, token_bytes
 from . import search as search_loop
@@ -33,48 +33,6 @@ from .search import search
 from .speculative import speculative_loop
 
 logger = logging.getLogger("minigen")
-
-
-@dataclasses.dataclass
-class GenerateOutput:
-    """What `generate(..., return_dict=True)` returns."""
-
-    sequences: np.ndarray  # [batch * num_return_sequences, prompt_width + max_new_tokens]
-    scores: np.ndarray | None = None  # greedy/sampling: [rows, max_new_tokens] log-prob of each chosen token
-    sequences_scores: np.ndarray | None = None  # beam search: [rows] length-penalised hypothesis scores
-    state: "GenerationState | None" = None  # with return_state=True: pass as generate(..., cache=state)
-    # speculative decoding: verify_steps, mean_accepted_tokens (candidates accepted per row and verify
-    # step), tokens_per_step (mean_accepted_tokens + 1: the target adds one token of its own)
-    speculation: dict | None = None
-
-
-@dataclasses.dataclass
-class GenerationState:
-    """What `generate(..., return_state=True)` returns in `.state`: pass it back as
-    `generate(new_ids, cache=state)` to continue without recomputing what came before.
-
-    sequences, mask: [rows, width], every slot so far: prompts (left padding has mask 0), generated
-    tokens, and pads after a row's EOS (mask 0). The cache holds the keys/values of slots
-    [0, width - 1); the last slot's token is run through the model by the next call.
-    """
-
-    cache: KVCache
-    sequences: np.ndarray
-    mask: np.ndarray
-    model: "weakref.ref | None" = None  # the model that made it: a cache is only valid with its weights
-
-    @property
-    def width(self) -> int:
-        return self.sequences.shape[1]
-
-
-def generated_mask(new_tokens: np.ndarray, eos_ids: tuple) -> np.ndarray:
-    """1 for generated tokens up to and including each row's first EOS, 0 for the pads after it."""
-    if not eos_ids:
-        return np.ones_like(new_tokens, np.int32)
-    hit = np.isin(new_tokens, eos_ids)
-    before = np.cumsum(hit, axis=1) - hit  # EOS seen strictly before this token
-    return (before == 0).astype(np.int32)
 
 
 def describe(key: CompileKey) -> str:
@@ -222,13 +180,13 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
             num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
             no_repeat_ngram_size, min_new_tokens, penalty_alpha (contrastive search), eos_token_id,
             pad_token_id, seed,
-            pad_to_multiple_of, return_dict, output_scores, prompt_lookup_num_tokens,
-            max_matching_ngram_size, num_assistant_tokens).
+            pad_to_multiple_of, return_dict, output_scores, output_logits, output_logprobs,
+            prompt_lookup_num_tokens, max_matching_ngram_size, num_assistant_tokens; see GenerationConfig).
 
     Returns:
         int32 array [batch * num_return_sequences, width + max_new_tokens] in Hugging Face's layout
         (the prompt as given, then new tokens, pad_token_id after EOS), or a GenerateOutput when
-        return_dict, output_scores or return_state is set. With `cache`, the layout is that of the
+        return_dict, an output_* option or return_state is set (see outputs.GenerateOutput). With `cache`, the layout is that of the
         new segment alone as the prompt.
     """
     continuing = cache is not None or return_state
@@ -255,7 +213,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     began = time.perf_counter()
     with compile_notice(describe(key), fresh):
         result = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg, **stop_knobs), *args)
-        sequences, scores = result[0].numpy(), result[1].numpy()
+        sequences = result.sequences.numpy()
     elapsed = time.perf_counter() - began
     compiled = model.trace_count != traces
     if compiled:
@@ -265,7 +223,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
 
     speculation_stats = None
     if key.speculation:
-        steps, accepted, row_steps = (int(x) for x in result[2].numpy())
+        steps, accepted, row_steps = (int(x) for x in result.speculation.numpy())
         mean = accepted / row_steps if row_steps else 0.0
         speculation_stats = {"verify_steps": steps, "mean_accepted_tokens": mean, "tokens_per_step": mean + 1}
         logger.info("speculative (%s): %d verify steps, %.2f candidates accepted per step",
@@ -273,26 +231,27 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     state = None
     if return_state:
         gen = generated_mask(sequences[:, key.bucket:], key.eos_ids)
-        state = GenerationState(cache=result[2], sequences=sequences, mask=np.concatenate([mask, gen], axis=1),
+        state = GenerationState(cache=result.cache, sequences=sequences, mask=np.concatenate([mask, gen], axis=1),
                                 model=weakref.ref(model))
     # drop the bucket's extra left padding (and, continuing, the history): the caller's width back
     cut = key.bucket - width
-    if key.beam:
-        sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
-        sequences_scores, token_scores = scores.reshape(-1), None
-    else:
-        sequences, sequences_scores, token_scores = sequences[:, cut:], None, scores
+    sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
     # the prompt part exactly as given, pad ids included (the model saw valid ids in pad slots)
     sequences[:, :width] = np.repeat(given_ids(input_ids), len(sequences) // batch, axis=0)
-    if not (cfg.return_dict or cfg.output_scores or return_state):
+    if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or return_state):
         return sequences
-    return GenerateOutput(
-        sequences=sequences,
-        scores=token_scores if cfg.output_scores else None,
-        sequences_scores=sequences_scores if cfg.output_scores else None,
-        state=state,
-        speculation=speculation_stats,
-    )
+    steps = int(result.steps)
+    output = GenerateOutput(sequences=sequences, state=state, speculation=speculation_stats)
+    if cfg.output_scores:
+        output.scores = per_step(result.record.scores.numpy(), steps, key.pad_id)
+    if cfg.output_logits:
+        output.logits = per_step(result.record.logits.numpy(), steps, key.pad_id)
+    if cfg.output_logprobs:
+        output.logprobs = result.record.logprobs.numpy()
+    if key.beam and cfg.output_scores:
+        output.sequences_scores = result.sequences_scores.numpy().reshape(-1)
+        output.beam_indices = result.beam_indices.numpy().reshape(len(sequences), -1)
+    return output
 
 
 def given_ids(input_ids) -> np.ndarray:

@@ -30,7 +30,7 @@ class DecodeState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
     prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
     finished: tf.Tensor  # [rows] bool
-    scores: tf.Tensor  # [rows, max_new] float32: log-prob of each chosen token (0 after EOS)
+    record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
 
 
 def start_state(net, ids, mask, key: CompileKey, prefix_cache=None) -> tuple[DecodeState, tf.Tensor]:
@@ -52,7 +52,7 @@ def first_state(ids, mask, key: CompileKey, cache, logits) -> DecodeState:
         sequences=core.new_sequences(ids, key.max_new_tokens, key.pad_id),
         prompt_len=tf.reduce_sum(mask, axis=1),
         finished=tf.zeros([rows], tf.bool),
-        scores=tf.zeros([rows, key.max_new_tokens], tf.float32),
+        record=core.new_record(key, rows, logits.shape[-1]),
     )
 
 
@@ -69,16 +69,13 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         """Pick the next token from state.logits and write it (pad for rows already finished)."""
         slot = bucket + state.step
         step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids)
-        logits = core.process(state.logits, step, knobs, key)
-        token, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, state.step))
+        scores = core.scores(state.logits, step, knobs, key)
+        token = core.choose_token(scores, key, core.rng_key(knobs.seed, state.step))
         token = tf.where(state.finished, key.pad_id, token)
-        scores = state.scores
-        if key.output_scores:
-            logprob = tf.where(state.finished, 0.0, core.token_logprob(final, token))
-            scores = core.write_column(scores, state.step, logprob)
+        record = core.record(state.record, key, state.step, state.logits, scores, token, state.finished)
         sequences = core.write_column(state.sequences, slot, token)
         ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
-        return state._replace(step=state.step + 1, sequences=sequences, finished=state.finished | ended, scores=scores)
+        return state._replace(step=state.step + 1, sequences=sequences, finished=state.finished | ended, record=record)
 
     def step(state: DecodeState) -> DecodeState:
         """Choose a token, then run it through the model for the next token's logits."""
@@ -102,10 +99,8 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
 def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
     """Greedy or sampled generation. ids, mask: [rows, bucket].
 
-    Returns (sequences, scores), plus the final cache when key.return_cache.
+    Returns core.Outputs (with the final cache when key.return_cache).
     """
     state, key_mask = start_state(net, ids, mask, key, prefix_cache)
     state = decode_until(net, state, mask, key_mask, knobs, key, key.max_new_tokens)
-    if key.return_cache:
-        return state.sequences, state.scores, state.cache
-    return state.sequences, state.scores
+    return core.Outputs(state.sequences, state.record, state.step, cache=state.cache if key.return_cache else None)

@@ -40,7 +40,7 @@ class SpecState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, accepted tokens, pad after
     lengths: tf.Tensor  # [rows] int32: slots of `sequences` written (bucket + tokens generated)
     finished: tf.Tensor  # [rows] bool: EOS produced or max_new_tokens reached
-    scores: tf.Tensor  # [rows, max_new] float32: log-prob of each token (0 after EOS)
+    logprobs: tf.Tensor  # [rows, max_new] float32: log-prob of each token (0 after EOS; [rows, 0] when not asked)
     iteration: tf.Tensor  # int32 scalar: verify steps run
     accepted: tf.Tensor  # int32 scalar: candidates accepted, summed over rows and steps
     row_steps: tf.Tensor  # int32 scalar: verify steps summed over the rows still running
@@ -109,9 +109,11 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     logits = draft.lm_head(hidden[:, 1])  # [rows, vocab]
     tokens, probs = [], []
     for i in range(k):
-        token, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, state.iteration + 1, DRAFT + i))
+        # the draft's own distribution: warped as the target's, not processed (it only proposes)
         if key.strategy == "sample":
-            probs.append(tf.nn.softmax(final))
+            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
+            probs.append(tf.nn.softmax(logits))
+        token = core.choose_token(logits, key, core.rng_key(knobs.seed, state.iteration + 1, DRAFT + i))
         tokens.append(token)
         if i + 1 < k:  # the last candidate needs no forward pass
             position = generated_position(prompt_len, generated + i)
@@ -127,8 +129,8 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
 def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     """Greedy search or sampling with prompt lookup (draft None) or a draft model. ids, mask: [rows, bucket].
 
-    Returns (sequences [rows, bucket + max_new], scores [rows, max_new], stats [3] int32:
-    verify steps, candidates accepted, row-steps).
+    Returns core.Outputs: sequences [rows, bucket + max_new], chosen-token log-probs when asked,
+    speculation stats [3] int32 (verify steps, candidates accepted, row-steps).
     """
     bucket, max_new, k = key.bucket, key.max_new_tokens, key.speculation.num_candidates
     rows = ids.shape[0]
@@ -142,16 +144,18 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     draft_cache = ()
     if draft is not None:
         _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
-    logits = core.process(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids), knobs, key)
-    first, final = core.choose_token(logits, knobs, key, core.rng_key(knobs.seed, 0))
-    first_score = core.token_logprob(final, first)
+    scores = core.scores(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids), knobs, key)
+    first = core.choose_token(scores, key, core.rng_key(knobs.seed, 0))
+    logprobs = core.new_record(key, rows, scores.shape[-1]).logprobs
+    if key.logprobs:
+        logprobs = core.write_column(logprobs, 0, core.token_logprob(scores, first))
     state = SpecState(
         cache=cache,
         draft_cache=draft_cache,
         sequences=core.write_column(core.new_sequences(ids, max_new, key.pad_id), bucket, first),
         lengths=tf.fill([rows], bucket + 1),
         finished=core.is_eos(first, key.eos_ids) | (max_new == 1),
-        scores=tf.concat([first_score[:, None], tf.zeros([rows, max_new - 1])], axis=1),
+        logprobs=logprobs,
         iteration=tf.constant(0),
         accepted=tf.constant(0),
         row_steps=tf.constant(0),
@@ -193,10 +197,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
         positions = generated_position(prompt_len[:, None], number - 1)  # [rows, k+1]: the pending token first
         hidden, cache = net.forward(block, positions, key_mask, state.cache, lengths - 1)
-        logits = core.process(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
-        if sampling:
-            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
-        tokens, n = accept(logits, candidates, q, iteration)
+        scores = core.scores(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
+        tokens, n = accept(scores, candidates, q, iteration)
         # how many tokens each row keeps: the accepted candidates and one more, cut at EOS / max_new
         count = tf.minimum(n + 1, max_new - generated)
         eos = core.is_eos(tokens, key.eos_ids) & (tf.range(k + 1)[None, :] < count[:, None])
@@ -204,9 +206,9 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         hit = tf.reduce_any(eos, axis=1)
         count = tf.where(hit, first_eos + 1, count)
         count = tf.where(state.finished, 0, count)
-        scores = state.scores
-        if key.output_scores:
-            scores = core.write_runs(scores, core.token_logprob(logits, tokens), generated, count)
+        logprobs = state.logprobs
+        if key.logprobs:
+            logprobs = core.write_runs(logprobs, core.token_logprob(scores, tokens), generated, count)
         active = ~state.finished
         return SpecState(
             cache=cache,
@@ -214,7 +216,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
             sequences=core.write_runs(state.sequences, tokens, lengths, count),
             lengths=lengths + count,
             finished=state.finished | hit | (generated + count >= max_new),
-            scores=scores,
+            logprobs=logprobs,
             iteration=iteration,
             accepted=state.accepted + tf.reduce_sum(tf.where(active, tf.minimum(n, count), 0)),
             row_steps=state.row_steps + tf.reduce_sum(tf.cast(active, tf.int32)),
@@ -224,4 +226,6 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         lambda s: ~tf.reduce_all(s.finished), lambda s: (verify_step(s),), (state,), maximum_iterations=max_new - 1
     )[0]
     stats = tf.stack([state.iteration, state.accepted, state.row_steps])
-    return state.sequences, state.scores, stats
+    vocab = net.config.vocab_size
+    record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]))  # scores: refused (config)
+    return core.Outputs(state.sequences, record, tf.reduce_max(state.lengths) - bucket, speculation=stats)
