@@ -93,7 +93,7 @@ def minigen_system(model_dir, new, dtype="float32"):
 
     model = minigen.load(model_dir, dtype=dtype)
 
-    def run(prompts, options):
+    def run(prompts, options, new=new):
         ids, mask = left_pad(prompts, 0)
         out = model.generate(ids, mask, max_new_tokens=new, eos_token_id=[], pad_token_id=0,
                              seed=(1, 2) if options.get("do_sample") else None, **{"top_k": 0, **options})
@@ -122,17 +122,18 @@ def transformers_system(hf_dir, new):
     return run
 
 
-def ctranslate2_system(hf_dir, new, work):
+def ctranslate2_system(hf_dir, new, work, compute_type="float32"):
+    """CTranslate2 on the float32 conversion; compute_type "int8" quantizes the weights when loading."""
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
     out_dir = Path(work) / "ct2"
     if not out_dir.exists():
         TransformersConverter(str(hf_dir)).convert(str(out_dir), quantization="float32")
-    generator = ctranslate2.Generator(str(out_dir), device="cpu", compute_type="float32",
+    generator = ctranslate2.Generator(str(out_dir), device="cpu", compute_type=compute_type,
                                       intra_threads=os.cpu_count() or 1)
 
-    def run(prompts, options):
+    def run(prompts, options, new=new):
         tokens = [[f"t{i}" for i in p] for p in prompts]
         kwargs = dict(max_length=new, min_length=new, include_prompt_in_result=False)
         if options.get("do_sample"):

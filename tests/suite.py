@@ -3,13 +3,17 @@
 Why fresh processes: TensorFlow keeps every XLA executable it compiled until the process exits (no
 API evicts them; ~20 MB per compile even of a 2-layer model), and the suite compiles a few hundred
 functions: one process peaked at 8.4 GB. A process per group bounds what each one holds.
+Why forked: each group's process is forked from this one after it has imported TensorFlow, torch,
+transformers (and Apache Beam, when installed) - ~4.5 s of imports on an idle 2-core machine, paid
+once instead of once per group. Nothing has run a TensorFlow op or a torch kernel before the fork, so
+no runtime thread pool exists yet to be lost by it; each child starts its own.
 Why two at a time: the suite is bound by XLA compiles, which run on one core, and the machines it
-targets have two. A group starts only when its expected peak fits beside the running one's within
+targets have two. A group starts only when its expected peak fits beside the running ones' within
 BUDGET_GB; otherwise a smaller group that fits goes first, or it waits.
 
-Memory is sampled every 0.5 s over the running processes and their children: their anonymous
-memory plus the file-backed pages (the libraries they all map, TensorFlow's ~0.45 GB) once, as
-those take RAM once (see MemoryWatch).
+Memory is sampled every 0.5 s as the proportional set size (PSS, /proc/PID/smaps_rollup) of this
+process, the groups and their children: a page shared by several processes (the libraries, the
+imported modules the forks share) counts once in their sum, which is the RAM the run holds.
 
 Prints each group's pytest output when it finishes (with its time and peak), then the run's time,
 its peak memory and one closing line, "N passed, N failed" (", N skipped" if any). Exits non-zero if
@@ -22,39 +26,37 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-BUDGET_GB = 4.0
-# What every group maps from the same files (TensorFlow, torch and transformers' libraries: 0.44 GB
-# file-backed in a process that imported them, measured from /proc/self/statm). Each group's expected
-# peak includes it, but it is in RAM once however many groups run, as MemoryWatch counts it.
-SHARED_GB = 0.44
+BUDGET_GB = 3.6  # the running groups' expected peaks together; this runner's own share (~0.3 GB) comes on top
 # One compute thread per pytest process (TensorFlow's and torch's pools): two processes share two
 # cores, and more threads than cores only adds switching. Compiles, which dominate, use one anyway.
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+# imported once here, before the groups are forked (import only: no op runs before the fork)
+SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gpt2.modeling_gpt2", "numpy",
+                  "pytest", "safetensors", "tokenizers", "apache_beam")
 
-# (modules, expected peak memory in GB), the heaviest and longest first (they need light partners,
-# which must not all be used up before them). Peaks were measured with this runner
-# (each group's own peak); a group is ~0.75 GB once TensorFlow, torch and transformers are imported,
-# the rest is its compiled functions. A module not listed joins the last group, so a new test file
-# is never skipped (measure it and give it a place).
+# (modules, expected peak memory in GB: the group's PSS, its share of the pages it shares with the
+# others included), the heaviest and longest first (they need light partners, which must not all be
+# used up before them). Measured with this runner. A module not listed joins the last group, so a
+# new test file is never skipped (measure it and give it a place).
 GROUPS = [
-    (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 2.6),  # + the reference's subprocess
-    (["test_export.py", "test_input_errors.py"], 1.65),
-    (["test_speculative.py", "test_processors.py"], 2.6),
-    (["test_readme.py"], 1.8),
-    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.8),
-    (["test_compile.py"], 1.65),
-    (["test_sampling.py", "test_train.py", "test_converter.py"], 2.05),
-    (["test_text.py"], 2.1),
-    (["test_cli.py", "test_loops.py", "test_structure.py"], 2.0),
-    (["test_shipped.py"], 1.9),
-    (["test_model.py"], 2.45),  # GPT-2 small and its reference twin
-    (["test_speculative_sampling.py"], 1.95),
+    (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.70),  # + the reference's subprocess
+    (["test_export.py", "test_input_errors.py"], 1.40),
+    (["test_speculative.py", "test_processors.py"], 1.90),
+    (["test_readme.py"], 1.60),
+    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.30),
+    (["test_compile.py"], 1.10),
+    (["test_sampling.py", "test_train.py", "test_converter.py"], 1.60),
+    (["test_text.py"], 1.55),
+    (["test_cli.py", "test_loops.py", "test_structure.py"], 1.50),
+    (["test_shipped.py"], 1.30),
+    (["test_model.py"], 1.80),  # GPT-2 small and its reference twin
+    (["test_speculative_sampling.py"], 1.40),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 
@@ -67,15 +69,16 @@ def groups() -> list[tuple[list[str], float]]:
     return [(modules, peak) for modules, peak in found if modules]
 
 
-def memory_bytes(pid: int) -> tuple[int, int]:
-    """(anonymous, file-backed) resident bytes of a process, from /proc/PID/statm."""
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size in bytes (0 if it has ended)."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            resident, shared = (int(x) for x in f.read().split()[1:3])
-    except (OSError, ValueError):
-        return 0, 0  # the process ended while we looked
-    page = os.sysconf("SC_PAGE_SIZE")
-    return (resident - shared) * page, shared * page
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def descendants(root: int) -> list[int]:
@@ -98,49 +101,73 @@ def descendants(root: int) -> list[int]:
 
 
 class MemoryWatch(threading.Thread):
-    """Every 0.5 s, the memory of each running group's process tree: `.peak` (all groups together)
-    and `.group_peak[number]`, in bytes. A tree's memory is its processes' anonymous memory plus
-    the largest file-backed set among them once: the groups map the same libraries (TensorFlow's are
-    ~0.45 GB), whose pages are in RAM once however many processes map them."""
+    """Every 0.5 s: `.peak`, the PSS of this process plus every running group's process tree, and
+    `.group_peak[number]`, each group tree's own, in bytes."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.group_peak, self.running = 0, {}, {}  # running: group number -> pid
+        self.peak, self.own_peak, self.group_peak, self.running = 0, 0, {}, {}  # running: group number -> pid
         self._halt = threading.Event()
 
     def run(self):
         while not self._halt.wait(0.5):
-            anon_total, file_max = 0, 0
+            total = pss_bytes(os.getpid())
+            self.own_peak = max(self.own_peak, total)
             for number, pid in list(self.running.items()):
-                usage = [memory_bytes(p) for p in descendants(pid)]
-                anon, files = sum(a for a, _ in usage), max((f for _, f in usage), default=0)
-                self.group_peak[number] = max(self.group_peak.get(number, 0), anon + files)
-                anon_total, file_max = anon_total + anon, max(file_max, files)
-            self.peak = max(self.peak, anon_total + file_max)
+                tree = sum(pss_bytes(p) for p in descendants(pid))
+                self.group_peak[number] = max(self.group_peak.get(number, 0), tree)
+                total += tree
+            self.peak = max(self.peak, total)
 
     def stop(self):
         self._halt.set()
         self.join()
 
 
-def run_group(number: int, modules: list[str], extra: list[str], env: dict, watch: MemoryWatch,
-              results: dict) -> None:
-    """Run one group's pytest; results[number] = (its output, exit code, seconds)."""
-    began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *extra, *(str(HERE / name) for name in modules)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    watch.running[number] = proc.pid
-    output = proc.stdout.read()
-    proc.wait()
-    watch.running.pop(number, None)
-    results[number] = (output.decode("utf-8", errors="replace"), proc.returncode, time.perf_counter() - began)
+def start_group(modules: list[str], extra: list[str]) -> tuple[int, str]:
+    """Fork a child that runs pytest on `modules`, its output going to a temporary file.
+    Returns (pid, the file's path)."""
+    fd, path = tempfile.mkstemp(prefix="minigen-suite-", suffix=".log")
+    pid = os.fork()
+    if pid == 0:  # the child: pytest in this (already importing) interpreter, then exit with its code
+        code = 1
+        try:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            import pytest
+
+            # anyio's plugin module was imported here before pytest could rewrite it: not ours, no asserts
+            code = pytest.main(["-p", "no:anyio", *extra, *(str(HERE / name) for name in modules)])
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code))
+    os.close(fd)
+    return pid, path
+
+
+def import_shared() -> None:
+    """Import SHARED_IMPORTS, their start-up chatter (TensorFlow's C++ info lines) hidden; an import
+    error other than a missing optional extra is raised after stderr is back."""
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        for name in SHARED_IMPORTS:
+            try:
+                __import__(name)
+            except ImportError:  # an optional extra (apache_beam): its tests skip and say why
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def next_group(todo: list, running: list, jobs: int):
     """The first waiting group whose expected peak fits beside the running ones, or None."""
     if len(running) >= jobs:
         return None
-    in_use = sum(peak - SHARED_GB for _, _, peak in running)
+    in_use = sum(peak for _, _, peak in running)
     for entry in todo:
         if not running or in_use + entry[2] <= BUDGET_GB:
             return entry
@@ -152,42 +179,65 @@ def main(argv: list[str]) -> int:
     if "--jobs" in argv:
         at = argv.index("--jobs")
         jobs, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
-    env = {**os.environ, **(ONE_THREAD if jobs > 1 else {})}
+    if jobs > 1:
+        os.environ.update(ONE_THREAD)  # before TensorFlow and torch are imported: the children inherit it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path[:0] = [str(HERE.parent), str(HERE)]  # as `python -m pytest` from the root would have it
+    import_shared()
+    with tempfile.TemporaryDirectory(prefix="minigen-xla-cache-") as cache:
+        os.environ["TF_XLA_FLAGS"] = xla_flags(cache)
+        return run_all(argv, jobs)
+
+
+def xla_flags(cache: str) -> str:
+    """TF_XLA_FLAGS with a persistent compile cache that this run's groups share: a function several
+    groups compile (the same HLO - same shapes and options; weights are parameters, not constants) is
+    compiled once and loaded by the others (~4 % of the suite's time). Same executable, same numerics.
+    It lives as long as the run (~0.3 GB of temporary files)."""
+    return f"{os.environ.get('TF_XLA_FLAGS', '')} --tf_xla_persistent_cache_directory={cache}".strip()
+
+
+def run_all(argv: list[str], jobs: int) -> int:
+    """Run every group (forked from this process), `jobs` at a time; print as in the module docstring."""
     todo = [(number, modules, peak) for number, (modules, peak) in enumerate(groups(), 1)]
     totals = dict.fromkeys(COUNTED, 0)
-    results: dict = {}
     watch = MemoryWatch()
     watch.start()
-    began, running, threads, worst = time.perf_counter(), [], {}, 0
+    began, running, worst = time.perf_counter(), [], 0
+    started: dict = {}  # pid -> (entry, output path, start time)
     while todo or running:
         while (entry := next_group(todo, running, jobs)) is not None:
             todo.remove(entry)
             number, modules, _ = entry
             print(f"== group {number} started: {' '.join(modules)}", flush=True)
-            threads[number] = threading.Thread(target=run_group, args=(number, modules, argv, env, watch, results))
-            threads[number].start()
+            pid, path = start_group(modules, argv)
+            watch.running[number] = pid
+            started[pid] = (entry, path, time.perf_counter())
             running.append(entry)
-        time.sleep(0.1)
-        for entry in list(running):
-            number = entry[0]
-            if threads[number].is_alive():
-                continue
-            running.remove(entry)
-            output, returncode, seconds = results[number]
-            peak = watch.group_peak.get(number, 0) / 2**30
-            print(f"== group {number} finished in {seconds:.0f} s, peak {peak:.2f} GB (expected {entry[2]:.1f}):\n"
-                  f"{output.rstrip()}", flush=True)
-            summary = output.strip().splitlines()[-1] if output.strip() else ""
-            for count, word in re.findall(r"(\d+) (\w+)", summary):
-                word = "errors" if word == "error" else word
-                if word in totals:
-                    totals[word] += int(count)
-            if returncode not in (0, 5):  # 5: this group selected no test (e.g. all deselected)
-                worst = worst or returncode
+        pid, status = os.waitpid(-1, 0)
+        if pid not in started:
+            continue
+        entry, path, t0 = started.pop(pid)
+        number = entry[0]
+        watch.running.pop(number, None)
+        running.remove(entry)
+        returncode = os.waitstatus_to_exitcode(status)
+        output = pathlib.Path(path).read_text(encoding="utf-8", errors="replace")
+        os.unlink(path)
+        peak = watch.group_peak.get(number, 0) / 2**30
+        print(f"== group {number} finished in {time.perf_counter() - t0:.0f} s, peak {peak:.2f} GB "
+              f"(expected {entry[2]:.2f}):\n{output.rstrip()}", flush=True)
+        summary = output.strip().splitlines()[-1] if output.strip() else ""
+        for count, word in re.findall(r"(\d+) (\w+)", summary):
+            word = "errors" if word == "error" else word
+            if word in totals:
+                totals[word] += int(count)
+        if returncode not in (0, 5):  # 5: this group selected no test (e.g. all deselected)
+            worst = worst or returncode
     watch.stop()
     other = ", ".join(f"{totals[w]} {w}" for w in ("errors", "xfailed", "xpassed", "deselected") if totals[w])
     print(f"all {len(groups())} groups, {jobs} at a time, in {time.perf_counter() - began:.0f} s; peak memory "
-          f"{watch.peak / 2**30:.2f} GB{f' ({other})' if other else ''}:")
+          f"{watch.peak / 2**30:.2f} GB (this runner {watch.own_peak / 2**30:.2f}){f', {other}' if other else ''}:")
     closing = f"{totals['passed']} passed, {totals['failed'] + totals['errors']} failed"  # errors count as failed
     print(closing + (f", {totals['skipped']} skipped" if totals["skipped"] else ""))
     if totals["passed"] == 0 and not worst:
