@@ -101,6 +101,29 @@ def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None, alternative
     return tf.reshape(mask & holder, [prompts, 1, beams * s, beams * cache_len])
 
 
+# Prefill attends in chunks of this many queries, each to the slots up to its own last one: the keys
+# after a chunk (later prompt tokens, the empty generation slots) are never scored. A 1000-token prompt,
+# GPT-2 small shape, 1000-token prompt: time to first token 0.626 -> 0.533 s (2-core AMD EPYC; 64 and
+# 256 gave 0.530 and 0.549 s).
+CHUNK = 128
+
+
+def causal_chunks(q, k_cache, v_cache, mask, index: int, scale: float, heads: int):
+    """Attention of a prompt's queries q [batch * heads, s, head_dim] (slots index .. index+s-1), CHUNK
+    at a time over the cache slots before each chunk's end. mask: [batch, 1, s, cache_len].
+    Returns [batch * heads, s, head_dim]."""
+    s = q.shape[1]
+    out = []
+    for start in range(0, s, CHUNK):
+        stop = min(start + CHUNK, s)
+        keys = index + stop  # slots a query of this chunk may see
+        scores = tf.matmul(q[:, start:stop], tf.cast(k_cache[:, :keys], q.dtype), transpose_b=True) * scale
+        scores = tf.where(mask[:, :, start:stop, :keys], tf.reshape(scores, [-1, heads, stop - start, keys]), MASKED)
+        probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [-1, stop - start, keys])
+        out.append(tf.matmul(probs, tf.cast(v_cache[:, :keys], q.dtype)))  # [batch * heads, stop - start, head_dim]
+    return tf.concat(out, axis=1)
+
+
 def layer_norm(x, scale, bias, eps):
     mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
     return (x - mean) * tf.math.rsqrt(var + eps) * scale + bias
@@ -121,20 +144,34 @@ def activation(name: str):
     raise ValueError(f"activation_function {name!r} is not implemented")
 
 
+# Tokens per row from which `linear` multiplies as x @ W^T: probe of GPT-2 small's 48 block matmuls
+# (ms, XLA, 2-core AMD EPYC), (W @ x^T)^T vs x @ W^T: 32 rows 18.9 vs 28.7, 128 rows 56.8 vs 60.7,
+# 256 rows 116.0 vs 109.1, 1008 rows 417.5 vs 357.0 (a 1000-token prompt's prefill: time to first token
+# 0.667 -> 0.626 s, GPT-2 small shape).
+PLAIN_FROM = 192
+
+
 def linear(x, kernel, bias):
     """x [..., in] @ kernel^T + bias, with kernel held [out, in].
 
-    Computed as (kernel @ x^T)^T: XLA's CPU dot streams a weight matrix fastest as the left
-    operand with the few token rows on the right. Matmul-only probes of GPT-2 small's 48 block
-    matmuls per step (benchmarks/probe_matmul.py): 15.1 -> 12.7 ms at 1 row, 30.1 -> 17.5 ms at 8 rows,
-    against the plain x @ [in, out] kernel.
+    For a few tokens per row (decode steps, verify blocks, short prompts) computed as (kernel @ x^T)^T:
+    XLA's CPU dot streams a weight matrix fastest as the left operand with the few token rows on the
+    right. Matmul-only probes of GPT-2 small's 48 block matmuls per step (benchmarks/probe_matmul.py):
+    15.1 -> 12.7 ms at 1 row, 30.1 -> 17.5 ms at 8 rows, against the plain x @ [in, out] kernel.
     The optimization barrier keeps XLA from fusing the bias add (and transpose) into the dot, which
     on CPU leaves the fast kernel (20.5 vs 16.0 ms for the 48 matmuls when this was measured).
+    From PLAIN_FROM tokens per row (long prompts) the plain x @ kernel^T is faster. The choice
+    depends on the static tokens per row only, never on the batch size, so a prompt gives the
+    same numbers alone as in a batch.
     """
     lead = tf.shape(x)[:-1]
     flat = tf.reshape(x, [-1, x.shape[-1]])  # [tokens, in]
-    y_t = tf.matmul(tf.cast(kernel, x.dtype), flat, transpose_b=True)  # [out, tokens]
-    y = tf.transpose(xla.optimization_barrier(y_t)[0]) + tf.cast(bias, x.dtype)
+    kernel = tf.cast(kernel, x.dtype)
+    if x.shape.rank >= 2 and x.shape[-2] is not None and x.shape[-2] >= PLAIN_FROM:
+        y = tf.matmul(flat, kernel, transpose_b=True) + tf.cast(bias, x.dtype)
+    else:
+        y_t = tf.matmul(kernel, flat, transpose_b=True)  # [out, tokens]
+        y = tf.transpose(xla.optimization_barrier(y_t)[0]) + tf.cast(bias, x.dtype)
     return tf.reshape(y, tf.concat([lead, [kernel.shape[0]]], 0))
 
 
@@ -199,7 +236,8 @@ class Transformer:
         for i, block in enumerate(self.blocks):
             inputs.append(x)
             h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
-            h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group)
+            h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group,
+                                                    whole=keep_layers)
             probs.append(p)
             x = x + h
             h = layer_norm(x, block.ln_2_scale, block.ln_2_bias, cfg.layer_norm_epsilon)
@@ -212,7 +250,8 @@ class Transformer:
             return x, kv.KVCache(tuple(keys), tuple(values)), tuple(inputs) + (x,), tuple(heads)
         return x, kv.KVCache(tuple(keys), tuple(values))
 
-    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask, group: int = 1):
+    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask, group: int = 1,
+                  whole: bool = False):
         """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache,
         probs [groups * heads, group * s, group * cache_len]: the attention probabilities).
 
@@ -226,6 +265,9 @@ class Transformer:
         A beam row only ever writes at the current slot, so the keys a beam inherited from its
         ancestors stay where the ancestors wrote them; the lineage mask keeps, for each query beam
         and slot, only the row holding that beam's own history.
+
+        A prompt longer than CHUNK (index a Python int: prefill) is attended in causal chunks
+        (`causal_chunks`), unless `whole` (the probabilities are wanted in full); probs is then None.
         """
         cfg = self.config
         rows, s, heads, head_dim = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim
@@ -244,11 +286,14 @@ class Transformer:
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= layer + 1
         q = tf.reshape(q, [groups * heads, group * s, head_dim])
-        scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale
-        # scores: [groups * heads, group * s, group * cache_len]
-        scores = tf.where(mask, tf.reshape(scores, [groups, heads, group * s, -1]), MASKED)
-        probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [groups * heads, group * s, -1])
-        out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [groups * heads, group * s, head_dim]
+        if isinstance(index, int) and group == 1 and s > CHUNK and not whole:
+            out, probs = causal_chunks(q, k_cache, v_cache, mask, index, scale, heads), None
+        else:
+            scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale
+            # scores: [groups * heads, group * s, group * cache_len]
+            scores = tf.where(mask, tf.reshape(scores, [groups, heads, group * s, -1]), MASKED)
+            probs = tf.reshape(tf.nn.softmax(scores, axis=-1), [groups * heads, group * s, -1])
+            out = tf.matmul(probs, tf.cast(v_cache, q.dtype))  # [groups * heads, group * s, head_dim]
         out = tf.transpose(tf.reshape(out, [groups, heads, group, s, head_dim]), [0, 2, 3, 1, 4])
         out = tf.reshape(out, [rows, s, cfg.n_embd])
         return linear(out, block.out_kernel, block.out_bias), k_cache, v_cache, probs

@@ -33,6 +33,31 @@ def test_logits_match_reference_on_left_padded_batch(hf_and_minigen, name):
     assert np.abs(ours - ref)[real].max() < 1e-4
 
 
+def test_long_prompts_take_the_prefill_paths_and_match_reference(hf_and_minigen):
+    """Prompts past model.PLAIN_FROM tokens (the other matmul orientation) and model.CHUNK (causal
+    attention chunks), left-padded: logits at every real position and greedy tokens equal the reference's,
+    and continuing from a state (a second long segment: chunks after a prefix) equals one long prompt."""
+    from minigen import model as network
+    from helpers import PAD, hf_generate
+
+    hf, _, model = hf_and_minigen("four")
+    ids, mask = left_padded_batch(np.random.default_rng(3), 777, [200, 130], pad_id=PAD)
+    assert ids.shape[1] >= network.PLAIN_FROM and ids.shape[1] > network.CHUNK
+    real = mask.astype(bool)
+    ours, theirs = model.logits(ids, mask), reference_logits(hf, ids, mask)
+    # float32 rounding grows with the prompt: 2.5e-4 here, 1.9e-4 with the short-prompt paths forced
+    assert np.abs(ours - theirs)[real].max() < 5e-4 and np.abs(theirs).max() > 1.0
+    ref = hf_generate(hf, ids, mask, ids.shape[1] + 6, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=PAD), ref)
+    first = model.generate(ids[:, :80], mask[:, :80], max_new_tokens=1, eos_token_id=[], return_state=True)
+    second = model.generate(ids[:, 80:], mask[:, 80:], cache=first.state, max_new_tokens=6, eos_token_id=[],
+                            pad_token_id=PAD)
+    whole = np.concatenate([first.sequences, ids[:, 80:]], axis=1)  # the conversation: 80, 1 generated, 128
+    whole_mask = np.concatenate([mask[:, :80], np.ones((2, 1), mask.dtype), mask[:, 80:]], axis=1)
+    ref = hf_generate(hf, whole, whole_mask, whole.shape[1] + 6, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    np.testing.assert_array_equal(second[:, -6:], ref[:, -6:])
+
+
 def test_padded_row_equals_prompt_alone(hf_and_minigen):
     _, _, model = hf_and_minigen("odd")
     ids, mask = left_padded_batch(np.random.default_rng(2), 1003, [3, 11])
