@@ -524,7 +524,8 @@ def render(shape, new, prompt_len, runs, bandwidth_probe, ceiling, results, rss)
     lines += [
         "",
         f"Roofline: memory read bandwidth {bandwidth:.1f} GB/s (best of an XLA sum and mat-vec over {probe_gib:g} GiB); a float32 batch-1 step reads "
-        f"{weight_bytes_per_token(shape) / 1e6:.0f} MB of weights, so at most {ceiling:.1f} tok/s.",
+        f"{weight_bytes_per_token(shape) / 1e6:.0f} MB of weights, so at most {ceiling:.1f} tok/s (weights held in bfloat16: "
+        f"{2 * ceiling:.1f}, in int8 as CTranslate2's int8 holds them: {4 * ceiling:.1f}).",
     ]
     if (names[0], "minigen") in results:
         ours = results[(names[0], "minigen")]["tok_s"]

@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 SEARCH = dict(do_sample=False)
 SAMPLE = dict(do_sample=True, top_k=0, seed=(1, 2))
 OPTIONS = [
-    ("output_scores", SEARCH, dict(output_scores=True)),
+    ("output_logprobs", SEARCH, dict(output_logprobs=True)),
+    ("output_scores (each step's [1, vocab] kept)", SEARCH, dict(output_scores=True)),
+    ("output_scores + output_logits", SEARCH, dict(output_scores=True, output_logits=True)),
     ("repetition_penalty 1.3", SEARCH, dict(repetition_penalty=1.3)),
     ("no_repeat_ngram_size 3", SEARCH, dict(no_repeat_ngram_size=3)),
     ("logits_processor (one tf.where)", SEARCH, dict(logits_processor=None)),  # filled in below
@@ -90,12 +92,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="only the options whose label contains TEXT (written to options-subset.md)")
     args = parser.parse_args(argv)
     import minigen
 
     runs, new = (2, 16) if args.quick else (args.runs, args.new_tokens)
     options = [(label, base, extra if "logits_processor" not in extra else {"logits_processor": [ban_first_token]})
-               for label, base, extra in OPTIONS]
+               for label, base, extra in OPTIONS if args.only is None or args.only in label]
     models = [("shipped gutenberg-6l", minigen.load())]
     if not args.quick:
         models.append(("GPT-2 small shape (random)", random_small(Path(tempfile.mkdtemp(prefix="minigen-options-")))))
@@ -113,9 +117,10 @@ def main(argv=None):
             print(lines[-1], flush=True)
     report = "\n".join(lines) + "\n"
     out = Path(tempfile.mkdtemp()) if args.quick else ROOT / "benchmarks" / "results"
-    (out / "options.md").write_text(report)
+    name = "options.md" if args.only is None else "options-subset.md"
+    (out / name).write_text(report)
     print(report)
-    print(f"wrote {out / 'options.md'}")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and the first token. "minigen decode growth" rows run one prompt of 32 tokens to
 tokens, minigen alone: the attention of each step reads the whole static cache (bucket + max_new_tokens
 slots), so tokens/s falls as max_new_tokens grows if reading unwritten slots costs.
 
-Writes benchmarks/results/scaling.md (and scaling-quick.md with --quick).
+Writes benchmarks/results/scaling.md and scaling.png (the throughput rows; scaling-quick.* with --quick).
 """
 
 from __future__ import annotations
@@ -95,8 +95,12 @@ def main(argv=None):
             r["value"], r["unit"] = (median, "s") if new == 1 else (len(prompts) * new / median, "tok/s")
             print(f"{wname:40s} {s:18s} {r['value']:9.3f} {r['unit']}", flush=True)
     report = render(results, runs)
-    bench.write_report(args, work, "scaling-quick" if args.quick else "scaling", report,
-                       {"machine": bench.machine_name(), "results": {f"{w} | {s}": r for (w, s), r in results.items()}})
+    stem = "scaling-quick" if args.quick else "scaling"
+    out = bench.write_report(args, work, stem, report,
+                             {"machine": bench.machine_name(), "results": {f"{w} | {s}": r for (w, s), r in results.items()}})
+    shared = {w for w, s in results if s != "minigen"}  # rows with peers beside minigen
+    throughput = {(w, s): {"tok_s": r["value"]} for (w, s), r in results.items() if r["unit"] == "tok/s" and w in shared}
+    bench.chart(throughput, out / f"{stem}.png")
 
 
 def render(results, runs: int) -> str:
