@@ -40,14 +40,17 @@ def workloads(vocab: int, quick: bool):
         return [("b1 8 -> 32", prompts([8]), 32, SYSTEMS), ("b4 4-12 -> 8", prompts([4, 7, 9, 12]), 8, SYSTEMS),
                 ("ttft 64", prompts([64]), 1, SYSTEMS)]
     growth = [(f"minigen decode growth b1 32 -> {n}", prompts([32]), n, ("minigen",)) for n in (128, 896)]
+    b32, b64 = prompts(np.linspace(16, 64, 32).astype(int)), prompts(np.linspace(16, 64, 64).astype(int))
     return [
         ("b1 32 -> 512", prompts([32]), 512, SYSTEMS),
         ("b1 800 -> 128", prompts([800]), 128, SYSTEMS),
-        ("b32 16-64 -> 64", prompts(np.linspace(16, 64, 32).astype(int)), 64, SYSTEMS),
+        ("b32 16-64 -> 64", b32, 64, SYSTEMS),
+        ("b64 16-64 -> 64", b64, 64, SYSTEMS),
         ("ttft 128", prompts([128]), 1, SYSTEMS),
         ("ttft 512", prompts([512]), 1, SYSTEMS),
         ("ttft 1000", prompts([1000]), 1, SYSTEMS),
         *growth,
+        ("minigen decode growth b32 16-64 -> 512", b32, 512, ("minigen",)),
     ]
 
 
@@ -56,7 +59,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny model and 2 runs: a smoke test of the script")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per system and workload (default 5)")
     parser.add_argument("--out", default=None, help="directory for the table (default benchmarks/results/)")
+    parser.add_argument("--only", default=None, metavar="NAMES",
+                        help="comma-separated workload names to run (written to scaling-subset.*)")
     args = parser.parse_args(argv)
+    only = None if args.only is None else args.only.split(",")
     shape = bench.SHAPES["quick" if args.quick else "small"]
     runs = 2 if args.quick else args.runs
     work = tempfile.mkdtemp(prefix="minigen-bench-scaling-")
@@ -77,6 +83,8 @@ def main(argv=None):
 
     results = {}  # (workload, system) -> {"times", "first", "value", "unit"}
     for wname, prompts, new, wanted in workloads(shape["vocab_size"], args.quick):
+        if only is not None and wname not in only:
+            continue
         active = [s for s in wanted if s in systems]
         for s in active:  # warm-up (minigen compiles here) and the length check
             start = time.perf_counter()
@@ -95,7 +103,7 @@ def main(argv=None):
             r["value"], r["unit"] = (median, "s") if new == 1 else (len(prompts) * new / median, "tok/s")
             print(f"{wname:40s} {s:18s} {r['value']:9.3f} {r['unit']}", flush=True)
     report = render(results, runs)
-    stem = "scaling-quick" if args.quick else "scaling"
+    stem = "scaling-quick" if args.quick else "scaling" if only is None else "scaling-subset"
     out = bench.write_report(args, work, stem, report,
                              {"machine": bench.machine_name(), "results": {f"{w} | {s}": r for (w, s), r in results.items()}})
     shared = {w for w, s in results if s != "minigen"}  # rows with peers beside minigen

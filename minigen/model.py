@@ -102,9 +102,9 @@ def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None, alternative
 
 
 # Prefill attends in chunks of this many queries, each to the slots up to its own last one: the keys
-# after a chunk (later prompt tokens, the empty generation slots) are never scored. A 1000-token prompt,
-# GPT-2 small shape, 1000-token prompt: time to first token 0.626 -> 0.533 s (2-core AMD EPYC; 64 and
-# 256 gave 0.530 and 0.549 s).
+# after a chunk (later prompt tokens, the empty generation slots) are never scored. GPT-2 small shape,
+# 1000-token prompt: time to first token 0.626 -> 0.533 s (2-core AMD EPYC; chunks of 64 and 256 gave
+# 0.530 and 0.549 s).
 CHUNK = 128
 
 
