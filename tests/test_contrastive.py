@@ -197,9 +197,9 @@ def test_alpha_zero_in_the_loop_is_greedy(hf_and_minigen):
     padded_mask = np.pad(mask, ((0, 0), (16 - ids.shape[1], 0)))
     key = compile_key(cfg, model.config, 3, 16)
     run = tf.function(lambda i, m, knobs: contrastive_search(model.network, i, m, knobs, key), jit_compile=True)
-    sequences, _ = run(tf.constant(padded, tf.int32), tf.constant(padded_mask, tf.int32),
-                       make_knobs(cfg, penalty_alpha=tf.constant(0.0)))
-    np.testing.assert_array_equal(sequences.numpy()[:, 16:], greedy[:, ids.shape[1]:])
+    out = run(tf.constant(padded, tf.int32), tf.constant(padded_mask, tf.int32),
+              make_knobs(cfg, penalty_alpha=tf.constant(0.0)))
+    np.testing.assert_array_equal(out.sequences.numpy()[:, 16:], greedy[:, ids.shape[1]:])
 
 
 def test_scores_equal_a_full_forward_pass(hf_and_minigen):
