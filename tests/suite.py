@@ -31,7 +31,7 @@ import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-BUDGET_GB = 3.3  # the running groups' expected peaks together; this runner's own share (~0.35 GB) comes on top
+BUDGET_GB = 3.2  # the running groups' expected peaks together; this runner's own share (~0.35 GB) comes on top
 # One compute thread per pytest process (TensorFlow's and torch's pools): two processes share two
 # cores, and more threads than cores only adds switching. Compiles, which dominate, use one anyway.
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
