@@ -18,7 +18,6 @@ from .generation import generate as generation
 from .generation import outputs
 from .generation.inputs import prepare_logits_inputs
 from .model import Transformer
-from .positions import positions_from_mask
 
 
 @dataclasses.dataclass
@@ -75,10 +74,7 @@ class GPT2:
             if not layers:
                 hidden, _, _ = net.prefill(ids, mask, ids.shape[1])
                 return net.lm_head(hidden)
-            key_mask = tf.cast(mask, tf.bool)
-            cache = net.new_cache(tf.shape(ids)[0], ids.shape[1])
-            positions = positions_from_mask(mask)
-            hidden, _, states, probs = net.forward(ids, positions, key_mask, cache, 0, keep_layers=True)
+            hidden, _, _, (states, probs) = net.prefill(ids, mask, ids.shape[1], keep_layers=True)
             return net.lm_head(hidden), states, probs
 
         key = ("logits", ids.shape, layers)

@@ -234,11 +234,13 @@ class Transformer:
         group = 1 if lineage is None else lineage.shape[1]
         keys, values, inputs, probs = [], [], [], []
         for i, block in enumerate(self.blocks):
-            inputs.append(x)
+            if keep_layers:
+                inputs.append(x)
             h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
             h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group,
                                                     whole=keep_layers)
-            probs.append(p)
+            if keep_layers:
+                probs.append(p)
             x = x + h
             h = layer_norm(x, block.ln_2_scale, block.ln_2_bias, cfg.layer_norm_epsilon)
             x = x + linear(self._act(linear(h, block.up_kernel, block.up_bias)), block.down_kernel, block.down_bias)
@@ -309,7 +311,7 @@ class Transformer:
         cfg = self.config
         return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32, group)
 
-    def prefill(self, tokens, mask, cache_len: int, lineage=None, prefix=None):
+    def prefill(self, tokens, mask, cache_len: int, lineage=None, prefix=None, keep_layers=False):
         """Fill a fresh cache with a left-padded prompt batch.
 
         tokens, mask: [batch, width]. Returns (hidden [batch, s, d], cache, key_mask [batch, cache_len]).
@@ -318,6 +320,7 @@ class Transformer:
         prefix: None, or (cache, filled) from an earlier call whose slots [0, filled) hold the keys and
         values of tokens[:, :filled]: they are copied, not recomputed, and only the rest of the
         tokens run through the model (hidden then covers tokens[:, filled:], s = width - filled).
+        keep_layers: also return (hidden states, attention probabilities) per layer, as `forward` does.
         """
         batch, width = tf.shape(tokens)[0], tokens.shape[1]
         key_mask = tf.concat([tf.cast(mask, tf.bool), tf.ones([batch, cache_len - width], tf.bool)], axis=1)
@@ -330,8 +333,8 @@ class Transformer:
                 values=tuple(kv.write(new, o[:, :filled], 0) for new, o in zip(cache.values, old.values)),
             )
             tokens, positions = tokens[:, filled:], positions[:, filled:]
-        hidden, cache = self.forward(tokens, positions, key_mask, cache, filled, lineage)
-        return hidden, cache, key_mask
+        out = self.forward(tokens, positions, key_mask, cache, filled, lineage, keep_layers=keep_layers)
+        return (out[0], out[1], key_mask, out[2:]) if keep_layers else (*out, key_mask)
 
     def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
         """One decode step: tokens, positions [batch] -> (logits [batch, vocab], cache)."""
