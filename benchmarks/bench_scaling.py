@@ -108,7 +108,8 @@ def main(argv=None):
                              {"machine": bench.machine_name(), "results": {f"{w} | {s}": r for (w, s), r in results.items()}})
     shared = {w for w, s in results if s != "minigen"}  # rows with peers beside minigen
     throughput = {(w, s): {"tok_s": r["value"]} for (w, s), r in results.items() if r["unit"] == "tok/s" and w in shared}
-    bench.chart(throughput, out / f"{stem}.png")
+    if throughput:  # a subset of minigen-only rows has nothing to chart
+        bench.chart(throughput, out / f"{stem}.png")
 
 
 def render(results, runs: int) -> str:

@@ -72,6 +72,22 @@ def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor
     return buffer
 
 
+def grow(cache: KVCache, cache_len: int) -> KVCache:
+    """The cache with `cache_len` slots (>= its own): its slots copied to the front of fresh zeroed
+    buffers, one copy per layer. Decoding in segments (search.py) gives each segment its own buffer
+    rather than slicing one big buffer: a slice between the in-place write and the attention matmul
+    makes XLA copy the cache every step (benchmarks/probe_window.py). Group 1 only (not beam search's
+    side-by-side layout)."""
+
+    def grown(buffer):
+        more = tf.zeros([buffer.shape[0], cache_len - buffer.shape[1], buffer.shape[2]], buffer.dtype)
+        return tf.concat([buffer, more], axis=1)
+
+    if cache.keys[0].shape[1] == cache_len:
+        return cache
+    return KVCache(tuple(grown(k) for k in cache.keys), tuple(grown(v) for v in cache.values))
+
+
 def keep_one(buffer: tf.Tensor, index, choice: tf.Tensor, s: int, heads: int) -> tf.Tensor:
     """Contrastive search: of the `s` alternatives written at slots index .. index+s-1, move each
     row's chosen one (choice [batch] int32) to slot `index`; the other slots are overwritten by the

@@ -16,6 +16,8 @@ from conftest import left_padded_batch
 from minigen.generation.beam_search import beam_search
 from minigen.generation.config import GenerationConfig
 from minigen.generation.core import compile_key, make_knobs
+from minigen import cache as kv
+from minigen.generation import search as search_module
 from minigen.generation.search import decode_until, search, start_state
 from minigen.generation.speculative import speculative_loop
 from minigen.positions import positions_from_mask
@@ -36,12 +38,20 @@ class PositionNet:
         return MARGIN * tf.one_hot((positions + 1) % VOCAB, VOCAB), cache
 
     def prefill(self, ids, mask, cache_len, lineage=None, prefix=None):
-        hidden, cache = self.forward(ids, positions_from_mask(mask), None, (), 0)
+        hidden, _ = self.forward(ids, positions_from_mask(mask), None, (), 0)
+        cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1)  # one layer, one head, head_dim 1
         return hidden, cache, tf.ones([tf.shape(ids)[0], cache_len], tf.bool)
 
     def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
+        """Also checks the cache it is given: as long as key_mask, with room for slot `index`."""
+        slots = cache.keys[0].shape[1]
+        assert key_mask.shape[1] == slots
+        tf.debugging.assert_less(index, slots, message="decode step beyond its segment's cache")
+        self.slots_seen.add(slots)
         hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index)
         return hidden[:, 0], cache
+
+    slots_seen: set = set()
 
 
 LENGTHS = [1, 4, 2]  # EOS (7) is new token 7, 4 and 6 of these rows
@@ -132,3 +142,16 @@ def test_speculative_verify_blocks_use_each_rows_positions():
     sequences, stats = out.sequences, out.speculation
     assert sequences.numpy()[:, width:].tolist() == [expected(n, 9) for n in LENGTHS]
     assert int(stats[0]) >= 1  # verify steps ran
+
+
+def test_segments_grow_the_cache_and_give_the_same_tokens(monkeypatch):
+    """Long generations decode in segments over a growing cache (search.windows); forced here on
+    the fake: segments of 2 new tokens from any size."""
+    monkeypatch.setattr(search_module, "SEGMENT", 2)
+    monkeypatch.setattr(search_module, "SEGMENT_FROM", 0)
+    PositionNet.slots_seen = set()
+    out, width = run(search, 9, output_logprobs=True)
+    assert out.sequences.numpy()[:, width:].tolist() == [expected(n, 9) for n in LENGTHS]
+    # segments end after 2, 4, 6 new tokens; the last runs to 9 (every row has stopped by token 7)
+    assert PositionNet.slots_seen == {width + 2, width + 4, width + 6, width + 9}
+    assert out.record.logprobs.shape == (3, 9)

@@ -266,6 +266,8 @@ def compiled_stream(model, key: CompileKey):
     loop = contrastive if key.strategy == "contrastive" else search_loop
 
     def begin(ids, mask):
+        if loop is search_loop:  # the first segment's cache (see search.windows)
+            return loop.start_state(net, ids, mask, key, cache_len=search_loop.windows(key)[0])
         return loop.start_state(net, ids, mask, key)
 
     def advance(state, mask, key_mask, knobs, limit):
@@ -297,9 +299,16 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     traces, began = model.trace_count, time.perf_counter()
     with compile_notice("streaming " + describe(key), fresh):
         state, key_mask = begin(tf.constant(ids), mask_t)
+    # greedy and sampling decode in segments, as one-shot generation does: a chunk stops at a
+    # segment's end, where the cache grows (advance compiles once more per segment)
+    sizes = search_loop.windows(key) if key.strategy != "contrastive" else [key.bucket + cfg.max_new_tokens]
+    ends = [size - key.bucket for size in sizes]
     done = 0
     while done < cfg.max_new_tokens:
-        limit = min(done + chunk_size, cfg.max_new_tokens)
+        if done == ends[0] and len(ends) > 1:
+            ends.pop(0)
+            state, key_mask = search_loop.grow(state, key_mask, key.bucket + ends[0])
+        limit = min(done + chunk_size, ends[0])
         with compile_notice("streaming " + describe(key), fresh and done == 0):
             state = advance(state, mask_t, key_mask, knobs, tf.constant(limit, tf.int32))
         if done == 0 and model.trace_count != traces:
