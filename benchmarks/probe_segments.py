@@ -1,8 +1,9 @@
 """Does decoding in segments (minigen/generation/search.py: `windows`) pay? The same greedy call with
-the decode split into segments whose cache grows, and as one segment over the full cache, alternating
-in one process, GPT-2 small shape, random weights, every row to its full length.
+the decode split into segments whose cache grows (forced, whatever search.SEGMENT_FROM says), and as
+one segment over the full cache, alternating in one process, GPT-2 small shape, random weights, every
+row to its full length. The figures behind search.SEGMENT_FROM.
 
-    python benchmarks/probe_segments.py [--cases 1x896,8x512,32x512] [--runs 3]
+    python benchmarks/probe_segments.py [--cases 8x512,16x512,32x512,64x256] [--runs 3]
 
 Each case is rows x new tokens (prompts of 16-64 tokens, bucket 64). Prints, per case and mode, the
 first call's time (compile + run) and the median tok/s of the timed runs after it.
@@ -21,7 +22,7 @@ import bench_generate as bench
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="1x896,8x512,32x512")
+    parser.add_argument("--cases", default="8x512,16x512,32x512,64x256")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="minigen-probe-segments-"))
@@ -34,7 +35,7 @@ def main():
 
     # one model per mode: the mode is fixed when a model's function is traced (its first call)
     runs = {"segments": bench.minigen_system(work / "minigen", 1), "one segment": bench.minigen_system(work / "minigen", 1)}
-    thresholds = {"segments": search.SEGMENT_FROM, "one segment": 10**9}
+    thresholds = {"segments": 0, "one segment": 10**9}  # rows x cache slots from which to segment
     rng = np.random.default_rng(0)
     print(f"machine: {bench.machine_name()}; SEGMENT {search.SEGMENT}, SEGMENT_FROM {search.SEGMENT_FROM}", flush=True)
     for case in args.cases.split(","):
@@ -58,7 +59,6 @@ def main():
             print(f"{rows:3d} rows x {new:4d} new  {mode:12s} first call {first[mode]:6.2f} s  {tok_s:7.1f} tok/s",
                   flush=True)
         print(f"{'':20s}tokens equal between the modes: {agree:.1%}", flush=True)
-        search.SEGMENT_FROM = thresholds["segments"]
 
 
 if __name__ == "__main__":
