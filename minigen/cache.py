@@ -72,18 +72,20 @@ def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor
     return buffer
 
 
-def grow(cache: KVCache, cache_len: int) -> KVCache:
-    """The cache with `cache_len` slots (>= its own): its slots copied to the front of fresh zeroed
-    buffers, one copy per layer. Decoding in segments (search.py) gives each segment its own buffer
-    rather than slicing one big buffer: a slice between the in-place write and the attention matmul
-    makes XLA copy the cache every step (benchmarks/probe_window.py). Group 1 only (not beam search's
-    side-by-side layout)."""
+def grow(cache: KVCache, cache_len: int, group: int = 1) -> KVCache:
+    """The cache with `cache_len` slots per row (>= its own): its slots copied to the front of fresh
+    zeroed buffers, one copy per layer. With group > 1 (beam search) each beam's run of slots grows
+    in place in the side-by-side layout. Decoding in segments (generation/core.py: `windows`) gives
+    each segment its own buffer rather than slicing one big buffer: a slice between the in-place write
+    and the attention matmul makes XLA copy the cache every step (benchmarks/probe_window.py)."""
 
     def grown(buffer):
-        more = tf.zeros([buffer.shape[0], cache_len - buffer.shape[1], buffer.shape[2]], buffer.dtype)
-        return tf.concat([buffer, more], axis=1)
+        lead, slots, head_dim = buffer.shape
+        runs = tf.reshape(buffer, [lead, group, slots // group, head_dim])
+        more = tf.zeros([lead, group, cache_len - slots // group, head_dim], buffer.dtype)
+        return tf.reshape(tf.concat([runs, more], axis=2), [lead, group * cache_len, head_dim])
 
-    if cache.keys[0].shape[1] == cache_len:
+    if cache.keys[0].shape[1] == group * cache_len:
         return cache
     return KVCache(tuple(grown(k) for k in cache.keys), tuple(grown(v) for v in cache.values))
 

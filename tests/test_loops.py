@@ -17,7 +17,7 @@ from minigen.generation.beam_search import beam_search
 from minigen.generation.config import GenerationConfig
 from minigen.generation.core import compile_key, make_knobs
 from minigen import cache as kv
-from minigen.generation import search as search_module
+from minigen.generation import core
 from minigen.generation.search import decode_until, search, start_state
 from minigen.generation.speculative import speculative_loop
 from minigen.positions import positions_from_mask
@@ -39,13 +39,14 @@ class PositionNet:
 
     def prefill(self, ids, mask, cache_len, lineage=None, prefix=None):
         hidden, _ = self.forward(ids, positions_from_mask(mask), None, (), 0)
-        cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1)  # one layer, one head, head_dim 1
+        group = 1 if lineage is None else lineage.shape[1]  # beam search: beams side by side
+        cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1, group=group)  # one layer, one head, head_dim 1
         return hidden, cache, tf.ones([tf.shape(ids)[0], cache_len], tf.bool)
 
     def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
-        """Also checks the cache it is given: as long as key_mask, with room for slot `index`."""
-        slots = cache.keys[0].shape[1]
-        assert key_mask.shape[1] == slots
+        """Also checks the cache it is given: as long as key_mask (and lineage), with room for slot `index`."""
+        slots = cache.keys[0].shape[1] // (1 if lineage is None else lineage.shape[1])
+        assert key_mask.shape[1] == slots and (lineage is None or lineage.shape[2] == slots)
         tf.debugging.assert_less(index, slots, message="decode step beyond its segment's cache")
         self.slots_seen.add(slots)
         hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index)
@@ -145,13 +146,17 @@ def test_speculative_verify_blocks_use_each_rows_positions():
 
 
 def test_segments_grow_the_cache_and_give_the_same_tokens(monkeypatch):
-    """Long generations decode in segments over a growing cache (search.windows); forced here on
-    the fake: segments of 2 new tokens from any size."""
-    monkeypatch.setattr(search_module, "SEGMENT", 2)
-    monkeypatch.setattr(search_module, "SEGMENT_FROM", 0)
+    """Long generations decode in segments over a growing cache (core.windows), greedy and beam
+    search; forced here on the fake: segments of 2 new tokens from any size."""
+    monkeypatch.setattr(core, "SEGMENT", 2)
+    monkeypatch.setattr(core, "SEGMENT_FROM", 0)
     PositionNet.slots_seen = set()
     out, width = run(search, 9, output_logprobs=True)
     assert out.sequences.numpy()[:, width:].tolist() == [expected(n, 9) for n in LENGTHS]
     # segments end after 2, 4, 6 new tokens; the last runs to 9 (every row has stopped by token 7)
     assert PositionNet.slots_seen == {width + 2, width + 4, width + 6, width + 9}
     assert out.record.logprobs.shape == (3, 9)
+    PositionNet.slots_seen = set()
+    out, width = run(beam_search, 9, num_beams=2)
+    assert out.sequences.numpy()[:, 0, width:].tolist() == [expected(n, 9) for n in LENGTHS]
+    assert PositionNet.slots_seen == {width + 2, width + 4, width + 6, width + 9}

@@ -71,7 +71,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
 
     own_row = tf.tile(tf.range(nb)[None, :], [batch, 1])  # [batch, num_beams]
     lineage = tf.tile(own_row[:, :, None], [1, 1, width])  # at first every beam row holds its own (identical) prompt
-    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=width, lineage=lineage)
+    sizes = core.windows(key)  # the cache of each decode segment (one unless the batch is wide and long)
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=sizes[0], lineage=lineage[:, :, :sizes[0]])
+    key_mask = tf.concat([key_mask, tf.ones([rows, width - sizes[0]], tf.bool)], axis=1)  # [rows, width]
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
     sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
     first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
@@ -150,7 +152,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
 
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
         position = generated_position(prompt_len, s.step)
-        logits, cache = net.decode_one_token(next_tokens, position, key_mask, s.cache, slot, lineage)
+        seen = s.cache.keys[0].shape[1] // nb  # the segment's cache length
+        logits, cache = net.decode_one_token(next_tokens, position, key_mask[:, :seen], s.cache, slot,
+                                             lineage[:, :, :seen])
         return BeamState(
             step=s.step + 1,
             cache=cache,
@@ -168,7 +172,11 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
             done=done,
         )
 
-    state = tf.while_loop(lambda s: ~s.done, lambda s: (body(s),), (state,), maximum_iterations=max_new)[0]
+    for size in sizes:
+        if size > state.cache.keys[0].shape[1] // nb:  # a segment after the first: grow each beam's run
+            state = core.hide_placeholders(state._replace(cache=kv.grow(state.cache, size, nb)))
+        state = tf.while_loop(lambda s, end=size - bucket: ~s.done & (s.step < end), lambda s: (body(s),), (state,),
+                              maximum_iterations=max_new)[0]
     r = key.beam.num_return_sequences
     return core.Outputs(state.finished[:, :r], state.record, state.step, sequences_scores=state.finished_scores[:, :r],
                         beam_indices=state.finished_beams[:, :r] if key.scores else None)

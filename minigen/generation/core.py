@@ -11,6 +11,7 @@ its own - beam bookkeeping, speculative propose/verify/accept - and calls these 
     new_record / record          what is kept of each step when asked (log-probs, scores, logits)
     write_column / write_runs    tokens into the [rows, bucket + max_new] sequence buffer
     rng_key(seed, step, use)     the one stateless random-key scheme
+    windows(key)                 the cache length of each decode segment
     Outputs                      what every loop returns
 
 Position ids follow the rule in minigen/positions.py.
@@ -207,6 +208,42 @@ class Outputs(NamedTuple):
     beam_indices: tf.Tensor | None = None  # beam search with scores: [batch, num_return_sequences, max_new]
     cache: object = None  # key.return_cache: the final KVCache
     speculation: tf.Tensor | None = None  # speculative decoding: [3] int32 verify steps, accepted, row-steps
+
+
+# -- decode segments: long, wide generations attend over the part of the cache they can reach ------
+
+# A decode step's attention reads every slot of the cache it is given, written or not, so a long
+# generation decodes in segments of SEGMENT new tokens, each over a cache grown to the slots it can
+# reach (the last segment is 65 to 192 tokens long and ends at the full cache). Each segment is one
+# more copy of the decode step in the compiled graph (GPT-2 small: 1.3-2 s more compile each), which
+# pays only where the cache is a large part of what a step reads: from SEGMENT_FROM rows x cache
+# slots (GPT-2 small: a full-cache read of 600 MB per step beside 497 MB of weights).
+# `python benchmarks/probe_segments.py`, GPT-2 small shape, greedy, 2-core AMD EPYC, segments vs one,
+# tok/s after the first call (first call s): 8 rows x 512 new 299 vs 283 (21.0 vs 17.0 s, so not
+# segmented); 16 x 512: 412 vs 380 (28.1 vs 24.3); 32 x 512: 530 vs 478 (40.2 vs 36.9); 64 x 256:
+# 646 vs 586 (33.7 vs 30.9); beam search, 8 prompts x 4 beams x 512 (`--num-beams 4`): 88.2 vs 66.3
+# (58.9 vs 65.8 s: a beam's query reads every beam row's slots, so it gains more). Tokens were equal
+# in every case.
+SEGMENT = 128
+SEGMENT_FROM = 8192
+
+
+def windows(key: CompileKey) -> list[int]:
+    """The cache length of each decode segment, the last being the full cache (bucket + max_new_tokens).
+    One segment for short generations, few rows, or any number of rows (key.rows None: export).
+    Greedy search, sampling and beam search decode in these segments."""
+    full = key.bucket + key.max_new_tokens
+    if key.rows is None or key.rows * full < SEGMENT_FROM:
+        return [full]
+    return [*range(key.bucket + SEGMENT, full - SEGMENT // 2, SEGMENT), full]
+
+
+def hide_placeholders(state):
+    """`state` with its size-0 tensors (placeholders of outputs that are off) passed through an
+    optimization barrier. Between decode segments: tf2xla's constant propagation fails on a constant
+    handed from while loop to while loop to while loop ("Propagate: Cannot find body function ... for
+    While node", TF 2.21); behind the barrier the placeholder is no longer a constant."""
+    return tf.nest.map_structure(lambda t: xla.optimization_barrier(t)[0] if t.shape.num_elements() == 0 else t, state)
 
 
 # The uses of randomness, each its own stream: rng_key(seed, step, use)

@@ -23,7 +23,7 @@ from ..model import Transformer
 from . import contrastive
 from .beam_search import beam_search
 from .config import GenerationConfig
-from .core import CompileKey, compile_key, make_knobs
+from .core import CompileKey, compile_key, make_knobs, windows
 from .inputs import as_batch, left_pad_to
 from .outputs import GenerateOutput, GenerationState, generated_mask, per_step
 from .processors import check_custom
@@ -266,8 +266,8 @@ def compiled_stream(model, key: CompileKey):
     loop = contrastive if key.strategy == "contrastive" else search_loop
 
     def begin(ids, mask):
-        if loop is search_loop:  # the first segment's cache (see search.windows)
-            return loop.start_state(net, ids, mask, key, cache_len=search_loop.windows(key)[0])
+        if loop is search_loop:  # the first segment's cache (see core.windows)
+            return loop.start_state(net, ids, mask, key, cache_len=windows(key)[0])
         return loop.start_state(net, ids, mask, key)
 
     def advance(state, mask, key_mask, knobs, limit):
@@ -301,7 +301,7 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
         state, key_mask = begin(tf.constant(ids), mask_t)
     # greedy and sampling decode in segments, as one-shot generation does: a chunk stops at a
     # segment's end, where the cache grows (advance compiles once more per segment)
-    sizes = search_loop.windows(key) if key.strategy != "contrastive" else [key.bucket + cfg.max_new_tokens]
+    sizes = windows(key) if key.strategy != "contrastive" else [key.bucket + cfg.max_new_tokens]
     ends = [size - key.bucket for size in sizes]
     done = 0
     while done < cfg.max_new_tokens:

@@ -5,7 +5,7 @@ Phases, all inside one XLA-compiled function (`search`):
     start_state    prefill: the left-padded prompt fills a static cache and gives the first logits
     decode_until   while_loop: choose a token from the logits, write it, run decode_one_token for
                    the next logits; the last token is chosen without a forward pass after it
-    grow           long generations decode in segments (`windows`): between two, the cache grows
+    grow           wide, long generations decode in segments (`core.windows`): between two, the cache grows
 Streaming compiles `start_state` and `decode_until` apart, calls decode_until once per chunk and
 grows the cache at the same segment ends, so its tokens are exactly the one-shot call's.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python.xla import optimization_barrier as barrier
 
 from .. import cache as kv
 from ..positions import generated_position
@@ -102,29 +101,6 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
     return tf.cond(last, lambda: choose(state), lambda: state)
 
 
-# A decode step's attention reads every slot of the cache it is given, written or not, so a long
-# generation decodes in segments of SEGMENT new tokens, each over a cache grown to the slots it can
-# reach (the last segment is 65 to 192 tokens long and ends at the full cache). Each segment is one
-# more copy of the decode step in the compiled graph (GPT-2 small: 1.3-2 s more compile each), which
-# pays only where the cache is a large part of what a step reads: from SEGMENT_FROM rows x cache
-# slots (GPT-2 small: a full-cache read of 600 MB per step beside 497 MB of weights).
-# `python benchmarks/probe_segments.py`, GPT-2 small shape, greedy, 2-core AMD EPYC, segments vs one,
-# tok/s after the first call (first call s): 8 rows x 512 new 299 vs 283 (21.0 vs 17.0 s, so not
-# segmented); 16 x 512: 412 vs 380 (28.1 vs 24.3); 32 x 512: 530 vs 478 (40.2 vs 36.9); 64 x 256:
-# 646 vs 586 (33.7 vs 30.9). Tokens were equal in every case.
-SEGMENT = 128
-SEGMENT_FROM = 8192
-
-
-def windows(key: CompileKey) -> list[int]:
-    """The cache length of each decode segment, the last being the full cache (bucket + max_new_tokens).
-    One segment for short generations, few rows, or any number of rows (key.rows None: export)."""
-    full = key.bucket + key.max_new_tokens
-    if key.rows is None or key.rows * full < SEGMENT_FROM:
-        return [full]
-    return [*range(key.bucket + SEGMENT, full - SEGMENT // 2, SEGMENT), full]
-
-
 def grow(state: DecodeState, key_mask, cache_len: int) -> tuple[DecodeState, tf.Tensor]:
     """The state and key mask for the next segment: cache and key_mask grown to cache_len slots
     (the new slots are for tokens still to come: key_mask True, the causal mask hides them)."""
@@ -135,18 +111,15 @@ def grow(state: DecodeState, key_mask, cache_len: int) -> tuple[DecodeState, tf.
 def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
     """Greedy or sampled generation. ids, mask: [rows, bucket].
 
-    Decodes in segments (`windows`): each runs `decode_until` over a cache grown to its window, so a
+    Decodes in segments (`core.windows`): each runs `decode_until` over a cache grown to its window, so a
     step never attends over the slots of later segments. Returns core.Outputs (with the final cache
     when key.return_cache).
     """
-    sizes = windows(key)
+    sizes = core.windows(key)
     state, key_mask = start_state(net, ids, mask, key, prefix_cache, cache_len=sizes[0])
     for size in sizes:
         if size > key_mask.shape[1]:  # a segment after the first
             state, key_mask = grow(state, key_mask, size)
-            # The barrier hides the record's size-0 placeholders (constants when an output is off) from
-            # tf2xla's constant propagation, which fails on a constant handed from loop to loop to loop
-            # ("Propagate: Cannot find body function ... for While node", TF 2.21).
-            state = state._replace(record=core.Record(*barrier(*state.record)))
+            state = core.hide_placeholders(state)
         state = decode_until(net, state, mask, key_mask, knobs, key, size - key.bucket)
     return core.Outputs(state.sequences, state.record, state.step, cache=state.cache if key.return_cache else None)
