@@ -47,10 +47,10 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
 GROUPS = [
     (["test_text.py"], 1.55),
     (["test_export.py", "test_input_errors.py"], 1.4),
-    (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.65),  # + the reference's subprocess
+    (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess
     (["test_sampling.py", "test_train.py", "test_converter.py"], 1.6),
     (["test_readme.py"], 1.7),
-    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.3),
+    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.7),
     (["test_cli.py", "test_loops.py", "test_structure.py"], 1.5),
     (["test_processors.py"], 1.35),
     (["test_shipped.py"], 1.35),
