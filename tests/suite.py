@@ -50,12 +50,12 @@ GROUPS = [
     (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess
     (["test_sampling.py", "test_train.py", "test_converter.py"], 1.6),
     (["test_readme.py"], 1.7),
-    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.7),
+    (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.3),
     (["test_cli.py", "test_loops.py", "test_structure.py"], 1.5),
     (["test_processors.py"], 1.35),
     (["test_shipped.py"], 1.35),
     (["test_speculative_sampling.py"], 1.5),
-    (["test_compile.py"], 1.1),
+    (["test_compile.py", "test_segments.py"], 1.5),
     (["test_model.py"], 1.8),  # GPT-2 small and its reference twin
     (["test_speculative.py"], 1.15),
 ]

@@ -7,8 +7,6 @@ import pytest
 
 from conftest import grid, left_padded_batch
 from helpers import PAD, early_eos, hf_generate
-from minigen.generation.config import GenerationConfig
-from minigen.generation.core import compile_key, windows
 
 @pytest.mark.parametrize("name", ["tiny", "odd", "four"])
 def test_greedy_matches_reference_with_left_padding_and_early_eos(hf_and_minigen, name):
@@ -40,44 +38,6 @@ def test_batch_rows_equal_prompts_alone(hf_and_minigen):
     for row in range(3):
         alone = model.generate(ids[row : row + 1, mask[row].argmax():], max_new_tokens=12)
         np.testing.assert_array_equal(batch[row, mask[row].argmax():], alone[0])
-
-
-def test_long_wide_generation_decodes_in_segments_and_matches_reference(hf_and_minigen):
-    """32 rows x 240 new tokens: enough cache for core.windows to split the decode in two segments
-    (the cache grows after 128 new tokens); tokens equal the reference's, and streaming across the
-    segment end gives the same tokens as one call."""
-    hf, _, model = hf_and_minigen("four")
-    rows, max_new = 32, 240
-    ids, mask = left_padded_batch(np.random.default_rng(13), 777, list(range(1, 17)) * 2, pad_id=PAD)
-    key = compile_key(GenerationConfig(max_new_tokens=max_new).check(model.config), model.config, rows, 16)
-    assert windows(key) == [16 + 128, 16 + max_new]  # the case under test: two segments
-    eos = early_eos(hf, ids, mask, max_new)
-    ref = hf_generate(hf, ids, mask, ids.shape[1] + max_new, max_new_tokens=max_new, do_sample=False, eos_token_id=eos)
-    ours = model.generate(ids, mask, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=PAD)
-    assert (ref[:, ids.shape[1] + 128:] != PAD).any()  # some rows run into the second segment
-    np.testing.assert_array_equal(ours, ref)
-    chunks = list(model.stream_tokens(ids, mask, chunk_size=50, max_new_tokens=max_new, eos_token_id=eos,
-                                      pad_token_id=PAD))
-    assert [c.shape[1] for c in chunks][:3] == [50, 50, 28]  # a chunk ends where the segment does
-    streamed = np.concatenate(chunks, axis=1)
-    np.testing.assert_array_equal(streamed, ours[:, ids.shape[1]:ids.shape[1] + streamed.shape[1]])
-    assert (ours[:, ids.shape[1] + streamed.shape[1]:] == PAD).all()
-
-
-def test_wide_long_beam_search_decodes_in_segments_and_matches_reference(hf_and_minigen):
-    """8 prompts x 4 beams x 240 new tokens: 32 cache rows, two segments; each beam's run of cache
-    slots grows where the first segment ends. Hypotheses and scores equal the reference's."""
-    hf, _, model = hf_and_minigen("four")
-    max_new = 240
-    ids, mask = left_padded_batch(np.random.default_rng(14), 777, [1, 16, 5, 9, 12, 3, 14, 7], pad_id=PAD)
-    options = dict(max_new_tokens=max_new, num_beams=4, num_return_sequences=2)
-    key = compile_key(GenerationConfig(**options).check(model.config), model.config, 8, 16)
-    assert windows(key) == [16 + 128, 16 + max_new]  # the case under test: two segments
-    ref, out = hf_generate(hf, ids, mask, ids.shape[1] + max_new, output_scores=True, return_dict_in_generate=True,
-                           eos_token_id=None, **options)
-    ours = model.generate(ids, mask, pad_token_id=PAD, output_scores=True, eos_token_id=[], **options)
-    np.testing.assert_array_equal(ours.sequences, ref)
-    np.testing.assert_allclose(ours.sequences_scores, out.sequences_scores.numpy(), atol=1e-4)
 
 
 BEAM_GRID = [(b, r, e) for e in (True, False, "never") for b, r in ((2, 1), (2, 2), (4, 1), (4, 2))]
