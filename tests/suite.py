@@ -47,6 +47,7 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
 GROUPS = [
     (["test_text.py"], 1.55),
     (["test_export.py", "test_input_errors.py"], 1.4),
+    (["test_compile.py", "test_segments.py"], 1.65),
     (["test_cli_safety.py", "test_pipeline.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess
     (["test_sampling.py", "test_train.py", "test_converter.py"], 1.6),
     (["test_readme.py"], 1.7),
@@ -55,8 +56,7 @@ GROUPS = [
     (["test_processors.py"], 1.35),
     (["test_shipped.py"], 1.35),
     (["test_speculative_sampling.py"], 1.5),
-    (["test_compile.py", "test_segments.py"], 1.5),
-    (["test_model.py"], 1.8),  # GPT-2 small and its reference twin
+    (["test_model.py"], 1.9),  # GPT-2 small and its reference twin
     (["test_speculative.py"], 1.15),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
