@@ -8,8 +8,9 @@ weights, greedy, every row forced to its full length.
 Runs alternate between systems; each figure is the median of --runs timed runs after one warm-up call
 (minigen's compiles there). Time to first token is one `max_new_tokens=1` call: the prompt's prefill
 and the first token. "minigen decode growth" rows run one prompt of 32 tokens to 128 / 512 / 896 new
-tokens, minigen alone: the attention of each step reads the whole static cache (bucket + max_new_tokens
-slots), so tokens/s falls as max_new_tokens grows if reading unwritten slots costs.
+tokens, minigen alone: a decode step attends over every slot of the cache it is given, so tokens/s
+falls as max_new_tokens grows if reading unwritten slots costs (wide batches decode in segments over a
+growing cache for that reason: generation/core.py `windows`; the b32 -> 512 row shows it).
 
 Writes benchmarks/results/scaling.md and scaling.png (the throughput rows; scaling-quick.* with --quick).
 """
