@@ -23,6 +23,15 @@ from tensorflow.compiler.tf2xla.python import xla  # noqa: E402
 D, INNER, LAYERS, STEPS = 768, 3072, 12, 30
 
 
+def block_weights(seed: int = 0):
+    """GPT-2 small's block matrices (qkv, out, up, down per layer) as variables, held [in, out] and [out, in]."""
+    rng = np.random.default_rng(seed)
+    shapes = [(D, 3 * D), (D, D), (D, INNER), (INNER, D)]  # [in, out]
+    in_out = [[tf.Variable(rng.standard_normal(s).astype(np.float32) * 0.02) for s in shapes] for _ in range(LAYERS)]
+    out_in = [[tf.Variable(tf.transpose(w)) for w in layer] for layer in in_out]
+    return in_out, out_in
+
+
 def barrier(y):
     return xla.optimization_barrier(y)[0]  # keep the residual adds out of the dot, as model.linear does
 
@@ -31,10 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,4,8", help="token rows per step, comma-separated")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    shapes = [(D, 3 * D), (D, D), (D, INNER), (INNER, D)]  # [in, out]
-    in_out = [[tf.Variable(rng.standard_normal(s).astype(np.float32) * 0.02) for s in shapes] for _ in range(LAYERS)]
-    out_in = [[tf.Variable(tf.transpose(w)) for w in layer] for layer in in_out]
+    in_out, out_in = block_weights()
 
     def x_w(x, w):
         return barrier(tf.matmul(x, w))

@@ -16,11 +16,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.compiler.tf2xla.python import xla  # noqa: E402
 
-D, INNER, LAYERS = 768, 3072, 12
+from probe_matmul import D, block_weights  # noqa: E402
 
 
 def blocks(weights, matmul, dtype=tf.float32):
@@ -39,10 +38,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="32,128,256,1008", help="token rows, comma-separated")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    shapes = [(D, 3 * D), (D, D), (D, INNER), (INNER, D)]  # [in, out]
-    in_out = [[tf.Variable(rng.standard_normal(s).astype(np.float32) * 0.02) for s in shapes] for _ in range(LAYERS)]
-    out_in = [[tf.Variable(tf.transpose(w)) for w in layer] for layer in in_out]
+    in_out, out_in = block_weights()
     bf16 = [[tf.Variable(tf.cast(w, tf.bfloat16)) for w in layer] for layer in in_out]
 
     def left(x, w):  # w [out, in]

@@ -85,9 +85,14 @@ def grow(cache: KVCache, cache_len: int, group: int = 1) -> KVCache:
         more = tf.zeros([lead, group, cache_len - slots // group, head_dim], buffer.dtype)
         return tf.reshape(tf.concat([runs, more], axis=2), [lead, group * cache_len, head_dim])
 
-    if cache.keys[0].shape[1] == group * cache_len:
-        return cache
     return KVCache(tuple(grown(k) for k in cache.keys), tuple(grown(v) for v in cache.values))
+
+
+def grow_key_mask(key_mask: tf.Tensor, cache_len: int) -> tf.Tensor:
+    """key_mask [rows, n] bool with True appended up to cache_len slots: slots for tokens still to
+    come (the causal mask hides each until it is written)."""
+    more = tf.ones([tf.shape(key_mask)[0], cache_len - key_mask.shape[1]], tf.bool)
+    return tf.concat([key_mask, more], axis=1)
 
 
 def keep_one(buffer: tf.Tensor, index, choice: tf.Tensor, s: int, heads: int) -> tf.Tensor:

@@ -323,7 +323,7 @@ class Transformer:
         keep_layers: also return (hidden states, attention probabilities) per layer, as `forward` does.
         """
         batch, width = tf.shape(tokens)[0], tokens.shape[1]
-        key_mask = tf.concat([tf.cast(mask, tf.bool), tf.ones([batch, cache_len - width], tf.bool)], axis=1)
+        key_mask = kv.grow_key_mask(tf.cast(mask, tf.bool), cache_len)
         cache = self.new_cache(batch, cache_len, 1 if lineage is None else lineage.shape[1])
         positions, filled = positions_from_mask(mask), 0
         if prefix is not None:

@@ -30,7 +30,7 @@ BIG = 1.0e9  # the reference's "very large negative" offset
 class BeamState(NamedTuple):
     step: tf.Tensor  # int32 scalar: tokens generated so far
     cache: kv.KVCache  # rows = batch * num_beams, never reordered
-    lineage: tf.Tensor  # [batch, num_beams, width] int32: beam row holding each cache slot of each beam
+    lineage: tf.Tensor  # [batch, num_beams, cache_len] int32: beam row holding each cache slot of each beam
     logits: tf.Tensor  # [batch * num_beams, vocab]: next-token scores of each running beam
     running: tf.Tensor  # [batch, num_beams, width] int32: running sequences
     running_scores: tf.Tensor  # [batch, num_beams] float32: sum of log-probs
@@ -70,10 +70,13 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     never, early_true = key.beam.early_stopping == "never", key.beam.early_stopping is True
 
     own_row = tf.tile(tf.range(nb)[None, :], [batch, 1])  # [batch, num_beams]
-    lineage = tf.tile(own_row[:, :, None], [1, 1, width])  # at first every beam row holds its own (identical) prompt
-    sizes = core.windows(key)  # the cache of each decode segment (one unless the batch is wide and long)
-    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=sizes[0], lineage=lineage[:, :, :sizes[0]])
-    key_mask = tf.concat([key_mask, tf.ones([rows, width - sizes[0]], tf.bool)], axis=1)  # [rows, width]
+    sizes = core.windows(key)  # the cache length of each decode segment (one unless the batch is wide and long)
+
+    def own_lineage(slots):  # [batch, num_beams, slots]: every beam row holds its own slots
+        return tf.tile(own_row[:, :, None], [1, 1, slots])
+
+    lineage = own_lineage(sizes[0])  # at first every beam row holds its own (identical) prompt
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=sizes[0], lineage=lineage)
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
     sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
     first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
@@ -97,7 +100,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         done=tf.constant(False),
     )
 
-    def body(s: BeamState) -> BeamState:
+    def body(s: BeamState, key_mask) -> BeamState:
         slot = bucket + s.step
         flat = tf.reshape(s.running, [rows, width])
         step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids)
@@ -152,9 +155,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
 
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
         position = generated_position(prompt_len, s.step)
-        seen = s.cache.keys[0].shape[1] // nb  # the segment's cache length
-        logits, cache = net.decode_one_token(next_tokens, position, key_mask[:, :seen], s.cache, slot,
-                                             lineage[:, :, :seen])
+        logits, cache = net.decode_one_token(next_tokens, position, key_mask, s.cache, slot, lineage)
         return BeamState(
             step=s.step + 1,
             cache=cache,
@@ -172,11 +173,13 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
             done=done,
         )
 
-    for size in sizes:
-        if size > state.cache.keys[0].shape[1] // nb:  # a segment after the first: grow each beam's run
-            state = core.hide_placeholders(state._replace(cache=kv.grow(state.cache, size, nb)))
-        state = tf.while_loop(lambda s, end=size - bucket: ~s.done & (s.step < end), lambda s: (body(s),), (state,),
-                              maximum_iterations=max_new)[0]
+    for i, size in enumerate(sizes):
+        if i:  # a segment after the first: grow each beam's run of cache slots, its lineage and the key mask
+            more = own_lineage(size - key_mask.shape[1])
+            state = state._replace(cache=kv.grow(state.cache, size, nb), lineage=tf.concat([state.lineage, more], 2))
+            state, key_mask = core.hide_placeholders(state), kv.grow_key_mask(key_mask, size)
+        state = tf.while_loop(lambda s, end=size - bucket: ~s.done & (s.step < end),
+                              lambda s, m=key_mask: (body(s, m),), (state,), maximum_iterations=max_new)[0]
     r = key.beam.num_return_sequences
     return core.Outputs(state.finished[:, :r], state.record, state.step, sequences_scores=state.finished_scores[:, :r],
                         beam_indices=state.finished_beams[:, :r] if key.scores else None)

@@ -231,9 +231,10 @@ SEGMENT_FROM = 8192
 def windows(key: CompileKey) -> list[int]:
     """The cache length of each decode segment, the last being the full cache (bucket + max_new_tokens).
     One segment for short generations, few rows, or any number of rows (key.rows None: export).
-    Greedy search, sampling and beam search decode in these segments."""
+    Greedy search, sampling and beam search decode in segments; contrastive search and speculative
+    decoding (blocks of several slots per step) in one."""
     full = key.bucket + key.max_new_tokens
-    if key.rows is None or key.rows * full < SEGMENT_FROM:
+    if key.strategy == "contrastive" or key.speculation or key.rows is None or key.rows * full < SEGMENT_FROM:
         return [full]
     return [*range(key.bucket + SEGMENT, full - SEGMENT // 2, SEGMENT), full]
 

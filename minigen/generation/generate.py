@@ -299,10 +299,9 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     traces, began = model.trace_count, time.perf_counter()
     with compile_notice("streaming " + describe(key), fresh):
         state, key_mask = begin(tf.constant(ids), mask_t)
-    # greedy and sampling decode in segments, as one-shot generation does: a chunk stops at a
-    # segment's end, where the cache grows (advance compiles once more per segment)
-    sizes = windows(key) if key.strategy != "contrastive" else [key.bucket + cfg.max_new_tokens]
-    ends = [size - key.bucket for size in sizes]
+    # decode in segments, as one-shot generation does: a chunk stops at a segment's end, where the
+    # cache grows (advance compiles once more per segment)
+    ends = [size - key.bucket for size in windows(key)]
     done = 0
     while done < cfg.max_new_tokens:
         if done == ends[0] and len(ends) > 1:

@@ -104,8 +104,7 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
 def grow(state: DecodeState, key_mask, cache_len: int) -> tuple[DecodeState, tf.Tensor]:
     """The state and key mask for the next segment: cache and key_mask grown to cache_len slots
     (the new slots are for tokens still to come: key_mask True, the causal mask hides them)."""
-    more = tf.ones([tf.shape(key_mask)[0], cache_len - key_mask.shape[1]], tf.bool)
-    return state._replace(cache=kv.grow(state.cache, cache_len)), tf.concat([key_mask, more], axis=1)
+    return state._replace(cache=kv.grow(state.cache, cache_len)), kv.grow_key_mask(key_mask, cache_len)
 
 
 def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
@@ -117,8 +116,8 @@ def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
     """
     sizes = core.windows(key)
     state, key_mask = start_state(net, ids, mask, key, prefix_cache, cache_len=sizes[0])
-    for size in sizes:
-        if size > key_mask.shape[1]:  # a segment after the first
+    for i, size in enumerate(sizes):
+        if i:  # a segment after the first
             state, key_mask = grow(state, key_mask, size)
             state = core.hide_placeholders(state)
         state = decode_until(net, state, mask, key_mask, knobs, key, size - key.bucket)
