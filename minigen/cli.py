@@ -19,30 +19,17 @@ import tempfile
 import time
 
 import minigen
-from minigen.generation.config import GenerationConfig
-from minigen.weights import LoadError, check_model_dir
+from minigen import status
+from minigen.status import import_tensorflow_quietly
+from minigen.config import GPT2Config
+from minigen.export_options import check_export_options
+from minigen.generation.config import NOT_SUPPORTED, GenerationConfig
+from minigen.weights import LoadError, check_model_dir, load_tokenizer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def import_tensorflow_quietly():
-    """Import TensorFlow and initialise its devices with stderr (fd 2) muted.
-
-    TensorFlow 2.21 logs INFO lines (oneDNN, CUDA probing) from C++ before absl logging is set up,
-    which TF_CPP_MIN_LOG_LEVEL does not silence; a command line tool should print only its own
-    messages. Python exceptions are raised after stderr is restored, so nothing real is hidden.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+SUBPARSERS: dict = {}  # command -> its argparse parser (filled by build_parser)
 
 
 class UsageError(Exception):
@@ -88,9 +75,10 @@ def add_generation_arguments(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="minigen", description="XLA-compiled GPT-2 text generation.")
+    parser.add_argument("--version", action="version", version=f"minigen {minigen.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    g = sub.add_parser("generate", help="continue prompts", description=(
+    g = SUBPARSERS["generate"] = sub.add_parser("generate", help="continue prompts", description=(
         "Continue one prompt (argument), or one prompt per line from --input FILE or stdin."))
     g.add_argument("prompt", nargs="?", help="the prompt; omit to read prompts from --input or stdin")
     g.add_argument("--model", default=None,
@@ -115,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the continuation as it is generated (one prompt; greedy or sampling)")
     g.add_argument("--verbose", action="store_true", help="report compile time vs generation time and tokens/s")
 
-    b = sub.add_parser("batch", help="generate for a JSONL file of prompts with an Apache Beam pipeline", description=(
+    b = SUBPARSERS["batch"] = sub.add_parser("batch", help="generate for a JSONL file of prompts with an Apache Beam pipeline", description=(
         "Run prompts from --input (JSONL: {\"prompt\": ..., \"id\": ...} or a JSON string per line; a file "
         "pattern is fine) through RunInference and write one JSON line per prompt to --output, and one error "
         "record per unusable line to --errors. Needs `pip install \"minigen[beam]\"`. Any other --flag is "
@@ -129,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_arguments(b)
     BATCH_FLAGS[:] = [o for action in b._actions for o in action.option_strings if o.startswith("--")]
 
-    e = sub.add_parser("export", help="write a TensorFlow SavedModel of the whole compiled generate (TF Serving)")
+    e = SUBPARSERS["export"] = sub.add_parser("export", help="write a TensorFlow SavedModel of the whole compiled generate (TF Serving)")
     e.add_argument("model", help="a minigen model directory or a shipped model's name")
     e.add_argument("out", help="SavedModel directory to create")
     e.add_argument("--batch-size", default="1", help="rows per request, or 'none' for any (greedy/sample only); default 1")
@@ -141,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-beams", type=int, default=4, help="beams of the beam signature (default 4)")
     e.add_argument("--top-k", type=int, default=4, help="candidates per step of the contrastive signature (default 4)")
 
-    c = sub.add_parser("convert", help="convert a Hugging Face GPT-2 directory (same as `python -m weights_tools convert`)")
+    c = SUBPARSERS["convert"] = sub.add_parser("convert", help="convert a Hugging Face GPT-2 directory (same as `python -m weights_tools convert`)")
     from weights_tools.__main__ import add_convert_arguments
 
     add_convert_arguments(c)
@@ -225,6 +213,9 @@ class AtomicOutput:
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
                                         dir=os.path.dirname(os.path.abspath(path)))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output gets what a new file would
         self.file = os.fdopen(fd, "w", encoding="utf-8")
         self.lines = 0
 
@@ -250,27 +241,13 @@ class AtomicOutput:
         return kept
 
 
-_progress_open = False  # a progress line is on stderr without its newline yet
-
-
-def progress(done: int, total: int, started: float) -> None:
-    global _progress_open
-    width = 30
-    filled = width * done // total
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} prompts, {rate:.1f} prompts/s")
-    _progress_open = done < total
-    if not _progress_open:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+_progress: status.Progress | None = None  # the running command's progress line, if any
 
 
 def say(message: str) -> None:
     """One line on stderr, on a line of its own even if a progress bar was interrupted."""
-    global _progress_open
-    if _progress_open:
-        sys.stderr.write("\n")
-        _progress_open = False
+    if _progress is not None:
+        _progress.close_line()
     print(message, file=sys.stderr)
 
 
@@ -293,8 +270,30 @@ def generation_options(args) -> dict:
         GenerationConfig.from_options(**options).check(
             None, streaming=streaming, assistant=getattr(args, "assistant_model", None) is not None)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(flag_spelling(str(e))) from None
     return options
+
+
+# generate options spelled as the command's flags, for messages that come from the Python checks
+FLAGS = {"max_new_tokens": "--max-new-tokens", "do_sample": "--do-sample", "temperature": "--temperature",
+         "top_k": "--top-k", "top_p": "--top-p", "num_beams": "--num-beams",
+         "num_return_sequences": "--num-return-sequences", "repetition_penalty": "--repetition-penalty",
+         "stop_strings": "--stop", "penalty_alpha": "--penalty-alpha", "max_time": "--max-time", "seed": "--seed",
+         "prompt_lookup_num_tokens": "--prompt-lookup", "assistant_model": "--assistant-model",
+         "num_assistant_tokens": "--num-assistant-tokens"}
+
+
+def flag_spelling(message: str) -> str:
+    """A check's message (written with generate's option names) in the command's terms: option names
+    become flags, `do_sample=True` becomes `--do-sample`, "leave it None" becomes "leave it unset"."""
+    import re
+
+    for name, flag in FLAGS.items():
+        message = re.sub(rf"\b{name}=True\b", flag, message)
+        message = re.sub(rf"\b{name}=(False|None)\b", f"no {flag}", message)
+        message = re.sub(rf"\b{name}=", f"{flag} ", message)
+        message = re.sub(rf"(?<![-\w]){name}\b", flag, message)
+    return message.replace("leave it None", "leave it unset").replace("leave it at None", "leave it unset")
 
 
 def run_generate(args) -> None:
@@ -321,13 +320,23 @@ def run_generate(args) -> None:
 
     if args.stream:
         sys.stdout.write(prompts[0])
+        pieces, began = lm.stream(prompts[0], **options), time.perf_counter()
         try:
-            for piece in lm.stream(prompts[0], **options):
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as stop:
+                    reason = stop.value
+                    break
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(flag_spelling(str(e))) from None
         sys.stdout.write("\n")
+        if reason == "max_time":
+            sys.stdout.flush()
+            say(f"minigen: stopped by --max-time {args.max_time:g} after {time.perf_counter() - began:.1f} s "
+                "(the continuation is cut short)")
         return
 
     out = AtomicOutput(args.output) if args.output else None
@@ -346,14 +355,24 @@ def run_generate(args) -> None:
 
 def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
     """Continue `prompts` in batches, writing each batch's records to `out` (or text to stdout)."""
-    started, show = time.perf_counter(), len(prompts) > args.batch_size
+    global _progress
+    _progress = status.Progress(len(prompts)) if len(prompts) > args.batch_size else None
     per, printed = args.num_return_sequences, 0
+    timing = {"compiling": 0.0, "steady": 0.0, "steady_tokens": 0, "calls": 0}
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
+        traces, began = lm.trace_count, time.perf_counter()
         try:
             texts = lm.generate_text(batch, **options)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(flag_spelling(str(e))) from None
+        took = time.perf_counter() - began
+        timing["calls"] += 1
+        if lm.trace_count != traces:
+            timing["compiling"] += took
+        else:
+            timing["steady"] += took
+            timing["steady_tokens"] += len(batch) * per * args.max_new_tokens
         for i, prompt in enumerate(batch):
             mine = texts[i * per:(i + 1) * per]
             record = {"prompt": prompt, "text": mine[0] if per == 1 else mine}
@@ -367,8 +386,13 @@ def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
                         print(RULE)
                     print(prompt + text, flush=True)
                     printed += 1
-        if show:
-            progress(min(start + args.batch_size, len(prompts)), len(prompts), started)
+        if _progress is not None:
+            _progress.update(min(start + args.batch_size, len(prompts)))
+    if args.verbose:
+        steady = (f"{timing['steady_tokens'] / timing['steady']:.1f} tok/s over the calls that compiled nothing "
+                  f"({timing['steady']:.2f} s)") if timing["steady"] else "every call compiled, so no steady speed"
+        say(f"minigen: {timing['calls']} generate call{'s' if timing['calls'] != 1 else ''}: "
+            f"{timing['compiling']:.2f} s in calls that compiled (compile + their run); {steady}")
 
 
 RULE = "─" * 40  # between results in --format text: continuations may contain newlines of their own
@@ -378,19 +402,37 @@ class Interrupted(Exception):
     """Ctrl-C: exit code 130 with one line saying what was kept."""
 
 
+class RuntimeFailure(Exception):
+    """A failure at run time that is not the user's input: exit code 1, one line."""
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 BATCH_FLAGS: list[str] = []  # minigen batch's own flags, filled by build_parser (for "did you mean")
+
+
+def unknown_flag(flag: str, flags: list[str], elsewhere: str = "", given: str = "") -> str:
+    """The message for a flag the command does not know: a generate option of transformers' that
+    minigen lacks says so (and what to do instead); a typo gets the closest of `flags`. given: the
+    unrecognized arguments as typed, if they are to be shown."""
+    import difflib
+
+    name = flag.lstrip("-").replace("-", "_")
+    if name in NOT_SUPPORTED:
+        return f"{flag} (transformers' {name}) is not supported: {NOT_SUPPORTED[name]}"
+    close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
+    head = f"unrecognized arguments: {given}" if given else f"unrecognized option {flag}"
+    return head + (f"; did you mean {close[0]}?" if close else elsewhere)
 
 
 def check_pipeline_args(pipeline_args: list[str], unknown: list[str]) -> None:
     """UsageError for an option that neither minigen batch nor Beam knows (a typo would otherwise be
     passed to Beam and silently ignored), suggesting the closest of minigen's own flags."""
-    import difflib
-
     for arg in unknown:
-        flag = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, BATCH_FLAGS, n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else " (neither a minigen batch flag nor a Beam pipeline option)"
-        raise UsageError(f"unrecognized option {flag}{hint}")
+        raise UsageError(unknown_flag(arg.split("=", 1)[0], BATCH_FLAGS,
+                                      " (neither a minigen batch flag nor a Beam pipeline option)"))
 
 
 def run_batch(args, pipeline_args: list[str]) -> None:
@@ -398,6 +440,8 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     if args.rows < 1:
         raise UsageError(f"--rows must be >= 1, got {args.rows}")
     logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time and runner warnings are not ours
+    # nor its tracebacks: a failure is reported here in one line (Beam logs a worker's error at ERROR)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     log_to_stderr("minigen batch: ")  # progress: one line per batch a worker finishes
     try:
         from minigen import pipeline  # needs the optional apache-beam
@@ -417,6 +461,10 @@ def run_batch(args, pipeline_args: list[str]) -> None:
     model_dir = check_model_dir(args.model)  # a bad --model fails here, before a pipeline starts
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "vocab.json")):
         raise LoadError(f"{model_dir!r} has no tokenizer.json (or vocab.json + merges.txt)")
+    try:  # a corrupt tokenizer fails here too, not inside a worker
+        load_tokenizer(model_dir, GPT2Config.from_json_file(os.path.join(model_dir, "config.json")))
+    except ValueError as e:
+        raise LoadError(str(e)) from None
     import_tensorflow_quietly()  # the DirectRunner's workers run in this process
     started = time.perf_counter()
     print(f"minigen batch: {args.input} -> {args.output} (errors: {errors}); pipeline options: "
@@ -426,9 +474,16 @@ def run_batch(args, pipeline_args: list[str]) -> None:
                                            dtype=args.dtype, pipeline_args=pipeline_args, **options)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
-    print(f"minigen batch: {counts['prompts_generated']} prompts generated, {counts['invalid_prompts']} invalid "
-          f"(see {errors}), {counts['compiles']} compiles, {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{pipeline.GENERATED_HERE} prompts had been generated in this process, but Beam writes "
+                          f"its outputs only when the pipeline completes: {args.output} and {errors} were not "
+                          "written (their temporary files were removed)") from None
+    except Exception as e:  # noqa: BLE001 - Beam wraps a worker's failure (often our own error) in its own
+        raise RuntimeFailure(f"the pipeline failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}") \
+            from None
+    print(f"minigen batch: {plural(counts['prompts_generated'], 'prompt')} generated, "
+          f"{counts['invalid_prompts']} invalid (see {errors}), {plural(counts['compiles'], 'compile')}, "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def run_export(args) -> None:
@@ -439,13 +494,25 @@ def run_export(args) -> None:
             batch = int(args.batch_size)
         except ValueError:
             raise UsageError(f"--batch-size must be an int >= 1 or 'none', got {args.batch_size!r}") from None
+    strategies = [s.strip() for s in args.strategy.split(",")]
+    model_dir = check_model_dir(args.model)  # every flag and the model directory are checked before loading
+    try:
+        config = GPT2Config.from_json_file(os.path.join(model_dir, "config.json"))
+    except ValueError as e:
+        raise LoadError(f"{model_dir}: {e}") from None
+    options = dict(batch_size=batch, bucket=args.bucket, max_new_tokens=args.max_new_tokens, strategies=strategies,
+                   num_beams=args.num_beams, top_k=args.top_k)
+    try:
+        check_export_options(args.out, config=config, **options)
+    except (ValueError, FileExistsError) as e:
+        message = flag_spelling(str(e))
+        raise UsageError("--strategy: " + message if message.startswith("strategies") else message) from None
     import_tensorflow_quietly()
     from minigen.export import export  # loads TensorFlow: only once the arguments are checked
 
     lm = minigen.load(args.model)
     try:
-        export(lm, args.out, batch_size=batch, bucket=args.bucket, max_new_tokens=args.max_new_tokens,
-               strategies=[s.strip() for s in args.strategy.split(",")], num_beams=args.num_beams, top_k=args.top_k)
+        export(lm, args.out, **options)
     except (ValueError, FileExistsError) as e:
         raise UsageError(str(e)) from None
     print(f"wrote {args.out} (signatures: {args.strategy}; inspect with `saved_model_cli show --dir {args.out} --all`)")
@@ -482,6 +549,7 @@ def run(argv) -> int:
     try:
         return run_command(argv)
     finally:  # main() may be called again in the same process (tests, notebooks)
+        status.ANNOUNCE_TO_FILES = False
         logger = logging.getLogger("minigen")
         while _handlers:
             logger.removeHandler(_handlers.pop())
@@ -493,7 +561,11 @@ def run_command(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "batch":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        flags = [o for action in SUBPARSERS[args.command]._actions for o in action.option_strings]
+        flag = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+        SUBPARSERS[args.command].error(unknown_flag(flag, flags, given=" ".join(extra)) if flag else
+                                       f"unrecognized arguments: {' '.join(extra)}")
+    status.ANNOUNCE_TO_FILES = True  # a command is never silent through a long compile
     # TensorFlow (3-9 s to import) is imported by each command only after its arguments are checked
     from weights_tools.hf_checkpoint import CheckpointError
 
@@ -518,7 +590,7 @@ def run_command(argv) -> int:
         return 130
     except BrokenPipeError:
         raise
-    except (LoadError, CheckpointError, OSError) as e:
+    except (LoadError, CheckpointError, OSError, RuntimeFailure) as e:
         say(f"minigen: error: {e}")
         return 1
     return 0

@@ -4,22 +4,22 @@ Every distinct compile key (strategy, rows, bucket, max_new_tokens, ...) costs a
 memory; a long-running process that sees many keys must not grow without bound. Evicting an entry
 drops minigen's references to its traced graphs (measured on the shipped gutenberg-6l: ~20 MB of
 the ~50 MB a greedy compile adds). TensorFlow keeps the XLA executable itself in its runtime
-for the life of the process (TF 2.21 offers no way to evict it), so a service that generates with
-many different `max_new_tokens` values should also fix that value or round it up.
+for the life of the process (TF 2.21 offers no way to evict it), so a key compiled again after its
+eviction adds its program once more: such a recompile warns (RuntimeWarning) and is counted in
+`stats()`. A long-running process should use few distinct keys (one pad_to_multiple_of, a few
+max_new_tokens values) and a maxsize of at least their number.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import threading
-import time
+import warnings
 from collections import OrderedDict
 
 import tensorflow as tf
 
 DEFAULT_SIZE = 16
-NOTICE_AFTER = 1.0  # seconds a compile may run before a terminal user is told what is happening
+EVICTED_KEPT = 4096  # evicted keys remembered (small tuples), to warn when one is compiled again
 
 
 def xla_function(fn):
@@ -44,8 +44,17 @@ class CompileCache:
     def __init__(self, maxsize: int = DEFAULT_SIZE):
         self.maxsize = maxsize
         self._entries: OrderedDict = OrderedDict()
+        self._evicted: OrderedDict = OrderedDict()  # keys dropped so far (the last EVICTED_KEPT), to see recompiles
         self._lock = threading.RLock()
         self.traces = 0
+        self.recompiles = 0  # functions made again for a key that had been evicted
+
+    def stats(self) -> dict:
+        """What this cache holds and has cost: entries, its maxsize, traces, evictions remembered and
+        recompiles (a key compiled again after its eviction: TensorFlow keeps both programs)."""
+        with self._lock:
+            return {"entries": len(self._entries), "maxsize": self._maxsize, "traces": self.traces,
+                    "evicted": len(self._evicted), "recompiles": self.recompiles}
 
     def compiled(self, key, fn):
         """The compiled function for `key`: `xla_function(fn)` made on first use (traced and compiled
@@ -75,6 +84,16 @@ class CompileCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
+            if key in self._evicted:
+                del self._evicted[key]
+                self.recompiles += 1
+                warnings.warn(
+                    f"minigen compiles a function again that its compile cache (maxsize {self._maxsize}) had "
+                    f"evicted ({self.recompiles} so far in this model): TensorFlow keeps every compiled program "
+                    "until the process exits, so memory grows with each recompile. Use fewer distinct shapes "
+                    "(one pad_to_multiple_of, a few max_new_tokens values) or a larger "
+                    "minigen.load(..., compile_cache_size=N); model.compile_cache.stats() counts them",
+                    RuntimeWarning, stacklevel=4)
             value = self._entries[key] = make()
             self._evict()
             return value
@@ -88,7 +107,10 @@ class CompileCache:
 
     def _evict(self) -> None:
         while len(self._entries) > self._maxsize:
-            self._entries.popitem(last=False)
+            key, _ = self._entries.popitem(last=False)
+            self._evicted[key] = None
+            while len(self._evicted) > EVICTED_KEPT:
+                self._evicted.popitem(last=False)
 
     def clear(self) -> None:
         """Forget every compiled function (the next call of each kind compiles again)."""
@@ -100,38 +122,3 @@ class CompileCache:
 
     def __contains__(self, key) -> bool:
         return key in self._entries
-
-
-@contextlib.contextmanager
-def compile_notice(what: str, compiling: bool):
-    """Around a call that may compile: if it does (`compiling`) and is still running after
-    NOTICE_AFTER seconds while stderr is a terminal, say so on stderr, then add the time taken:
-    "minigen: compiling greedy for 1 row x bucket 16 (+32 new) ... 3.2 s". A user waiting on the
-    first call of a kind then knows it is not hung. Nothing is printed when stderr is not a terminal
-    (the `minigen` logger reports every compile at INFO level instead)."""
-    stream = sys.stderr
-    if not compiling or not getattr(stream, "isatty", lambda: False)():
-        yield
-        return
-    lock, began = threading.Lock(), time.perf_counter()
-    state = {"shown": False, "done": False}
-
-    def announce():
-        with lock:
-            if not state["done"]:
-                stream.write(f"minigen: compiling {what} ...")
-                stream.flush()
-                state["shown"] = True
-
-    timer = threading.Timer(NOTICE_AFTER, announce)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        with lock:
-            state["done"] = True  # a timer that fires late prints nothing
-            if state["shown"]:
-                stream.write(f" {time.perf_counter() - began:.1f} s\n")
-                stream.flush()

@@ -125,8 +125,10 @@ class GPT2Config:
                 raw = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"no config.json at {os.fspath(path)}") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{os.fspath(path)} is nested too deeply to be a config.json") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{os.fspath(path)} must hold a JSON object")
         return cls.from_dict(raw)

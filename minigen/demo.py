@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from minigen.config import GPT2Config  # noqa: E402
+from minigen.status import import_tensorflow_quietly  # noqa: E402
 from minigen.weights import DEFAULT_MODEL, load, shipped_models  # noqa: E402
 
 
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="with --random")
     parser.add_argument("--width", type=int, default=256, help="with --random")
     args = parser.parse_args(argv)
+    import_tensorflow_quietly()  # no CUDA probe noise before the demo's first line
     if args.random or DEFAULT_MODEL not in shipped_models():
         if not args.random:
             print(f"(the shipped model {DEFAULT_MODEL!r} is not installed here: falling back to random weights)")

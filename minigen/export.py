@@ -6,10 +6,10 @@ is also `serving_default`) taking
     input_ids       int32 [batch, bucket]   left-padded prompts
     attention_mask  int32 [batch, bucket]   1 = token, 0 = padding
     greedy, sample, beam:
-      temperature, top_k, top_p, repetition_penalty   scalars (sample; repetition_penalty everywhere)
-      seed            int32 [2]               the stateless sampling seed
+      repetition_penalty  float32 scalar
       min_new_tokens  int32 scalar            EOS forbidden before this many new tokens
-      sample also:    min_p, typical_p, epsilon_cutoff, eta_cutoff   (off: 0, 1, 0, 0)
+      sample also:    temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff (scalars;
+                      off: top_k 0, the rest 1, 0, 1, 0, 0) and seed int32 [2], the stateless seed
       beam also:      length_penalty
     contrastive (its top_k candidates fixed at export):
       penalty_alpha, repetition_penalty       float32 scalars
@@ -35,19 +35,20 @@ import tempfile
 import tensorflow as tf
 
 from .compile_cache import xla_function
+from .export_options import STRATEGIES, check_export_options  # noqa: F401 - STRATEGIES is part of this API
 from .generation.beam_search import beam_search
 from .generation.contrastive import contrastive_search
 from .generation.config import GenerationConfig
 from .generation.core import CompileKey, compile_key, make_knobs
 from .generation.search import search
 
-STRATEGIES = ("greedy", "sample", "beam", "contrastive")
-SEARCH_INPUTS = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32, "repetition_penalty": tf.float32,
-                 "min_new_tokens": tf.int32, "seed": tf.int32}
+# the inputs every signature takes after input_ids and attention_mask; sampling's (seed is [2]) only
+# where they act: a greedy or beam signature has no temperature to be ignored
+COMMON_INPUTS = {"repetition_penalty": tf.float32, "min_new_tokens": tf.int32}
+SAMPLING_INPUTS = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32, "seed": tf.int32}
 WARPER_INPUTS = {"min_p": tf.float32, "typical_p": tf.float32, "epsilon_cutoff": tf.float32, "eta_cutoff": tf.float32}
-# each signature's scalar inputs after input_ids and attention_mask (seed is [2])
-INPUTS = {"greedy": SEARCH_INPUTS, "sample": {**SEARCH_INPUTS, **WARPER_INPUTS},
-          "beam": {**SEARCH_INPUTS, "length_penalty": tf.float32},
+INPUTS = {"greedy": COMMON_INPUTS, "sample": {**SAMPLING_INPUTS, **COMMON_INPUTS, **WARPER_INPUTS},
+          "beam": {**COMMON_INPUTS, "length_penalty": tf.float32},
           "contrastive": {"penalty_alpha": tf.float32, "repetition_penalty": tf.float32, "min_new_tokens": tf.int32}}
 # processor and warper options among them, in the graph whatever the compile-time config says
 RUNTIME = {strategy: tuple(name for name in names if name in ("repetition_penalty", *WARPER_INPUTS))
@@ -72,8 +73,6 @@ class Exported(tf.Module):
         self.weights = [v for v in _variables(model)]
         self.functions = {}
         for strategy in strategies:
-            if strategy == "beam" and batch_size is None:
-                raise ValueError("beam search needs a fixed --batch-size (its beams are folded into the batch)")
             cfg = _config(strategy, max_new_tokens, num_beams, top_k)
             key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME[strategy])
             compiled = xla_function(_runner(model.network, cfg, key))
@@ -197,29 +196,11 @@ def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, ma
     batch_size None lets greedy/sample/contrastive signatures take any batch size; beam needs a
     fixed one. num_beams: the beam signature's beams; top_k: the contrastive signature's candidates.
     """
-    strategies = tuple(strategies)
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad or not strategies:
-        raise ValueError(f"strategies must be a non-empty subset of {', '.join(STRATEGIES)}, got {list(strategies)}")
-    for name, value in (("bucket", bucket), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
-                        ("top_k", top_k)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if "beam" in strategies and num_beams < 2:
-        raise ValueError(f"num_beams must be >= 2 for the beam signature (1 is greedy search), got {num_beams}")
-    if "contrastive" in strategies and not 2 <= top_k <= model.config.vocab_size:
-        raise ValueError(f"top_k must be in [2, {model.config.vocab_size}] for the contrastive signature "
-                         f"(its candidates per step; 1 is greedy search), got {top_k}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
-    if bucket + max_new_tokens > model.config.n_positions:
-        raise ValueError(f"bucket {bucket} + max_new_tokens {max_new_tokens} exceeds n_positions {model.config.n_positions}")
+    strategies = check_export_options(out_dir, batch_size, bucket, max_new_tokens, strategies, num_beams, top_k,
+                                      model.config)
     out_dir = os.path.abspath(out_dir)
-    if os.path.lexists(out_dir):
-        raise FileExistsError(f"{out_dir} exists; choose a new directory")
     parent = os.path.dirname(out_dir)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write {out_dir}: its parent directory {parent} does not exist")
+    os.makedirs(parent, exist_ok=True)  # e.g. models/gutenberg/ for models/gutenberg/1, as TF Serving lays them out
     module = Exported(model, batch_size, bucket, max_new_tokens, strategies, num_beams, top_k)
     signatures = {name: fn.get_concrete_function() for name, fn in module.functions.items()}
     signatures["serving_default"] = signatures[strategies[0]]

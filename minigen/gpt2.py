@@ -12,10 +12,12 @@ import tensorflow as tf
 
 from . import export as exporting
 from . import text
-from .compile_cache import DEFAULT_SIZE, CompileCache, compile_notice
+from .compile_cache import DEFAULT_SIZE, CompileCache
+from .status import compile_notice
 from .config import GPT2Config
 from .generation import generate as generation
 from .generation import outputs
+from .generation.config import GenerationConfig
 from .generation.inputs import prepare_logits_inputs
 from .model import Transformer
 
@@ -36,6 +38,8 @@ class GPT2:
         network: the `Transformer` (weights and forward phases).
         config: its GPT2Config.
         tokenizer: a `minigen.Tokenizer`, or None (set by `minigen.load` when the directory has one).
+        generation_config: the defaults of `generate` (a GenerationConfig; `minigen.load` reads the
+            directory's generation_config.json, as transformers does); options given to a call win.
         compile_cache: the compiled functions, least recently used evicted beyond
             `compile_cache.maxsize` (default 16; `minigen.load(..., compile_cache_size=)`);
             `compile_cache.clear()` drops them all.
@@ -47,6 +51,7 @@ class GPT2:
         self.network = Transformer(config, params, dtype)
         self.config = config
         self.tokenizer = tokenizer
+        self.generation_config = GenerationConfig()
         self.compile_cache = CompileCache(compile_cache_size)
 
     @property
@@ -96,9 +101,17 @@ class GPT2:
         see `minigen.generation.outputs.compute_transition_scores`."""
         return outputs.compute_transition_scores(sequences, scores, beam_indices, normalize_logits)
 
-    def generate(self, input_ids, attention_mask=None, **options):
+    def generate(self, input_ids=None, attention_mask=None, **options):
         """Generate continuations; see `minigen.generation.generate.generate` for the options
-        (including cache=/return_state= to continue a conversation without recomputing it)."""
+        (including cache=/return_state= to continue a conversation without recomputing it).
+        `inputs=` (the reference's name) is accepted for input_ids."""
+        if "inputs" in options:
+            if input_ids is not None:
+                raise ValueError("pass input_ids or inputs (the reference's name for it), not both")
+            input_ids = options.pop("inputs")
+        if input_ids is None:
+            raise ValueError("generate needs input_ids: a [batch, length] array of token ids (GPT-2 has no BOS "
+                             "to start from; encode a prompt with model.tokenizer)")
         return generation.generate(self, input_ids, attention_mask, **options)
 
     def stream_tokens(self, input_ids, attention_mask=None, chunk_size: int = 8, **options):

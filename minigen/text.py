@@ -14,6 +14,20 @@ def _tokenizer_of(model) -> Tokenizer:
     return tokenizer
 
 
+# generate's options whose result is not text: the text API returns strings, so it refuses them
+TOKEN_OUTPUTS = ("return_dict", "return_dict_in_generate", "output_scores", "output_logits", "output_logprobs",
+                 "return_state", "cache")
+
+
+def refuse_token_outputs(options: dict, api: str) -> None:
+    """ValueError, before anything compiles, for an option whose result `api` (strings) cannot carry."""
+    asked = [name for name in TOKEN_OUTPUTS if options.get(name) not in (None, False)]
+    if asked:
+        raise ValueError(f"{api} returns text; {asked[0]} is for model.generate(ids, mask, ...), which returns "
+                         "token ids with it (ids, mask = model.tokenizer.encode_batch(prompts); decode with "
+                         "model.tokenizer.batch_decode)")
+
+
 def as_prompt_list(prompts) -> list[str]:
     """A string or a list/tuple of strings as a list; ValueError naming what is wrong otherwise."""
     if isinstance(prompts, str):
@@ -43,6 +57,7 @@ def generate_text(model, prompts, return_full_text: bool = False, **options) -> 
         **options: `generate`'s options (max_new_tokens, do_sample, temperature, top_k, top_p,
             num_beams, num_return_sequences, seed, pad_to_multiple_of, ...).
     """
+    refuse_token_outputs(options, "generate_text")
     tokenizer = _tokenizer_of(model)
     prompts = as_prompt_list(prompts)
     ids, mask = tokenizer.encode_batch(prompts)
@@ -61,8 +76,10 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
     """Yield the continuation of one prompt in pieces as the compiled loop produces tokens.
 
     Joined, the pieces equal `generate_text(model, prompt, **options)[0]`. A piece is held back
-    while it ends inside a multi-byte character (decoding would show U+FFFD).
+    while it ends inside a multi-byte character (decoding would show U+FFFD). The generator returns
+    (StopIteration.value) "max_time" when max_time cut the continuation short, else None.
     """
+    refuse_token_outputs(options, "stream")
     tokenizer = _tokenizer_of(model)
     if not isinstance(prompt, str):
         raise ValueError(f"stream takes one prompt (a string), got {type(prompt).__name__}")
@@ -73,7 +90,13 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
         raise ValueError("stream returns one continuation: num_return_sequences must be 1")
     new_ids: list[int] = []
     shown = ""
-    for chunk in stream(model, ids, mask, chunk_size=chunk_size, **options):
+    chunks = stream(model, ids, mask, chunk_size=chunk_size, **options)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration as stop:
+            stopped = stop.value
+            break
         new_ids.extend(int(t) for t in chunk[0])
         text = tokenizer.decode(new_ids)
         if text.endswith("\ufffd"):
@@ -84,3 +107,4 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
     text = tokenizer.decode(new_ids)
     if len(text) > len(shown):
         yield text[len(shown):]
+    return stopped

@@ -113,4 +113,21 @@ class Tokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def decode_batch(self, rows, skip_special_tokens: bool = True) -> list[str]:
+        """Text of each id sequence (a row of generate's output, say)."""
         return [self.decode(r, skip_special_tokens) for r in rows]
+
+    batch_decode = decode_batch  # transformers' name
+
+    def __call__(self, text, pad_to_multiple_of: int | None = None, return_tensors: str | None = None) -> dict:
+        """As a transformers tokenizer is called: {"input_ids", "attention_mask"}. One string gives
+        lists of ids and 1s; a list of strings gives int32 arrays [batch, width], always left-padded
+        (the side generation continues from; transformers pads on the right unless told otherwise).
+        return_tensors: None or "np" (minigen works on NumPy arrays)."""
+        if return_tensors not in (None, "np"):
+            raise TokenizerError(f"return_tensors must be None or 'np' (minigen takes NumPy arrays), got "
+                                 f"{return_tensors!r}")
+        if isinstance(text, str) and return_tensors is None:
+            ids = self.encode(text)
+            return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        ids, mask = self.encode_batch([text] if isinstance(text, str) else text, pad_to_multiple_of)
+        return {"input_ids": ids, "attention_mask": mask}

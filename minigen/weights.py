@@ -12,6 +12,7 @@ A minigen model directory holds:
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,41 @@ class LoadError(ValueError):
     """A path that does not hold a usable minigen model; the message says what to do."""
 
 
+class TensorInfo(NamedTuple):
+    """A tensor as its file's header describes it (nothing read yet)."""
+
+    shape: tuple
+    dtype: str  # numpy's name: float32, bfloat16, int32, ...
+
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _unreadable(path: str, e: Exception) -> LoadError:
+    return LoadError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}")
+
+
+def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Each tensor's shape and dtype from a safetensors file's header, plus its metadata: cheap, so
+    that a file that does not fit its config is refused before gigabytes are read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            infos = {}
+            for name in f.keys():
+                part = f.get_slice(name)
+                infos[name] = TensorInfo(tuple(part.get_shape()), SAFETENSORS_DTYPES.get(part.get_dtype(),
+                                                                                          part.get_dtype().lower()))
+        return infos, metadata
+    except FileNotFoundError:
+        raise LoadError(f"{path} does not exist") from None
+    except Exception as e:  # safetensors raises its own error type for corrupt/truncated files
+        raise _unreadable(path, e) from None
+
+
 def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors of a safetensors file as NumPy arrays, plus its metadata; clear errors if unreadable."""
     from safetensors import safe_open
@@ -43,7 +79,20 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except FileNotFoundError:
         raise LoadError(f"{path} does not exist") from None
     except Exception as e:  # safetensors raises its own error type for corrupt/truncated files
-        raise LoadError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+        raise _unreadable(path, e) from None
+
+
+def check_layer_count(names, n_layer: int, source: str) -> None:
+    """LoadError unless the file's blocks h.0 .. h.{n-1} are config.json's n_layer: checked from the
+    names alone, before the expected layout (n_layer x 12 tensors) is even listed."""
+    layers = {int(name.split(".")[1]) for name in names if name.startswith("h.") and name.split(".")[1].isdigit()}
+    held = len(layers)
+    if held < n_layer:
+        raise LoadError(f"{source} is missing tensor(s): those of blocks h.{held} .. h.{n_layer - 1} (config.json "
+                        f"says n_layer {n_layer}; the file holds {held} block{'s' if held != 1 else ''})")
+    if max(layers, default=-1) >= n_layer:
+        raise LoadError(f"{source} has tensor(s) that config.json does not describe: h.{n_layer}.* .. "
+                        f"h.{max(layers)}.* (more layers than config.json's n_layer {n_layer}?)")
 
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what a weight tensor may be stored as
@@ -89,16 +138,22 @@ def check_shapes(tensors: dict[str, np.ndarray], expected: dict[str, tuple], sou
             )
 
 
+def check_dtypes(tensors: dict, source: str) -> None:
+    """LoadError naming the first tensor that is not floating point (from the header: nothing read)."""
+    for name, value in tensors.items():
+        if str(value.dtype) not in FLOAT_DTYPES:
+            raise LoadError(f"{source}: tensor {name!r} has dtype {value.dtype}; weights must be one of "
+                            f"{', '.join(FLOAT_DTYPES)}")
+
+
 def check_values(tensors: dict[str, np.ndarray], source: str) -> None:
     """Raise LoadError naming the first tensor that is not floating point or holds NaN/inf.
 
     Integer or bool weights would be cast silently, and a NaN weight makes every logit NaN, whose
     argmax is then an arbitrary id: both must stop at load time, not surface as odd text.
     """
+    check_dtypes(tensors, source)
     for name, value in tensors.items():
-        if str(value.dtype) not in FLOAT_DTYPES:
-            raise LoadError(f"{source}: tensor {name!r} has dtype {value.dtype}; weights must be one of "
-                            f"{', '.join(FLOAT_DTYPES)}")
         if not np.isfinite(value).all():
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
             raise LoadError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s)")
@@ -137,8 +192,13 @@ def check_model_dir(path: str | os.PathLike | None) -> str:
     if os.path.isfile(path):
         raise LoadError(f"{path!r} is a file; pass the model directory that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not os.path.isdir(path):
-        raise LoadError(f"model directory {path!r} does not exist")
+        shipped = ", ".join(shipped_models()) or "none in this installation"
+        raise LoadError(f"model directory {path!r} does not exist (shipped models: {shipped}; a Hugging Face "
+                        "GPT-2 must first be converted: `minigen convert SRC DST`)")
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)) or not os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+        if os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
+            raise LoadError(f"{path!r} is a sharded Hugging Face checkpoint; convert it first with "
+                            "`python -m weights_tools convert SRC DST`")
         raise LoadError(
             f"{path!r} is not a minigen model directory (it needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
             "make one from a Hugging Face GPT-2 with `python -m weights_tools convert SRC DST`"
@@ -163,7 +223,7 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
     # imported here, not at the top: `import minigen` (and the CLI's argument checks) must not load TensorFlow
     from .gpt2 import GPT2
 
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not isinstance(compile_cache_size, int) or isinstance(compile_cache_size, bool) or compile_cache_size < 1:
         raise LoadError(f"compile_cache_size must be an int >= 1, got {compile_cache_size!r}")
@@ -173,19 +233,59 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
         config = GPT2Config.from_json_file(os.path.join(path, CONFIG_FILE))
     except ConfigError as e:
         raise LoadError(f"{path}: {e}") from None
-    tensors, metadata = read_safetensors(weights)
+    # everything the header and the small files can tell is checked before a tensor is read
+    header, metadata = read_header(weights)
     if metadata.get("format") != FORMAT_METADATA["format"]:
         raise LoadError(
             f"{weights} is not in minigen's format (a Hugging Face checkpoint?); "
             "convert it with `python -m weights_tools convert SRC DST`"
         )
-    check_shapes(tensors, tensor_shapes(config), weights)
+    check_layer_count(header, config.n_layer, weights)
+    check_shapes(header, tensor_shapes(config), weights)
+    check_dtypes(header, weights)
+    tokenizer = load_tokenizer(path, config)
+    defaults = load_generation_config(path)
+    tensors, _ = read_safetensors(weights)
     check_values(tensors, weights)
     model = GPT2(config, tensors, dtype=dtype, compile_cache_size=compile_cache_size)
-    if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
-        try:
-            eos = config.eos_token_id if isinstance(config.eos_token_id, int) else None
-            model.tokenizer = Tokenizer.from_dir(path, eos_id=eos)
-        except Exception as e:  # noqa: BLE001 - any failure reading it is reported as a LoadError
-            raise LoadError(f"{path}: could not load its tokenizer: {e}") from None
+    model.tokenizer = tokenizer
+    model.generation_config = defaults
     return model
+
+
+def load_tokenizer(path: str, config: GPT2Config):
+    """The directory's tokenizer (None without one); LoadError if it cannot be read or its vocabulary
+    size is not the model's (ids would fail to decode, or name rows the model does not have)."""
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
+        return None
+    try:
+        eos = config.eos_token_id if isinstance(config.eos_token_id, int) else None
+        tokenizer = Tokenizer.from_dir(path, eos_id=eos)
+    except Exception as e:  # noqa: BLE001 - any failure reading it is reported as a LoadError
+        raise LoadError(f"{path}: could not load its tokenizer: {e}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise LoadError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                        f"{config.vocab_size}; they must be the same vocabulary")
+    return tokenizer
+
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def load_generation_config(path: str):
+    """The model's generation defaults from generation_config.json (as transformers reads it), or
+    the plain defaults without one. Fields minigen does not use are named once on the `minigen` logger."""
+    import logging
+
+    from .generation.config import GenerationConfig  # no TensorFlow: config.py imports only numpy
+
+    file = os.path.join(path, GENERATION_CONFIG_FILE)
+    if not os.path.isfile(file):
+        return GenerationConfig()
+    try:
+        config, unused = GenerationConfig.from_json_file(file)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
+    if unused:
+        logging.getLogger("minigen").warning("%s: ignored field(s) minigen does not use: %s", file, ", ".join(unused))
+    return config

@@ -57,7 +57,7 @@ GROUPS = [
     (["test_shipped.py"], 1.35),
     (["test_speculative_sampling.py"], 1.5),
     (["test_model.py"], 1.9),  # GPT-2 small and its reference twin
-    (["test_speculative.py"], 1.15),
+    (["test_speculative.py", "test_trust.py"], 1.4),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 

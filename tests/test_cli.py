@@ -45,11 +45,11 @@ def test_cli_stdin_and_input_output_round_trip(text_model_dir, tmp_path, cli):
     "args, code, message",
     [
         (["generate", "x", "--model", "/nonexistent/model"], 1, "does not exist"),
-        (["generate", "x", "--model", "{model}", "--top-p", "1.5"], 2, "top_p"),
+        (["generate", "x", "--model", "{model}", "--top-p", "1.5"], 2, "--top-p"),  # flags, not Python names
         (["generate", "x", "--model", "{model}", "--max-new-tokens", "zero"], 2, "--max-new-tokens"),
         (["generate", "", "--model", "{model}"], 2, "empty"),
         (["generate", "x", "--model", "{model}", "--no-such-flag"], 2, "unrecognized"),
-        (["generate", "x", "--model", "{model}", "--max-time", "2"], 2, "max_time is read between streamed chunks"),
+        (["generate", "x", "--model", "{model}", "--max-time", "2"], 2, "--max-time is read between streamed chunks"),
     ],
 )
 
@@ -92,11 +92,17 @@ def test_cli_verbose_reports_compile_and_speed(text_model_dir, cli):
     assert "minigen: generated 1 x 5 tokens in" in result.stderr and "tok/s" in result.stderr  # the second batch
 
 
-def test_make_demo_runs(capsys):
-    """What `make demo` runs (the Makefile's demo target calls `python -m minigen.demo`), in-process."""
+def test_make_demo_runs(capsys, monkeypatch):
+    """What `make demo` runs (the Makefile's demo target calls `python -m minigen.demo`), in-process;
+    it imports TensorFlow through the muting import (tests/test_trust.py checks the muting itself in a
+    subprocess of weights_tools, which shares it)."""
     from pathlib import Path
 
+    import minigen.demo
     from minigen.demo import main
+
+    muted = []
+    monkeypatch.setattr(minigen.demo, "import_tensorflow_quietly", lambda: muted.append(True))
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "-m minigen.demo" in makefile
@@ -107,6 +113,7 @@ def test_make_demo_runs(capsys):
     assert main(["--max-new-tokens", "3"]) == 0
     stdout = capsys.readouterr().out
     assert "greedy" in stdout and "beam search" in stdout
+    assert muted == [True]
 
 
 def test_cli_speculative_flags_equal_plain_greedy(cli):

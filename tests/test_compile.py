@@ -147,10 +147,10 @@ class _Terminal(io.StringIO):
 
 
 def test_a_long_compile_is_announced_on_a_terminal_only(hf_and_minigen, monkeypatch):
-    import minigen.compile_cache
+    import minigen.status
 
     _, _, model = hf_and_minigen("tiny")
-    monkeypatch.setattr(minigen.compile_cache, "NOTICE_AFTER", 0.0)  # every compile counts as long here
+    monkeypatch.setattr(minigen.status, "NOTICE_AFTER", 0.0)  # every compile counts as long here
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     model.generate([[1, 2, 3]], max_new_tokens=19)

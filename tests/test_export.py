@@ -37,7 +37,7 @@ def test_saved_model_round_trip(hf_and_minigen, tmp_path):
     ids, mask = left_padded_batch(np.random.default_rng(3), 511, [5, 16], pad_id=1)
     export(model, str(tmp_path / "saved"), batch_size=2, bucket=16, max_new_tokens=8,
            strategies=("greedy", "sample", "beam"), num_beams=3)
-    plain = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, seed=[0, 0])
+    plain = dict(repetition_penalty=1.0, min_new_tokens=0)  # greedy and beam take no sampling inputs
     sample = dict(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, min_new_tokens=3, seed=[3, 4],
                   min_p=0.02, typical_p=0.95, epsilon_cutoff=0.0, eta_cutoff=0.0005)
     calls = {"greedy": plain, "sample": sample, "beam": {**plain, "length_penalty": 0.6, "min_new_tokens": 2}}

@@ -48,3 +48,29 @@ def test_wide_long_beam_search_decodes_in_segments_and_matches_reference(hf_and_
     ours = model.generate(ids, mask, pad_token_id=PAD, output_scores=True, eos_token_id=[], **options)
     np.testing.assert_array_equal(ours.sequences, ref)
     np.testing.assert_allclose(ours.sequences_scores, out.sequences_scores.numpy(), atol=1e-4)
+
+
+def test_logprobs_and_transition_scores_across_a_segment_end_match_reference(hf_and_minigen):
+    """output_logprobs equals compute_transition_scores(..., normalize_logits=True) up to and including
+    each row's EOS; after it logprobs is 0 by definition, while the transition scores score the pad
+    token as the reference's do. Across the segment end, both against the reference."""
+    hf, _, model = hf_and_minigen("four")
+    rows, max_new = 32, 240
+    ids, mask = left_padded_batch(np.random.default_rng(15), 777, list(range(1, 17)) * 2, pad_id=PAD)
+    eos = early_eos(hf, ids, mask, max_new)
+    ref, out = hf_generate(hf, ids, mask, None, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
+                           output_scores=True, return_dict_in_generate=True)
+    ours = model.generate(ids, mask, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=PAD,
+                          output_scores=True, output_logprobs=True)
+    steps = len(out.scores)
+    assert steps > 128  # the reference ran into the second segment
+    transition = model.compute_transition_scores(ours.sequences, ours.scores, normalize_logits=True)
+    reference = hf.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).numpy()
+    # float32 log-softmax of 240 steps' logits, summed in another order than PyTorch's: ~1e-5 relative
+    np.testing.assert_allclose(transition[:, :steps], reference, atol=3e-4)
+    new = ours.sequences[:, -max_new:]
+    hit = new == eos
+    through_eos = (np.cumsum(hit, axis=1) - hit) == 0
+    assert hit.any(axis=1).sum() > 1 and (~through_eos).any()  # rows end at different steps
+    np.testing.assert_allclose(ours.logprobs[through_eos], transition[through_eos], atol=1e-5)
+    assert (ours.logprobs[~through_eos] == 0).all() and (transition[~through_eos] != 0).any()

@@ -44,7 +44,11 @@ def run_convert(args) -> None:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from minigen.status import import_tensorflow_quietly
     from minigen.weights import LoadError
+
+    if args.command != "convert" or args.verify:  # these run the model: TensorFlow, without its CUDA probe noise
+        import_tensorflow_quietly()
 
     from .hf_checkpoint import CheckpointError
 

@@ -19,10 +19,11 @@ import tempfile
 import numpy as np
 
 from minigen.layout import tensor_shapes
-from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_shapes, check_values,
-                             read_metadata)
+from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_layer_count, check_shapes,
+                             check_values, read_metadata)
 
-from .hf_checkpoint import CheckpointError, has_own_head, read_config, read_hf_tensors, to_minigen_names
+from .hf_checkpoint import (CheckpointError, has_own_head, hf_header_names, read_config, read_hf_tensors,
+                            to_minigen_names)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -72,10 +73,15 @@ def convert(src: str, dst: str, force: bool = False, dtype: str = "float32", qui
             raise CheckpointError(f"destination {dst!r} already exists; pass --force to replace it")
         check_replaceable(dst)
 
+    if read_metadata(os.path.join(src, WEIGHTS_FILE)).get("format") == FORMAT_METADATA["format"]:
+        raise CheckpointError(f"{src!r} is already a minigen model (converted earlier): load it with "
+                              f"minigen.load({src!r}) or `minigen generate --model {src}`; convert takes a Hugging "
+                              "Face GPT-2 directory")
     config, raw_config = read_config(src)
+    copies = tokenizer_files(src)  # refused links are refused before anything is written
     tmp = _temporary_dir_beside(dst)  # before reading: an unwritable destination fails at once
     try:
-        return _convert_into(tmp, src, dst, config, raw_config, dtype, quiet, verify_with_source, tolerance)
+        return _convert_into(tmp, src, dst, config, raw_config, copies, dtype, quiet, verify_with_source, tolerance)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -91,10 +97,14 @@ def _temporary_dir_beside(dst: str) -> str:
         raise CheckpointError(f"cannot write into {parent!r}: {e.strerror}") from None
 
 
-def _convert_into(tmp, src, dst, config, raw_config, dtype, quiet, verify_with_source, tolerance) -> str:
+def _convert_into(tmp, src, dst, config, raw_config, copies, dtype, quiet, verify_with_source, tolerance) -> str:
     from safetensors.numpy import save_file
 
     _say(f"reading {src}", quiet)
+    try:  # from the headers, before any tensor is read (a config with a huge n_layer lists millions)
+        check_layer_count(hf_header_names(src), config.n_layer, src)
+    except LoadError as e:
+        raise CheckpointError(str(e)) from None
     hf = read_hf_tensors(src)
     if config.tie_word_embeddings and has_own_head(hf, config):
         # the reference keeps such a head (see has_own_head); so do we, and say so in the config
@@ -118,10 +128,11 @@ def _convert_into(tmp, src, dst, config, raw_config, dtype, quiet, verify_with_s
     save_file(stored, os.path.join(tmp, WEIGHTS_FILE), metadata=dict(FORMAT_METADATA))
     with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(raw_config, f, indent=2, sort_keys=True)
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-    _usual_permissions(tmp)
+    _usual_permissions(tmp, _mode(os.path.join(src, WEIGHTS_FILE)) if os.path.isfile(os.path.join(src, WEIGHTS_FILE))
+                       else 0o666)
+    for name in copies:  # each keeps its own permissions, never wider
+        shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+        os.chmod(os.path.join(tmp, name), _mode(os.path.join(src, name)) & 0o666 & ~_umask())
     if verify_with_source:
         verify(tmp, src, tolerance=tolerance, quiet=quiet)
     _replace(tmp, dst)
@@ -157,13 +168,41 @@ def check_replaceable(dst: str) -> None:
                               "not write; move them out or choose another destination")
 
 
-def _usual_permissions(path: str) -> None:
-    """mkdtemp makes a private (0700) directory; give DST the permissions a plain mkdir would."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _usual_permissions(path: str, source_mode: int = 0o666) -> None:
+    """mkdtemp makes a private (0700) directory; give DST the permissions a plain mkdir would, and the
+    files written so far those of a new file, but never wider than the source weights' own."""
+    umask = _umask()
     os.chmod(path, 0o777 & ~umask)
     for name in os.listdir(path):
-        os.chmod(os.path.join(path, name), 0o666 & ~umask)
+        os.chmod(os.path.join(path, name), 0o666 & ~umask & source_mode)
+
+
+def tokenizer_files(src: str) -> list[str]:
+    """The tokenizer (and generation config) files to copy from SRC: regular files, or links that
+    stay inside SRC; CheckpointError for a link that leads out of it (its target could be any file of
+    the user's, which DST would then publish)."""
+    found = []
+    for name in TOKENIZER_FILES:
+        path = os.path.join(src, name)
+        if not os.path.lexists(path):
+            continue
+        if os.path.islink(path) and not _inside(path, src):
+            raise CheckpointError(f"{path} is a link to {os.path.realpath(path)}, outside {src!r}; copy the file "
+                                  "into the checkpoint directory if it belongs there")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is not a regular file")
+        found.append(name)
+    return found
 
 
 def _replace(tmp: str, dst: str) -> None:

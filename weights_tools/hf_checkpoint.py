@@ -16,7 +16,7 @@ import numpy as np
 
 from minigen.config import ConfigError, GPT2Config
 from minigen.layout import hf_names
-from minigen.weights import LoadError, read_safetensors
+from minigen.weights import LoadError, read_header, read_safetensors
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -35,9 +35,13 @@ def read_config(src: str) -> tuple[GPT2Config, dict]:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
+        if not isinstance(raw, dict):
+            raise ConfigError("it must hold a JSON object")
         return GPT2Config.from_dict(raw), raw
-    except (ConfigError, json.JSONDecodeError) as e:
+    except (ConfigError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config.json") from None
 
 
 def weight_files(src: str) -> list[str]:
@@ -50,7 +54,14 @@ def weight_files(src: str) -> list[str]:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        if not all(isinstance(shard, str) for shard in shards):
+            raise CheckpointError(f"{index} names a shard that is not a file name: {shards!r}")
         paths = [os.path.join(src, shard) for shard in shards]
+        outside = [p for p in paths if os.path.commonpath([os.path.realpath(p), os.path.realpath(src)])
+                   != os.path.realpath(src)]
+        if outside:
+            raise CheckpointError(f"{index} names shard(s) outside {src!r}: {', '.join(outside)}; a checkpoint's "
+                                  "shards lie in its own directory")
         absent = [p for p in paths if not os.path.isfile(p)]
         if absent:
             raise CheckpointError(f"{index} lists shard(s) that are missing: {', '.join(absent)}")
@@ -63,6 +74,18 @@ def weight_files(src: str) -> list[str]:
             "`GPT2LMHeadModel.from_pretrained(src).save_pretrained(dst)` (writes model.safetensors)"
         )
     raise CheckpointError(f"{src!r} has no model.safetensors or {INDEX_FILE}")
+
+
+def hf_header_names(src: str) -> list[str]:
+    """The checkpoint's tensor names (without `transformer.`), from the file headers only."""
+    names = []
+    for path in weight_files(src):
+        try:
+            header, _ = read_header(path)
+        except LoadError as e:
+            raise CheckpointError(str(e)) from None
+        names += [name.removeprefix("transformer.") for name in header]
+    return names
 
 
 def read_hf_tensors(src: str) -> dict[str, np.ndarray]:

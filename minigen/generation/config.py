@@ -3,10 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 
+import numpy as np
+
 INT32_MAX = 2**31 - 1  # integer options become int32 tensors or shapes: larger values would wrap
+# float options become float32 tensors: a nonzero value below the smallest normal float32 (or above the
+# largest) would arrive as 0 (or inf): temperature=1e-50 divided the logits by 0
+FLOAT32 = np.finfo(np.float32)
+
+# The reference's names for options minigen spells its own way.
+ALIASES = {"return_dict_in_generate": "return_dict"}
+# Options of the reference's `generate` (and its GenerationConfig) that minigen does not have, with
+# what to do instead: a transformers user's option is "not supported (yet)", not a typo.
+NOT_SUPPORTED = {
+    **dict.fromkeys(("output_hidden_states", "output_attentions"),
+                    "per-step hidden states and attentions are not kept by generate yet; "
+                    "model.logits(ids, mask, output_hidden_states=True, output_attentions=True) gives them for a "
+                    "whole sequence"),
+    "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
+    **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
+    **dict.fromkeys(("guidance_scale", "negative_prompt_ids", "negative_prompt_attention_mask"),
+                    "classifier-free guidance is not supported yet"),
+    "dola_layers": "DoLa decoding is not supported yet",
+    "token_healing": "token healing is not supported yet",
+    "top_h": "the top-h warper is not supported yet",
+    **dict.fromkeys(("num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
+                     "target_lookbehind", "assistant_early_exit", "is_assistant", "speculation_type", "use_mtp"),
+                    "minigen's speculative decoding takes assistant_model= with num_assistant_tokens, or "
+                    "prompt_lookup_num_tokens with max_matching_ngram_size"),
+    **dict.fromkeys(("constraints", "force_words_ids"), "constrained beam search is not supported"),
+    **dict.fromkeys(("prefix_allowed_tokens_fn", "stopping_criteria"),
+                    "pass logits_processor=[fn(sequences, valid, generated, logits) -> logits] (TensorFlow ops, "
+                    "compiled into the loop) or stop_strings / eos_token_id"),
+    "watermarking_config": "watermarking is not supported",
+    "low_memory": "beam search always runs all beams at once",
+    **dict.fromkeys(("cache_implementation", "cache_config", "max_cache_len", "compile_config", "disable_compile",
+                     "prefill_chunk_size", "continuous_batching_config"),
+                    "minigen always decodes with its own preallocated static cache, compiled with XLA"),
+    **dict.fromkeys(("encoder_repetition_penalty", "encoder_no_repeat_ngram_size", "decoder_start_token_id"),
+                    "encoder-decoder options do not apply to GPT-2"),
+    "tokenizer": "stop_strings use the model's own tokenizer (model.tokenizer); drop tokenizer=",
+    **dict.fromkeys(("synced_gpus", "assistant_tokenizer", "custom_generate", "trust_remote_code",
+                     "use_model_defaults"), "not applicable to minigen"),
+}
+# The reference's fields that carry no option (metadata, or ids GPT-2's generate does not read):
+# accepted and ignored when they come from a transformers GenerationConfig or generation_config.json.
+IGNORED = ("transformers_version", "_from_model_config", "_commit_hash", "bos_token_id", "use_cache")
 # The processors that read a row's tokens (processors.PROCESSORS), with their "off" values:
 # speculative decoding's verify blocks do not carry the tokens, so it refuses them.
 READS_ROW_TOKENS = (("sequence_bias", ()), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
@@ -21,6 +66,76 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def fits_float32(value) -> bool:
+    """Whether float32 holds `value` without turning it into 0 or inf (0 itself is fine)."""
+    return value == 0 or FLOAT32.tiny <= abs(value) <= FLOAT32.max
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Sampling warpers with the value that leaves them off: without do_sample=True they would have no effect,
+# so any other value is refused (one rule for all of them).
+SAMPLING_ONLY = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
+                 "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_tokens_to_keep": 1}
+# Bounds on the options that become tables inside the compiled loop. Stop strings: the table has a
+# row per token and columns per string; on GPT-2's vocabulary (2-core EPYC) 16 / 64 / 256 strings
+# took 1.5 / 6.0 / 23 s to build and 19 / 74 / 295 MiB (/tmp probe, stop_strings.stop_table); 1,600
+# strings had cost 145 s and 3.5 GB before the first token.
+MAX_STOP_STRINGS, MAX_STOP_BYTES = 64, 1024
+# bad_words_ids / sequence_bias travel as tensors (processors.word_table: 1,000 banned bigrams compile
+# in 2.0 s, any number of the same lengths reuses it); each step compares every entry.
+MAX_WORDS = 4096
+
+
+class KeyedProcessor:
+    """A user's logits processor as the compile key holds it: equal to another made from the same code
+    with equal captured values (a lambda written in a loop or a function called per request makes a
+    new function object each time, and keyed by identity each one compiled anew and stayed in
+    memory); anything else (a callable object, a closure over an unhashable value such as a tensor)
+    is keyed by identity."""
+
+    __slots__ = ("fn", "_key", "__weakref__")
+
+    def __init__(self, fn):
+        self.fn = fn
+        code = getattr(fn, "__code__", None)
+        key = ("id", id(fn))
+        if code is not None and hasattr(fn, "__globals__"):
+            cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
+            candidate = ("code", code, id(fn.__globals__), cells, fn.__defaults__,
+                         tuple(sorted((fn.__kwdefaults__ or {}).items())))
+            try:
+                hash(candidate)
+                key = candidate
+            except (TypeError, ValueError):
+                pass
+        self._key = key
+        if key[0] == "id":
+            self._key = ("id", fn)  # holds the function, so its id cannot be reused while the key lives
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __eq__(self, other):
+        return isinstance(other, KeyedProcessor) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    def __repr__(self):
+        return f"KeyedProcessor({self.fn!r})"
+
+
 def _bias_pairs(value) -> tuple:
     """sequence_bias as ((ids, bias), ...) from a dict {ids: bias} or a list of [ids, bias] pairs."""
     items = value.items() if isinstance(value, dict) else value
@@ -33,6 +148,31 @@ def _bias_pairs(value) -> tuple:
         raise ValueError(f"sequence_bias must map non-empty token id sequences to finite numbers, e.g. "
                          f"{{(12,): -2.0, (7, 9): 3.5}}, got {value!r}")
     return tuple((tuple(int(t) for t in ids), float(bias)) for ids, bias in pairs)
+
+
+def normalise_names(options: dict) -> dict:
+    """`options` with the reference's aliases renamed; ValueError for a name minigen does not know:
+    "not supported (yet)" for the reference's own options, "did you mean" for a typo."""
+    options = dict(options)
+    for alias, name in ALIASES.items():
+        if alias in options:
+            if name in options and options[name] != options[alias]:
+                raise ValueError(f"{alias} is the reference's name for {name}: pass one of them")
+            options[name] = options.pop(alias)
+    if options.get("use_cache", True) is not True:
+        raise ValueError("use_cache=False is not supported: minigen always decodes with its static KV cache")
+    options.pop("use_cache", None)
+    known = [f.name for f in dataclasses.fields(GenerationConfig)]
+    for name in options:
+        if name in known:
+            continue
+        if name in NOT_SUPPORTED:
+            raise ValueError(f"{name} is an option of transformers' generate that minigen does not support: "
+                             f"{NOT_SUPPORTED[name]}")
+        close = difflib.get_close_matches(name, known + list(ALIASES), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see minigen.generation.GenerationConfig for the options"
+        raise ValueError(f"unknown generate option {name!r}; {hint}")
+    return options
 
 
 @dataclasses.dataclass
@@ -150,12 +290,47 @@ class GenerationConfig:
 
     @classmethod
     def from_options(cls, **options) -> "GenerationConfig":
-        """Build from keyword options, rejecting unknown names with the list of known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown generate option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        """Build from keyword options. The reference's aliases are accepted (ALIASES); an option of
+        the reference that minigen lacks is refused as such (NOT_SUPPORTED, with what to do instead);
+        any other unknown name is refused with the closest known one."""
+        options = normalise_names(options)
         return cls(**options)
+
+    @classmethod
+    def from_transformers(cls, config, **options) -> "GenerationConfig":
+        """From a `transformers.GenerationConfig`: the fields it sets (its `to_diff_dict()`), then
+        `options` over them; a field minigen lacks is refused by name (see from_options)."""
+        fields = {k: v for k, v in config.to_diff_dict().items() if k not in IGNORED}
+        return cls.from_options(**{**fields, **options})
+
+    def set_fields(self) -> dict:
+        """The fields whose values differ from the defaults (what a generation_config.json sets)."""
+        default = GenerationConfig()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    @classmethod
+    def from_json_file(cls, path) -> tuple["GenerationConfig", list[str]]:
+        """A model's defaults from its generation_config.json (HF's file): the fields minigen has,
+        checked; returns (config, the names of the file's fields minigen does not use)."""
+        import json  # noqa: PLC0415 - only load needs it
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"{path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = {ALIASES.get(k, k): v for k, v in raw.items() if k not in IGNORED}
+        raw = {k: v for k, v in raw.items() if k in known or v not in (None, False, 0, [], {})}  # off: nothing to use
+        unused = sorted(k for k in raw if k not in known)
+        try:
+            config = cls(**{k: v for k, v in raw.items() if k in known}).check()
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return config, unused
 
     @property
     def strategy(self) -> str:
@@ -215,7 +390,7 @@ class GenerationConfig:
             raise ValueError("output_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 "
                              "use output_scores and compute_transition_scores(sequences, scores, beam_indices)")
         if streaming:
-            for name in ("output_scores", "output_logits", "output_logprobs"):
+            for name in ("output_scores", "output_logits", "output_logprobs", "return_dict"):
                 if getattr(self, name):
                     raise ValueError(f"streaming yields token ids only; {name} needs generate")
             if self.num_beams > 1:
@@ -232,6 +407,27 @@ class GenerationConfig:
                 raise ValueError("cache/return_state need num_return_sequences=1: one continuation per row")
         return self
 
+    def _check_int32_ids(self, model_config) -> None:
+        """Token ids become int32 tensors: without the model's config (the command line's early check),
+        at least that range; with it, the vocabulary's (checked in _check_values)."""
+        if model_config is not None:
+            return
+        for name in ("forced_bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value <= INT32_MAX):
+                raise ValueError(f"{name} must be a token id (an int in [0, 2**31 - 1]) or None, got {value!r}")
+        for name in ("eos_token_id", "forced_eos_token_id"):
+            value = getattr(self, name)
+            ids = [value] if _is_int(value) else value if isinstance(value, (list, tuple)) else None
+            if value is not None and (ids is None or not all(_is_int(t) and 0 <= t <= INT32_MAX for t in ids)):
+                raise ValueError(f"{name} must be a token id, a list of them or None (ids in [0, 2**31 - 1]), "
+                                 f"got {value!r}")
+        for name, words in (("suppress_tokens", [self.suppress_tokens]), ("begin_suppress_tokens",
+                            [self.begin_suppress_tokens]), ("bad_words_ids", self.bad_words_ids),
+                            ("sequence_bias", [w for w, _ in self.sequence_bias])):
+            if not all(0 <= t <= INT32_MAX for word in words for t in word):
+                raise ValueError(f"{name} must be token ids in [0, 2**31 - 1], got {getattr(self, name)!r}")
+
     def _check_values(self, model_config=None) -> None:
         """Each option's type and range (and, given the model's config, the token ids and bucket)."""
 
@@ -244,6 +440,9 @@ class GenerationConfig:
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or not ok(value):
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
+            if not fits_float32(value):
+                raise ValueError(f"{name} must be {allowed} that float32 can hold (0, or a magnitude between "
+                                 f"{FLOAT32.tiny:.3g} and {FLOAT32.max:.3g}), got {value!r}")
 
         if self.max_new_tokens is not None:
             positive_int("max_new_tokens")
@@ -273,11 +472,14 @@ class GenerationConfig:
         finite("eta_cutoff", "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
         if not _is_int(self.min_tokens_to_keep) or not 1 <= self.min_tokens_to_keep <= 256:
             raise ValueError(f"min_tokens_to_keep must be an integer in [1, 256], got {self.min_tokens_to_keep!r}")
-        warpers = {"min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_tokens_to_keep": 1}
         if not self.do_sample:
-            for name, off in warpers.items():
+            for name, off in SAMPLING_ONLY.items():
+                if name == "top_k" and self.penalty_alpha is not None:
+                    continue  # contrastive search's candidates
                 if getattr(self, name) != off:
-                    raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at {off}")
+                    raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at {off} "
+                                     "(greedy and beam search take the most likely tokens"
+                                     + (", contrastive search reads top_k with penalty_alpha)" if name == "top_k" else ")"))
         finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
         finite("length_penalty", "a finite number")
         if self.max_time is not None:
@@ -309,18 +511,27 @@ class GenerationConfig:
         stops = (self.stop_strings,) if isinstance(self.stop_strings, str) else self.stop_strings
         if not isinstance(stops, (list, tuple)) or not all(isinstance(t, str) and t for t in stops):
             raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {self.stop_strings!r}")
+        for i, text in enumerate(stops):
+            if not _is_text(text):
+                raise ValueError(f"stop_strings[{i}] holds a lone surrogate, which is not valid Unicode text "
+                                 f"(often an undecodable byte from the command line or a JSON \\ud800 escape): {text!r}")
+        if len(stops) > MAX_STOP_STRINGS or sum(len(t.encode("utf-8")) for t in stops) > MAX_STOP_BYTES:
+            raise ValueError(f"stop_strings: at most {MAX_STOP_STRINGS} strings of {MAX_STOP_BYTES} UTF-8 bytes in "
+                             f"all, got {len(stops)} of {sum(len(t.encode('utf-8')) for t in stops)} bytes (each "
+                             "string is a table checked inside the compiled loop)")
         self.stop_strings = tuple(stops)
         fns = self.logits_processor
         if not isinstance(fns, (list, tuple)) or not all(callable(f) for f in fns):
             raise ValueError(f"logits_processor must be a list of functions fn(sequences, valid, generated, logits) "
                              f"-> logits, got {fns!r}")
-        self.logits_processor = tuple(fns)
+        self.logits_processor = tuple(f if isinstance(f, KeyedProcessor) else KeyedProcessor(f) for f in fns)
         decay = self.exponential_decay_length_penalty
         if decay is not None:
-            if (not isinstance(decay, (list, tuple)) or len(decay) != 2 or not _is_int(decay[0]) or decay[0] < 0
-                    or not _is_number(decay[1]) or not math.isfinite(decay[1]) or decay[1] < 1):
+            if (not isinstance(decay, (list, tuple)) or len(decay) != 2 or not _is_int(decay[0])
+                    or not 0 <= decay[0] <= INT32_MAX or not _is_number(decay[1]) or not math.isfinite(decay[1])
+                    or decay[1] < 1 or not fits_float32(decay[1])):
                 raise ValueError(f"exponential_decay_length_penalty must be (start, factor): an int >= 0 and a "
-                                 f"finite number >= 1 (1 = off), got {decay!r}")
+                                 f"finite number >= 1 (1 = off), the start at most 2**31 - 1, got {decay!r}")
             self.exponential_decay_length_penalty = (int(decay[0]), float(decay[1]))
         if self.forced_bos_token_id is not None and not _is_int(self.forced_bos_token_id):
             raise ValueError(f"forced_bos_token_id must be a token id or None, got {self.forced_bos_token_id!r}")
@@ -329,6 +540,14 @@ class GenerationConfig:
             ids = [forced] if _is_int(forced) else forced
             if not isinstance(ids, (list, tuple)) or not ids or not all(_is_int(t) for t in ids):
                 raise ValueError(f"forced_eos_token_id must be a token id, a non-empty list of them or None, got {forced!r}")
+        self._check_int32_ids(model_config)
+        if not all(fits_float32(bias) for _, bias in self.sequence_bias):
+            raise ValueError(f"sequence_bias values must be numbers float32 can hold (0, or a magnitude between "
+                             f"{FLOAT32.tiny:.3g} and {FLOAT32.max:.3g}), got {self.sequence_bias!r}")
+        if len(self.bad_words_ids) > MAX_WORDS or len(self.sequence_bias) > MAX_WORDS:
+            name = "bad_words_ids" if len(self.bad_words_ids) > MAX_WORDS else "sequence_bias"
+            raise ValueError(f"{name}: at most {MAX_WORDS} entries (each step checks every one), got "
+                             f"{len(getattr(self, name))}")
         if self.seed is not None:
             seed = tuple(self.seed) if isinstance(self.seed, (list, tuple)) else None
             if seed is None or len(seed) != 2 or not all(_is_int(s) and -(2**31) <= s < 2**31 for s in seed):

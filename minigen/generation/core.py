@@ -171,6 +171,13 @@ class Record(NamedTuple):
     logprobs: tf.Tensor  # [rows, max_new] float32: each chosen token's log-prob, 0 after EOS ([rows, 0] when off)
     scores: tf.Tensor  # [max_new, rows, vocab] float32: each step's processed scores ([0, rows, vocab] when off)
     logits: tf.Tensor  # [max_new, rows, vocab] float32: each step's raw logits ([0, rows, vocab] when off)
+    invalid: tf.Tensor  # [rows] bool: a step's processed scores held NaN (only with a user processor, else [0])
+
+
+def checks_scores(key: CompileKey) -> bool:
+    """Whether the loop watches its processed scores for NaN: only a user's processor can make them
+    (weights are checked finite at load, built-in options are range-checked), so only then."""
+    return any(name == "logits_processor" for name, _ in key.processors)
 
 
 def new_record(key: CompileKey, rows, vocab: int) -> Record:
@@ -181,13 +188,14 @@ def new_record(key: CompileKey, rows, vocab: int) -> Record:
         logprobs=tf.zeros([rows, steps if key.logprobs else 0], tf.float32),
         scores=tf.zeros([steps if key.scores else 0, rows, vocab], tf.float32),
         logits=tf.zeros([steps if key.logits else 0, rows, vocab], tf.float32),
+        invalid=tf.zeros([rows if checks_scores(key) else 0], tf.bool),
     )
 
 
 def record(rec: Record, key: CompileKey, step, logits, scores, token, finished) -> Record:
     """rec with step `step` written: logits, scores [rows, vocab] as the token was chosen from them,
     token [rows] and finished [rows] (rows done before this step: log-prob 0)."""
-    logprobs, kept_scores, kept_logits = rec
+    logprobs, kept_scores, kept_logits, invalid = rec
     at = tf.stack([step, 0, 0])
     if key.logprobs:
         logprobs = write_column(logprobs, step, tf.where(finished, 0.0, token_logprob(scores, token)))
@@ -195,7 +203,10 @@ def record(rec: Record, key: CompileKey, step, logits, scores, token, finished) 
         kept_scores = xla.dynamic_update_slice(kept_scores, scores[None], at)
     if key.logits:
         kept_logits = xla.dynamic_update_slice(kept_logits, logits[None], at)
-    return Record(logprobs, kept_scores, kept_logits)
+    if checks_scores(key):
+        nan = tf.reduce_any(tf.math.is_nan(scores), axis=-1)
+        invalid |= nan if finished is None else nan & ~finished
+    return Record(logprobs, kept_scores, kept_logits, invalid)
 
 
 class Outputs(NamedTuple):

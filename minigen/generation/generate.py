@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from ..compile_cache import compile_notice
+from ..status import compile_notice
 from ..model import Transformer
 from . import contrastive
 from .beam_search import beam_search
@@ -38,7 +38,11 @@ logger = logging.getLogger("minigen")
 def describe(key: CompileKey) -> str:
     """What a compile is for, as users see it: 'greedy for 2 rows x bucket 16 (+32 new)'."""
     rows = f"{key.rows} row{'s' if key.rows != 1 else ''}"
-    return f"{key.strategy} for {rows} x bucket {key.bucket} (+{key.max_new_tokens} new)"
+    what = key.strategy
+    if key.speculation:
+        source = "a draft model" if key.speculation.source == "draft" else "prompt lookup"
+        what = f"speculative {key.strategy} ({source}, {key.speculation.num_candidates} candidates per step)"
+    return f"{what} for {rows} x bucket {key.bucket} (+{key.max_new_tokens} new)"
 
 
 def compiled_generate(model, key: CompileKey, assistant=None):
@@ -84,17 +88,29 @@ def stop_inputs(model, cfg: GenerationConfig) -> tuple[tuple, dict]:
     return table.shape_key, {"stop_table": tf.constant(table.table), "stop_lengths": tf.constant(table.lengths)}
 
 
-def as_config(generation_config, options) -> GenerationConfig:
-    """One GenerationConfig from generate's generation_config (a GenerationConfig, a dict or None)
-    and keyword options overriding its fields; not yet checked."""
+def as_config(generation_config, options, defaults: GenerationConfig | None = None) -> GenerationConfig:
+    """One GenerationConfig, not yet checked, from (lowest first) the model's defaults (what its
+    generation_config.json sets), generate's generation_config (a minigen GenerationConfig: all its
+    fields; a dict; or a transformers.GenerationConfig: the fields it sets) and keyword options."""
+    base = {} if defaults is None else defaults.set_fields()
     if isinstance(generation_config, GenerationConfig):
-        return GenerationConfig.from_options(**{**dataclasses.asdict(generation_config), **options})
-    if isinstance(generation_config, dict):
-        return GenerationConfig.from_options(**{**generation_config, **options})
-    if generation_config is None:
-        return GenerationConfig.from_options(**options)
-    raise ValueError(f"generation_config must be a GenerationConfig or a dict of its options, "
-                     f"got {type(generation_config).__name__}")
+        given = dataclasses.asdict(generation_config)
+    elif isinstance(generation_config, dict):
+        given = generation_config
+    elif generation_config is None:
+        given = {}
+    elif type(generation_config).__module__.startswith("transformers") and hasattr(generation_config, "to_diff_dict"):
+        return GenerationConfig.from_transformers(generation_config, **{**base, **options})
+    else:
+        raise ValueError(f"generation_config must be a GenerationConfig or a dict of options "
+                         f"(minigen.generation.GenerationConfig or transformers.GenerationConfig), got "
+                         f"{type(generation_config).__name__}")
+    return GenerationConfig.from_options(**{**base, **given, **options})
+
+
+def model_defaults(model) -> GenerationConfig | None:
+    """The model's own generation defaults (minigen.load reads generation_config.json), or None."""
+    return getattr(model, "generation_config", None)
 
 
 def prepare(model, input_ids, attention_mask, cfg: GenerationConfig):
@@ -131,6 +147,39 @@ def check_left_padded(mask: np.ndarray) -> None:
         raise ValueError(f"attention_mask row(s) {bad.tolist()} have padding after a token (e.g. {mask[bad[0]].tolist()[:8]}"
                          f"{'...' if mask.shape[1] > 8 else ''}); generate continues each row from its last column, so "
                          "pad on the left (minigen.Tokenizer.encode_batch does)")
+
+
+# output_scores / output_logits at their peak, measured (shipped model, 32 rows x 200 new tokens, 210 MB
+# per buffer: RSS grew 2.5x the buffers with both, 2.9x with one, a compile included): the loop's buffer,
+# its copy to the host and the per-step tuple
+RECORD_PEAK = 3
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_record_memory(key: CompileKey, vocab: int) -> None:
+    """ValueError, before compiling, when output_scores / output_logits would not fit in memory."""
+    buffers = int(key.scores) + int(key.logits)
+    if not buffers:
+        return
+    need = RECORD_PEAK * buffers * key.rows * key.max_new_tokens * vocab * 4
+    free = available_memory()
+    if free is not None and need > free:
+        asked = " and ".join(n for n, on in (("output_scores", key.scores), ("output_logits", key.logits)) if on)
+        raise ValueError(f"{asked} for {key.rows} rows x {key.max_new_tokens} new tokens x {vocab} vocabulary need "
+                         f"about {need / 2**30:.1f} GiB at their peak ({RECORD_PEAK}x the {buffers} buffer(s) of "
+                         f"rows x steps x vocab float32), and {free / 2**30:.1f} GiB is available: ask for fewer rows "
+                         "or tokens, or use output_logprobs (the chosen tokens' log-probs only)")
 
 
 def check_assistant(model, assistant, cfg: GenerationConfig, longest: int) -> None:
@@ -190,7 +239,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         new segment alone as the prompt.
     """
     continuing = cache is not None or return_state
-    cfg = as_config(generation_config, options).check(model.config, continuing=continuing,
+    cfg = as_config(generation_config, options, model_defaults(model)).check(model.config, continuing=continuing,
                                                       assistant=assistant_model is not None)
     cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
     if assistant_model is not None:
@@ -206,6 +255,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
                       speculation=speculation, stop=stop)
     ids, mask = expand_rows(ids, mask, key)
+    check_record_memory(key, model.config.vocab_size)
     check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     fresh = cache_key(key, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, key, assistant_model)
@@ -221,6 +271,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     logger.info("generated %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, cfg.max_new_tokens, elapsed,
                 batch * cfg.max_new_tokens / elapsed, ", incl. the compile" if compiled else "")
 
+    if result.record.invalid.shape[0]:
+        refuse_invalid_scores(result.record.invalid.numpy(), cfg)
     speculation_stats = None
     if key.speculation:
         steps, accepted, row_steps = (int(x) for x in result.speculation.numpy())
@@ -254,6 +306,17 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     return output
 
 
+def refuse_invalid_scores(invalid: np.ndarray, cfg: GenerationConfig) -> None:
+    """ValueError when a user's processor made a row's scores NaN: the tokens chosen from them mean
+    nothing, and returning them would look like a plausible answer."""
+    rows = np.nonzero(invalid)[0].tolist()
+    if rows:
+        names = ", ".join(f.name for f in cfg.logits_processor)
+        raise ValueError(f"logits_processor ({names}) returned NaN scores for row(s) {rows[:10]}"
+                         f"{' ...' if len(rows) > 10 else ''}: the tokens chosen from them are meaningless, so none "
+                         "are returned; make it return finite scores (-inf for a token it forbids)")
+
+
 def given_ids(input_ids) -> np.ndarray:
     """The caller's ids as a [batch, width] int32 array (already validated by as_batch)."""
     ids = np.asarray(input_ids)
@@ -282,11 +345,12 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     The compiled decode loop runs `chunk_size` steps at a time and hands its state (the static KV
     cache included) back for the next chunk, so the tokens are exactly `generate`'s. Rows that
     finished get pad_token_id. Greedy search, sampling and contrastive search (beam search's best
-    hypothesis is only known at the end).
+    hypothesis is only known at the end). The generator's return value (StopIteration.value) is
+    "max_time" when max_time cut it short, else None.
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    cfg = as_config(generation_config, options).check(model.config, streaming=True)
+    cfg = as_config(generation_config, options, model_defaults(model)).check(model.config, streaming=True)
     cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
     stop, stop_knobs = stop_inputs(model, cfg)
     key = compile_key(cfg, model.config, batch, bucket, stop=stop)
@@ -302,7 +366,7 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     # decode in segments, as one-shot generation does: a chunk stops at a segment's end, where the
     # cache grows (advance compiles once more per segment)
     ends = [size - key.bucket for size in windows(key)]
-    done = 0
+    done, stopped = 0, None
     while done < cfg.max_new_tokens:
         if done == ends[0] and len(ends) > 1:
             ends.pop(0)
@@ -313,6 +377,8 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
         if done == 0 and model.trace_count != traces:
             logger.info("compiled streaming %s in %.2fs (incl. first chunk)", describe(key),
                         time.perf_counter() - began)
+        if state.record.invalid.shape[0]:
+            refuse_invalid_scores(state.record.invalid.numpy(), cfg)
         chosen = int(state.step)
         if chosen > done:
             yield state.sequences[:, bucket + done:bucket + chosen].numpy()
@@ -321,7 +387,9 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
             break
         if cfg.max_time is not None and time.perf_counter() - began > cfg.max_time:
             logger.info("max_time %.3gs reached after %d tokens", cfg.max_time, done)
+            stopped = "max_time"
             break
     elapsed = time.perf_counter() - began
     logger.info("streamed %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, done, elapsed, batch * done / elapsed,
                 ", incl. the compile" if model.trace_count != traces else "")
+    return stopped

@@ -48,6 +48,20 @@ class GenerateOutput:
     state: "GenerationState | None" = None
     speculation: dict | None = None
 
+    # as the reference's ModelOutput: out["sequences"], out[0] (the fields that are set, in order), keys()
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, item):
+        if isinstance(item, str):
+            if item not in self.keys():
+                raise KeyError(f"{item!r}: this output holds {', '.join(self.keys())}")
+            return getattr(self, item)
+        return getattr(self, self.keys()[item])
+
+    def __contains__(self, item) -> bool:
+        return item in self.keys()
+
 
 @dataclasses.dataclass
 class GenerationState:
@@ -100,12 +114,26 @@ def compute_transition_scores(sequences, scores, beam_indices=None, normalize_lo
     Returns float32 [rows, len(scores)]; summed over a beam hypothesis and divided by its length **
     length_penalty it gives sequences_scores (with normalize_logits=False).
     """
-    stacked = np.stack([np.asarray(s, np.float32) for s in scores])  # [steps, beam rows, vocab]
-    steps = stacked.shape[0]
+    if not isinstance(scores, (tuple, list)) or not scores:
+        raise ValueError(f"scores must be generate's scores (or logits): a non-empty tuple of [rows, vocab] arrays, "
+                         f"as generate(..., output_scores=True) returns; got {type(scores).__name__}")
+    try:
+        stacked = np.stack([np.asarray(s, np.float32) for s in scores])  # [steps, beam rows, vocab]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"scores must be a tuple of [rows, vocab] float arrays of one shape: {e}") from None
+    if stacked.ndim != 3:
+        raise ValueError(f"scores must be a tuple of [rows, vocab] arrays, got arrays of shape {stacked.shape[1:]}")
+    steps, vocab = stacked.shape[0], stacked.shape[2]
     sequences = np.asarray(sequences)
     if sequences.ndim != 2 or sequences.shape[1] < steps:
         raise ValueError(f"sequences must be [rows, width] with at least len(scores) = {steps} columns, "
                          f"got shape {sequences.shape}")
+    if not np.issubdtype(sequences.dtype, np.integer):
+        raise ValueError(f"sequences must hold integer token ids, got dtype {sequences.dtype}")
+    generated = sequences[:, -steps:]
+    if ((generated < 0) | (generated >= vocab)).any():
+        bad = generated[(generated < 0) | (generated >= vocab)][0]
+        raise ValueError(f"sequences holds token id {int(bad)} outside the scores' vocabulary [0, {vocab})")
     if normalize_logits:
         top = np.max(stacked, axis=-1, keepdims=True)
         top = np.where(np.isfinite(top), top, 0.0)
@@ -118,9 +146,16 @@ def compute_transition_scores(sequences, scores, beam_indices=None, normalize_lo
                              "beam_indices for beam search")
         beams = np.broadcast_to(np.arange(len(sequences))[:, None], tokens.shape)
     else:
-        beams = np.asarray(beam_indices)[:, :steps]
+        beams = np.asarray(beam_indices)
+        if beams.ndim != 2 or not np.issubdtype(beams.dtype, np.integer):
+            raise ValueError(f"beam_indices must be an integer array [rows, len(scores)], got "
+                             f"{beams.dtype} {list(beams.shape)}")
+        beams = beams[:, :steps]
         if beams.shape != tokens.shape:
             raise ValueError(f"beam_indices must be [rows, len(scores)] = {list(tokens.shape)}, got {list(beams.shape)}")
+        if ((beams < -1) | (beams >= stacked.shape[1])).any():
+            raise ValueError(f"beam_indices must be beam rows of scores in [0, {stacked.shape[1]}) or -1 (past a "
+                             f"hypothesis' end), got {int(beams[(beams < -1) | (beams >= stacked.shape[1])][0])}")
     ended = beams < 0
     picked = stacked[np.arange(steps)[None, :], np.where(ended, 0, beams), tokens]  # [rows, steps]
     return np.where(ended, 0.0, picked).astype(np.float32)

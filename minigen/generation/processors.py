@@ -21,8 +21,10 @@ the value that means off, whether that value shapes the graph), and its Generati
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 NEG_INF = float("-inf")
@@ -90,32 +92,68 @@ def forbid_eos(logits, eos_ids: tuple[int, ...], active):
     return tf.where(is_eos & tf.expand_dims(active, -1), NEG_INF, logits)
 
 
-def ends_with(sequences, valid, next_slot, prefix: tuple[int, ...]):
-    """[rows] bool: the row's latest len(prefix) tokens (before next_slot, none of them padding) are `prefix`."""
-    if not prefix:
-        return tf.ones([tf.shape(sequences)[0]], tf.bool)
-    slots = tf.maximum(next_slot - len(prefix) + tf.range(len(prefix)), 0)
-    same = tf.equal(tf.gather(sequences, slots, axis=1), tf.constant(prefix)[None, :])  # [rows, len(prefix)]
-    return tf.reduce_all(same & tf.gather(valid, slots, axis=1), axis=1) & (next_slot >= len(prefix))
+def word_table(words) -> tuple[tuple, dict]:
+    """sequence_bias / bad_words_ids as tensors: (the compile key's part: ((length, count), ...) per
+    word length, the arrays by length: "prefix{L}" int32 [count, L-1], "last{L}" int32 [count],
+    "bias{L}" float32 [count]). New words of the same lengths and counts reuse the compiled loop, and
+    the graph is the same size for ten words or four thousand."""
+    by_length: dict[int, list] = {}
+    for word, bias in words:
+        by_length.setdefault(len(word), []).append((word, bias))
+    key, arrays = [], {}
+    for length in sorted(by_length):
+        rows = by_length[length]
+        key.append((length, len(rows)))
+        arrays[f"prefix{length}"] = np.array([w[:-1] for w, _ in rows], np.int32).reshape(len(rows), length - 1)
+        arrays[f"last{length}"] = np.array([w[-1] for w, _ in rows], np.int32)
+        arrays[f"bias{length}"] = np.array([b for _, b in rows], np.float32)
+    return tuple(key), arrays
 
 
-def sequence_bias(logits, sequences, valid, next_slot, biases: tuple[tuple[tuple[int, ...], float], ...]):
-    """Add each (word, bias)'s bias to the word's last token wherever the rest of the word ends the
-    row (HF's SequenceBiasLogitsProcessor; a one-token word's bias applies at every step). Biases of
-    words sharing a last token add up."""
+def word_hits(sequences, valid, next_slot, prefix, length: int):
+    """[rows, count] bool: each word's other tokens (prefix [count, length-1]) are the row's latest
+    ones before next_slot, none of them padding (a one-token word: always)."""
+    count = prefix.shape[0]
+    if length == 1:
+        return tf.ones([tf.shape(sequences)[0], count], tf.bool)
+    slots = tf.maximum(next_slot - (length - 1) + tf.range(length - 1), 0)
+    latest = tf.gather(sequences, slots, axis=1)  # [rows, length-1]
+    real = tf.reduce_all(tf.gather(valid, slots, axis=1), axis=1) & (next_slot >= length - 1)  # [rows]
+    same = tf.reduce_all(tf.equal(latest[:, None, :], prefix[None, :, :]), axis=2)  # [rows, count]
+    return same & real[:, None]
+
+
+def per_token(values, last, vocab: int):
+    """values [rows, count] summed into each word's last token: [rows, vocab]."""
+    return tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(values), last, vocab))
+
+
+def sequence_bias(logits, sequences, valid, next_slot, table):
+    """Add each word's bias to its last token wherever the rest of the word ends the row (HF's
+    SequenceBiasLogitsProcessor; a one-token word's bias applies at every step). Biases of words
+    sharing a last token add up. table: word_table's (key, tensors)."""
+    lengths, arrays = table
     vocab = logits.shape[-1]
-    total = tf.zeros_like(logits)
-    for word, bias in biases:
-        hit = ends_with(sequences, valid, next_slot, word[:-1])
-        total += tf.where(hit[:, None] & tf.equal(tf.range(vocab), word[-1])[None, :], bias, 0.0)
-    return logits + total
+    for length, _ in lengths:
+        hit = word_hits(sequences, valid, next_slot, arrays[f"prefix{length}"], length)
+        bias = tf.where(hit, arrays[f"bias{length}"][None, :], 0.0)
+        logits += per_token(bias, arrays[f"last{length}"], vocab)
+    return logits
 
 
-def bad_words(logits, sequences, valid, next_slot, words: tuple[tuple[int, ...], ...], eos_ids: tuple[int, ...]):
-    """Ban the last token of every word whose other tokens are the row's latest ones: a bias of -inf
-    (HF's NoBadWordsLogitsProcessor, which also drops one-token words that are an EOS id)."""
-    kept = tuple((word, NEG_INF) for word in words if not (len(word) == 1 and word[0] in eos_ids))
-    return sequence_bias(logits, sequences, valid, next_slot, kept)
+def bad_words(logits, sequences, valid, next_slot, table, eos_ids: tuple[int, ...]):
+    """Ban the last token of every word whose other tokens are the row's latest ones (HF's
+    NoBadWordsLogitsProcessor, which also drops one-token words that are an EOS id)."""
+    lengths, arrays = table
+    vocab = logits.shape[-1]
+    banned = tf.zeros_like(logits, tf.bool)
+    for length, _ in lengths:
+        last = arrays[f"last{length}"]
+        hit = word_hits(sequences, valid, next_slot, arrays[f"prefix{length}"], length)
+        if length == 1 and eos_ids:
+            hit &= ~tf.reduce_any(tf.equal(last[:, None], tf.constant(eos_ids)[None, :]), axis=1)[None, :]
+        banned |= per_token(tf.cast(hit, tf.float32), last, vocab) > 0
+    return tf.where(banned, NEG_INF, logits)
 
 
 def force_tokens(logits, token_ids: tuple[int, ...], active):
@@ -301,7 +339,8 @@ def custom(logits, step: "Step", fns):
     return logits
 
 
-_COMPILABLE = set()  # (fn, rows, width, vocab) already checked
+_COMPILABLE: OrderedDict = OrderedDict()  # (fn, rows, width, vocab) already checked, the latest CHECKED_KEPT
+CHECKED_KEPT = 256
 
 
 def check_custom(fns, rows: int, width: int, vocab: int) -> None:
@@ -310,12 +349,13 @@ def check_custom(fns, rows: int, width: int, vocab: int) -> None:
     (so the error names it, instead of failing deep inside the generation loop's compile)."""
     for fn in fns:
         if (fn, rows, width, vocab) in _COMPILABLE:
+            _COMPILABLE.move_to_end((fn, rows, width, vocab))
             continue
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = fn.name if hasattr(fn, "name") and hasattr(fn, "fn") else getattr(fn, "__qualname__", repr(fn))
         args = (tf.zeros([rows, width], tf.int32), tf.zeros([rows, width], tf.bool), tf.constant(0),
                 tf.zeros([rows, vocab], tf.float32))
         try:
-            out = tf.function(fn, jit_compile=True, autograph=False)(*args)
+            out = tf.function(getattr(fn, "fn", fn), jit_compile=True, autograph=False)(*args)
         except Exception as e:  # noqa: BLE001 - any failure is reported against the user's function
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"logits_processor {name} is not an XLA-compilable function of (sequences, valid, "
@@ -323,7 +363,9 @@ def check_custom(fns, rows: int, width: int, vocab: int) -> None:
         if not isinstance(out, tf.Tensor) or out.shape != (rows, vocab) or out.dtype != tf.float32:
             got = f"{out.dtype.name} {out.shape}" if isinstance(out, tf.Tensor) else type(out).__name__
             raise ValueError(f"logits_processor {name} must return float32 logits of shape [{rows}, {vocab}], got {got}")
-        _COMPILABLE.add((fn, rows, width, vocab))
+        _COMPILABLE[(fn, rows, width, vocab)] = None
+        while len(_COMPILABLE) > CHECKED_KEPT:
+            _COMPILABLE.popitem(last=False)
 
 
 class Step(NamedTuple):
@@ -345,17 +387,21 @@ class Processor(NamedTuple):
     in_key: bool  # the value shapes the graph (compile key) instead of travelling as a tensor (Knobs)
     dtype: object  # the tensor's dtype when not in_key
     apply: Callable | None  # (logits [..., vocab], step: Step, value) -> logits; None: applied by core.scores
+    # a value that travels as a table: value -> (its shape for the compile key, {name: array}); apply
+    # then gets (shape, tensors)
+    table: Callable | None = None
 
 
 PROCESSORS = (
     Processor("sequence_bias", (), True, None,
-              lambda logits, s, biases: sequence_bias(logits, s.sequences, s.valid, s.next_slot, biases)),
+              lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table),
     Processor("repetition_penalty", 1.0, False, tf.float32,
               lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
     Processor("no_repeat_ngram_size", 0, True, None,
               lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
     Processor("bad_words_ids", (), True, None,
-              lambda logits, s, words: bad_words(logits, s.sequences, s.valid, s.next_slot, words, s.eos_ids)),
+              lambda logits, s, table: bad_words(logits, s.sequences, s.valid, s.next_slot, table, s.eos_ids),
+              lambda words: word_table((w, 0.0) for w in words)),
     Processor("min_new_tokens", ALWAYS, False, tf.int32,  # min_length is folded in (GenerationConfig.for_prompt)
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n)),
     Processor("forced_bos_token_id", None, True, None,
@@ -404,23 +450,31 @@ def active(cfg, runtime: tuple = ()) -> tuple:
     for p in PROCESSORS + (WARPERS if cfg.do_sample else ()):
         value = getattr(cfg, p.option)
         if p.off is ALWAYS or p.option in runtime or value != p.off:
-            on.append((p.option, value if p.in_key else True))
+            table = getattr(p, "table", None)  # warpers never travel as tables
+            on.append((p.option, table(value)[0] if table else value if p.in_key else True))
     return tuple(on)
 
 
 def knob_values(cfg) -> dict:
-    """The run-time values (tensors) of the processors whose value is not in the compile key."""
-    return {p.option: tf.constant(getattr(cfg, p.option) if getattr(cfg, p.option) is not None else 0.0, p.dtype)
-            for p in PROCESSORS + WARPERS if not p.in_key}
+    """The run-time values (tensors) of the processors whose value is not in the compile key, and the
+    tables of those that travel as tables (sequence_bias, bad_words_ids)."""
+    values = {p.option: tf.constant(getattr(cfg, p.option) if getattr(cfg, p.option) is not None else 0.0, p.dtype)
+              for p in PROCESSORS + WARPERS if not p.in_key}
+    for p in PROCESSORS:
+        if p.table is not None and getattr(cfg, p.option) != p.off:
+            values[p.option] = {name: tf.constant(a) for name, a in p.table(getattr(cfg, p.option))[1].items()}
+    return values
 
 
 def apply(logits, step: Step, on: tuple, values: dict):
     """Apply the processors named in `on` (see `active`) in the table's order; `values` holds the
-    tensors of those not in the key."""
+    tensors of those not in the key (and the tables of those that travel as tables)."""
     settings = dict(on)
     for p in PROCESSORS:
         if p.apply is not None and p.option in settings:
-            logits = p.apply(logits, step, settings[p.option] if p.in_key else values[p.option])
+            value = (settings[p.option], values[p.option]) if p.table else \
+                settings[p.option] if p.in_key else values[p.option]
+            logits = p.apply(logits, step, value)
     return logits
 
 

@@ -227,5 +227,5 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     )[0]
     stats = tf.stack([state.iteration, state.accepted, state.row_steps])
     vocab = net.config.vocab_size
-    record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]))  # scores: refused (config)
+    record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]), tf.zeros([0], tf.bool))  # scores: refused (config)
     return core.Outputs(state.sequences, record, tf.reduce_max(state.lengths) - bucket, speculation=stats)
