@@ -1,6 +1,6 @@
 """Side-by-side decoding speed: minigen vs transformers (PyTorch) vs CTranslate2, one process.
 
-    python benchmarks/bench_generate.py            # GPT-2 small shape, the figures in the README
+    python benchmarks/bench_generate.py            # GPT-2 small shape, the figures in README.md and docs/speed.md
     python benchmarks/bench_generate.py --quick    # tiny model, 2 runs: checks the script works
     python benchmarks/bench_generate.py --speculative   # prompt lookup and the shipped draft/target pair
 

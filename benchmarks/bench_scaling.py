@@ -2,7 +2,7 @@
 token, minigen (float32) beside CTranslate2 float32 and int8, one process, GPT-2 small shape, random
 weights, greedy, every row forced to its full length.
 
-    python benchmarks/bench_scaling.py            # the figures in the README (~15 min on 2 cores)
+    python benchmarks/bench_scaling.py            # the figures in docs/speed.md (~15 min on 2 cores)
     python benchmarks/bench_scaling.py --quick    # tiny model, 2 runs: checks the script works
 
 Runs alternate between systems; each figure is the median of --runs timed runs after one warm-up call
