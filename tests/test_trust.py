@@ -135,6 +135,7 @@ def test_every_warper_without_sampling_is_refused_alike(hf_and_minigen, options)
     with pytest.raises(ValueError, match=f"{name} is a sampling warper: set do_sample=True, or leave it at"):
         model.generate([[1, 2, 3]], max_new_tokens=2, **options)
     model.generate([[1, 2, 3]], max_new_tokens=2, penalty_alpha=0.5, top_k=3)  # contrastive search reads top_k
+    model.generate([[1, 2, 3]], max_new_tokens=2, top_k=0, temperature=1.0)  # values that leave a warper off
 
 
 # ---- numbers that a tensor cannot hold -------------------------------------------------------------

@@ -79,10 +79,10 @@ def _is_text(text: str) -> bool:
     return True
 
 
-# Sampling warpers with the value that leaves them off: without do_sample=True they would have no effect,
-# so any other value is refused (one rule for all of them).
-SAMPLING_ONLY = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
-                 "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_tokens_to_keep": 1}
+# Sampling warpers with the values that leave them off (top_k: its default, or 0 = off): without
+# do_sample=True they would have no effect, so any other value is refused (one rule for all of them).
+SAMPLING_ONLY = {"temperature": (1.0,), "top_k": (50, 0), "top_p": (1.0,), "min_p": (None,), "typical_p": (1.0,),
+                 "epsilon_cutoff": (0.0,), "eta_cutoff": (0.0,), "min_tokens_to_keep": (1,)}
 # Bounds on the options that become tables inside the compiled loop. Stop strings: the table has a
 # row per token and columns per string; on GPT-2's vocabulary (2-core EPYC) 16 / 64 / 256 strings
 # took 1.5 / 6.0 / 23 s to build and 19 / 74 / 295 MiB (/tmp probe, stop_strings.stop_table); 1,600
@@ -476,8 +476,9 @@ class GenerationConfig:
             for name, off in SAMPLING_ONLY.items():
                 if name == "top_k" and self.penalty_alpha is not None:
                     continue  # contrastive search's candidates
-                if getattr(self, name) != off:
-                    raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at {off} "
+                if getattr(self, name) not in off:
+                    raise ValueError(f"{name} is a sampling warper: set do_sample=True, or leave it at "
+                                     f"{' or '.join(map(str, off))} "
                                      "(greedy and beam search take the most likely tokens"
                                      + (", contrastive search reads top_k with penalty_alpha)" if name == "top_k" else ")"))
         finite("repetition_penalty", "a finite number > 0 (1.0 = off)", lambda v: v > 0)
