@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import torch
 
@@ -46,3 +48,12 @@ def chi_square_upper(df: int, z: float = 4.0) -> float:
 def same_weights(model_dir):
     """A second, independent model object with the target's own weights: a draft that always agrees."""
     return minigen.load(model_dir.parent / "minigen")
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# the documentation pages in the order their Python blocks run (a later page may use a name an earlier
+# one defined): tests/test_readme.py and tests/test_docs_commands.py read them
+DOC_PAGES = [README] + [ROOT / "docs" / name for name in (
+    "generation.md", "strategies.md", "parity.md", "cli.md", "convert.md", "serving.md", "speed.md",
+    "how-it-works.md", "troubleshooting.md")]
