@@ -105,7 +105,7 @@ class KeyedProcessor:
     def __init__(self, fn):
         self.fn = fn
         code = getattr(fn, "__code__", None)
-        key = ("id", id(fn))
+        key = ("id", fn)  # holds the function, so its id cannot be reused while the key lives
         if code is not None and hasattr(fn, "__globals__"):
             cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
             candidate = ("code", code, id(fn.__globals__), cells, fn.__defaults__,
@@ -116,8 +116,6 @@ class KeyedProcessor:
             except (TypeError, ValueError):
                 pass
         self._key = key
-        if key[0] == "id":
-            self._key = ("id", fn)  # holds the function, so its id cannot be reused while the key lives
 
     def __call__(self, *args):
         return self.fn(*args)
