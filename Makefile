@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 REF_VENV ?= .venv-ref
 REF := $(REF_VENV)/.installed
 
-.PHONY: test soak demo bench clean reference-venv
+.PHONY: test soak demo bench docs clean reference-venv
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ soak: $(STAMP) $(REF)
 bench: $(STAMP) $(REF)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_generate.py $(BENCH_ARGS)
+
+docs: $(RUNTIME)
+	$(PY) -c "import minigen.generation.options as o; print(o.markdown(), end='')" > docs/options.md
 
 demo: $(RUNTIME)
 	$(PY) -m minigen.demo $(DEMO_ARGS)

@@ -23,7 +23,8 @@ from minigen import status
 from minigen.status import import_tensorflow_quietly
 from minigen.config import GPT2Config
 from minigen.export_options import check_export_options
-from minigen.generation.config import NOT_SUPPORTED, GenerationConfig
+from minigen.generation.config import GenerationConfig
+from minigen.generation.options import BOOL, NOT_SUPPORTED, OPTIONS
 from minigen.weights import LoadError, check_model_dir, load_tokenizer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,26 +50,22 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_generation_arguments(p) -> None:
-    """The generate options shared by `minigen generate` and `minigen batch`."""
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default 32)")
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=int, default=50,
-                   help="sample among the k most likely tokens (0 = off); with --penalty-alpha, the candidates "
-                        "contrastive search weighs per step (default 50)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default 1.0)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)")
-    p.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop a continuation once its text ends with TEXT (repeat for several)")
-    p.add_argument("--penalty-alpha", type=float, default=None, metavar="A",
-                   help="contrastive search: among the --top-k most likely tokens pick the one maximising "
-                        "(1 - A) * probability - A * its similarity to the text so far; A in [0, 1] (default: off)")
-    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
-                   help="stop generating after this many seconds (checked between streamed chunks: with "
-                        "`generate --stream`, and per generate call in `batch`; default: no limit)")
-    p.add_argument("--seed", type=int, nargs=2, metavar=("A", "B"), help="two ints: the stateless sampling seed")
+    """The generate options shared by `minigen generate` and `minigen batch`: one flag per row of
+    options.OPTIONS that has one. A flag left out passes nothing, so the model's own defaults
+    (its generation_config.json) and then GenerationConfig's apply, as in Python."""
+    for option in OPTIONS:
+        if option.flag is None:
+            continue
+        settings = {"dest": option.name, "default": None, **option.cli}
+        if option.check is BOOL:
+            settings.setdefault("action", "store_true")
+        elif settings.get("action") != "append":
+            settings.setdefault("type", float if option.dtype == "float32" or isinstance(option.default, float)
+                                else int)
+        shown = settings["default"] if settings["default"] is not None else option.default
+        default = "" if settings.get("action") == "store_true" or shown is None else f" (default {shown})"
+        settings["help"] = flag_spelling(option.doc) + default
+        p.add_argument(option.flag, **settings)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weights' dtype in memory (default float32)")
 
@@ -94,11 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as --output writes (default text)")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
     add_generation_arguments(g)
-    g.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
-                   help="speculative decoding: K candidate tokens per step copied from the prompt/output")
     g.add_argument("--assistant-model", default=None,
                    help="speculative decoding with this draft model (same tokenizer), e.g. gutenberg-2l")
-    g.add_argument("--num-assistant-tokens", type=int, default=4, help="draft tokens per step (default 4)")
     g.add_argument("--stream", action="store_true",
                    help="print the continuation as it is generated (one prompt; greedy or sampling)")
     g.add_argument("--verbose", action="store_true", help="report compile time vs generation time and tokens/s")
@@ -252,18 +246,10 @@ def say(message: str) -> None:
 
 
 def generation_options(args) -> dict:
-    """`generate` options from the shared flags, checked by GenerationConfig.check like every other
-    caller's (UsageError naming the bad one)."""
-    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
-                   num_return_sequences=args.num_return_sequences, repetition_penalty=args.repetition_penalty,
-                   penalty_alpha=args.penalty_alpha, stop_strings=tuple(args.stop or ()), seed=tuple(args.seed) if args.seed else None)
-    if getattr(args, "prompt_lookup", None) is not None:
-        options["prompt_lookup_num_tokens"] = args.prompt_lookup
-    if getattr(args, "assistant_model", None) is not None:
-        options["num_assistant_tokens"] = args.num_assistant_tokens
-    if args.max_time is not None:
-        options["max_time"] = args.max_time
+    """`generate` options from the flags given (see add_generation_arguments), checked by
+    GenerationConfig.check like every other caller's (UsageError naming the bad flag)."""
+    options = {o.name: getattr(args, o.name) for o in OPTIONS
+               if o.flag is not None and getattr(args, o.name, None) is not None}
     # `batch` honours max_time by streaming each generate call (pipeline.MinigenModelHandler)
     streaming = getattr(args, "stream", False) or (args.command == "batch" and args.max_time is not None)
     try:
@@ -275,12 +261,7 @@ def generation_options(args) -> dict:
 
 
 # generate options spelled as the command's flags, for messages that come from the Python checks
-FLAGS = {"max_new_tokens": "--max-new-tokens", "do_sample": "--do-sample", "temperature": "--temperature",
-         "top_k": "--top-k", "top_p": "--top-p", "num_beams": "--num-beams",
-         "num_return_sequences": "--num-return-sequences", "repetition_penalty": "--repetition-penalty",
-         "stop_strings": "--stop", "penalty_alpha": "--penalty-alpha", "max_time": "--max-time", "seed": "--seed",
-         "prompt_lookup_num_tokens": "--prompt-lookup", "assistant_model": "--assistant-model",
-         "num_assistant_tokens": "--num-assistant-tokens"}
+FLAGS = {**{o.name: o.flag for o in OPTIONS if o.flag is not None}, "assistant_model": "--assistant-model"}
 
 
 def flag_spelling(message: str) -> str:
@@ -306,7 +287,7 @@ def run_generate(args) -> None:
         raise UsageError("--stream prints text as it comes; it does not combine with --format jsonl")
     check_output_path(args.output, args.overwrite, [args.input])
     prompts = read_prompts(args)
-    if args.stream and (len(prompts) != 1 or args.num_return_sequences != 1):
+    if args.stream and (len(prompts) != 1 or options.get("num_return_sequences", 1) != 1):
         raise UsageError("--stream prints one continuation of one prompt (--num-return-sequences 1)")
     if args.verbose:
         log_to_stderr("minigen: ")
@@ -357,7 +338,7 @@ def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
     """Continue `prompts` in batches, writing each batch's records to `out` (or text to stdout)."""
     global _progress
     _progress = status.Progress(len(prompts)) if len(prompts) > args.batch_size else None
-    per, printed = args.num_return_sequences, 0
+    printed = 0
     timing = {"compiling": 0.0, "steady": 0.0, "steady_tokens": 0, "calls": 0}
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
@@ -367,6 +348,7 @@ def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
         except ValueError as e:
             raise UsageError(flag_spelling(str(e))) from None
         took = time.perf_counter() - began
+        per = len(texts) // len(batch)  # continuations per prompt (num_return_sequences, the model's default too)
         timing["calls"] += 1
         if lm.trace_count != traces:
             timing["compiling"] += took

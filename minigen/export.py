@@ -40,19 +40,16 @@ from .generation.beam_search import beam_search
 from .generation.contrastive import contrastive_search
 from .generation.config import GenerationConfig
 from .generation.core import CompileKey, compile_key, make_knobs
+from .generation.options import BY_NAME, export_inputs
 from .generation.search import search
 
-# the inputs every signature takes after input_ids and attention_mask; sampling's (seed is [2]) only
-# where they act: a greedy or beam signature has no temperature to be ignored
-COMMON_INPUTS = {"repetition_penalty": tf.float32, "min_new_tokens": tf.int32}
-SAMPLING_INPUTS = {"temperature": tf.float32, "top_k": tf.int32, "top_p": tf.float32, "seed": tf.int32}
-WARPER_INPUTS = {"min_p": tf.float32, "typical_p": tf.float32, "epsilon_cutoff": tf.float32, "eta_cutoff": tf.float32}
-INPUTS = {"greedy": COMMON_INPUTS, "sample": {**SAMPLING_INPUTS, **COMMON_INPUTS, **WARPER_INPUTS},
-          "beam": {**COMMON_INPUTS, "length_penalty": tf.float32},
-          "contrastive": {"penalty_alpha": tf.float32, "repetition_penalty": tf.float32, "min_new_tokens": tf.int32}}
-# processor and warper options among them, in the graph whatever the compile-time config says
-RUNTIME = {strategy: tuple(name for name in names if name in ("repetition_penalty", *WARPER_INPUTS))
-           for strategy, names in INPUTS.items()}
+
+
+def inputs(strategy: str) -> dict:
+    """A strategy's signature inputs after input_ids and attention_mask, from the option table (rows
+    whose `export` names the strategy): name -> (dtype, shape). Sampling's only where they act: a
+    greedy or beam signature has no temperature to be ignored."""
+    return {name: (tf.as_dtype(dtype), list(shape)) for name, (dtype, shape) in export_inputs(strategy).items()}
 
 
 def _config(strategy: str, max_new_tokens: int, num_beams: int, top_k: int) -> GenerationConfig:
@@ -74,15 +71,15 @@ class Exported(tf.Module):
         self.functions = {}
         for strategy in strategies:
             cfg = _config(strategy, max_new_tokens, num_beams, top_k)
-            key = compile_key(cfg, model.config, batch_size, bucket, runtime=RUNTIME[strategy])
+            # the processors among the inputs are in the graph whatever the compile-time value says
+            key = compile_key(cfg, model.config, batch_size, bucket, runtime=tuple(inputs(strategy)))
             compiled = xla_function(_runner(model.network, cfg, key))
             # The signature takes any shape, so that a request of the wrong size meets a check naming
             # the input instead of failing inside XLA; the checks run outside the compiled loop (XLA
             # drops Assert ops), which is a nested jit_compile function kept as such in the SavedModel.
             spec = [tf.TensorSpec([None, None], tf.int32, "input_ids"),
                     tf.TensorSpec([None, None], tf.int32, "attention_mask")]
-            spec += [tf.TensorSpec([None] if name == "seed" else [], dtype, name)
-                     for name, dtype in INPUTS[strategy].items()]
+            spec += [tf.TensorSpec([None] * len(shape), dtype, name) for name, (dtype, shape) in inputs(strategy).items()]
             self.functions[strategy] = tf.function(
                 _checked(compiled, batch_size, bucket, model.config.vocab_size, strategy),
                 input_signature=spec, autograph=False)
@@ -100,45 +97,26 @@ def _variables(model):
         yield net.lm_head_weight
 
 
-def _knob_checks(knobs: dict, strategy: str) -> list:
-    """Range checks of a signature's scalar inputs, each naming its input."""
-    checks = [tf.debugging.assert_equal(tf.math.is_finite(knobs["repetition_penalty"]) & (knobs["repetition_penalty"] > 0),
-                                        True, message="repetition_penalty must be a finite number > 0 (1.0 = off)")]
-    if "top_k" in knobs:
-        checks.append(tf.debugging.assert_greater_equal(knobs["top_k"], 0, message="top_k must be >= 0 (0 = off)"))
-    if "seed" in knobs:
-        checks.append(tf.debugging.assert_equal(tf.shape(knobs["seed"]), [2], message="seed must be int32 [2]"))
-    if "min_new_tokens" in knobs:
-        checks.append(tf.debugging.assert_greater_equal(knobs["min_new_tokens"], 0,
-                                                        message="min_new_tokens must be >= 0"))
-    if "length_penalty" in knobs:
-        checks.append(tf.debugging.assert_equal(tf.math.is_finite(knobs["length_penalty"]), True,
-                                                message="length_penalty must be a finite number"))
-    ranges = {"min_p": (0.0, 1.0, "[0, 1] (0 = off)"), "typical_p": (0.0, 1.0, "(0, 1] (1 = off)"),
-              "epsilon_cutoff": (0.0, 1.0, "[0, 1) (0 = off)"), "eta_cutoff": (0.0, 1.0, "[0, 1) (0 = off)")}
-    for name, (low, high, allowed) in ranges.items():
-        if name in knobs:
-            value = knobs[name]
-            ok = (value > low) if name == "typical_p" else (value >= low)
-            ok &= (value <= high) if name in ("min_p", "typical_p") else (value < high)
-            checks.append(tf.debugging.assert_equal(ok, True, message=f"{name} must be in {allowed}"))
-    if "penalty_alpha" in knobs:
-        alpha = knobs["penalty_alpha"]
-        checks.append(tf.debugging.assert_equal((alpha >= 0) & (alpha <= 1), True,
-                                                message="penalty_alpha must be a number in [0, 1]"))
-    if strategy == "sample":
-        temperature, top_p = knobs["temperature"], knobs["top_p"]
-        checks += [
-            tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature > 0), True,
-                                      message="temperature must be a finite number > 0"),
-            tf.debugging.assert_equal((top_p > 0) & (top_p <= 1), True, message="top_p must be in (0, 1]"),
-        ]
+def _knob_checks(knobs: dict) -> list:
+    """Each scalar input checked by its option's rule (options.Rule.in_range), a message naming it;
+    a shaped input (the seed) by its shape."""
+    checks = []
+    for name, value in knobs.items():
+        option = BY_NAME[name]
+        if option.shape:
+            checks.append(tf.debugging.assert_equal(tf.shape(value), list(option.shape),
+                                                    message=f"{name} must be {option.dtype} {list(option.shape)}"))
+            continue
+        ok = option.check.in_range(value)
+        if value.dtype.is_floating:
+            ok = tf.math.is_finite(value) & ok
+        checks.append(tf.debugging.assert_equal(ok, True, message=f"{name} must be {option.check.tensor_allowed}"))
     return checks
 
 
 def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
     """The signature's function: check every input with a message naming it, then run `compiled`."""
-    names = list(INPUTS[strategy])
+    names = list(inputs(strategy))
 
     def run(input_ids, attention_mask, *values):
         knobs = dict(zip(names, values))
@@ -157,7 +135,7 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
                                       message="attention_mask must be left-padded (0s before 1s in each row)"),
             tf.debugging.assert_equal(tf.reduce_all(~real | ((input_ids >= 0) & (input_ids < vocab))), True,
                                       message=f"input_ids holds a token id outside the vocabulary [0, {vocab})"),
-        ] + _knob_checks(knobs, strategy)
+        ] + _knob_checks(knobs)
         if batch_size is not None:
             checks.append(tf.debugging.assert_equal(tf.shape(input_ids)[0], rows,
                                                     message=f"input_ids must be int32 {shape}: {batch_size} rows"))
@@ -165,8 +143,10 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
             ids = tf.where(real, input_ids, 0)  # pad slots may hold any id; the model reads valid ones
             mask = tf.identity(attention_mask)
             knobs = {name: tf.identity(value) for name, value in knobs.items()}
-            if "seed" in knobs:  # statically [2]: a wrong seed meets its check, not XLA
-                knobs["seed"] = tf.concat([knobs["seed"], [0, 0]], 0)[:2]
+            for name in knobs:  # statically shaped (the seed: [2]): a wrong one meets its check, not XLA
+                if BY_NAME[name].shape:
+                    size = BY_NAME[name].shape[0]
+                    knobs[name] = tf.concat([knobs[name], tf.zeros([size], knobs[name].dtype)], 0)[:size]
         # reshape, not ensure_shape: grappler trusts ensure_shape and folds the shape checks above away
         static_shape = [rows, bucket]
         return compiled(tf.reshape(ids, static_shape), tf.reshape(mask, static_shape), knobs)

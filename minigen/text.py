@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .generation.generate import stream
+from .generation.options import ALIASES, OPTIONS, OUTPUTS
 from .tokenizer import Tokenizer, check_text
 
 
@@ -14,9 +15,9 @@ def _tokenizer_of(model) -> Tokenizer:
     return tokenizer
 
 
-# generate's options whose result is not text: the text API returns strings, so it refuses them
-TOKEN_OUTPUTS = ("return_dict", "return_dict_in_generate", "output_scores", "output_logits", "output_logprobs",
-                 "return_state", "cache")
+# generate's options whose result is not text (the outputs streaming cannot return either, options.OUTPUTS),
+# the reference's alias and generate's state arguments: the text API returns strings, so it refuses them
+TOKEN_OUTPUTS = (*(o.name for o in OPTIONS if o.modes == OUTPUTS), *ALIASES, "return_state", "cache")
 
 
 def refuse_token_outputs(options: dict, api: str) -> None:

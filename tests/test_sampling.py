@@ -177,3 +177,4 @@ def test_warper_options_are_checked(hf_and_minigen, options, message):
     _, _, model = hf_and_minigen("tiny")
     with pytest.raises(ValueError, match=message):
         model.generate([[1, 2, 3]], max_new_tokens=2, **options)
+

@@ -113,3 +113,92 @@ def test_no_test_module_imports_another():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             found += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
     assert not found, found
+
+
+# -- the option table (minigen/generation/options.py) is the one place each option is written ------
+
+# option names that may appear in a list / tuple / dict / set written outside the table and the
+# processor table, with why
+NAME_IN_A_LIST_ALLOWED = {
+    ("minigen.export_options", "max_new_tokens"): "export()'s own parameters, named in their range check",
+    ("minigen.export_options", "num_beams"): "export()'s own parameters, named in their range check",
+    ("minigen.export_options", "top_k"): "export()'s own parameters, named in their range check",
+    ("minigen.generation.core", "renormalize_logits"): "a lookup in the compile key's processors",
+    ("minigen.generation.generate", "output_scores"): "the memory check's message names what was asked",
+    ("minigen.generation.generate", "output_logits"): "the memory check's message names what was asked",
+}
+TABLES = {"minigen.generation.options", "minigen.generation.processors"}
+
+
+def test_every_generation_config_field_is_a_row_of_the_option_table():
+    import dataclasses
+
+    from minigen.generation.config import GenerationConfig
+    from minigen.generation.options import ALL, ALL_MODES, HOST, KEY, OPTIONS, REFUSALS, TENSOR
+
+    assert [f.name for f in dataclasses.fields(GenerationConfig)] == [o.name for o in OPTIONS]
+    config = GenerationConfig()
+    for o in OPTIONS:
+        assert getattr(config, o.name) == o.default and f"    {o.name}: " in GenerationConfig.__doc__, o.name
+        assert o.doc and callable(o.check) and o.role in (KEY, TENSOR, HOST), o.name
+        assert o.strategies <= ALL and o.modes <= ALL_MODES and o.export <= o.strategies, o.name
+        assert set(o.refusals) <= set(REFUSALS), o.name
+        assert (o.dtype is not None) == (o.role == TENSOR or bool(o.export)), f"{o.name}: a tensor needs its dtype"
+        assert not o.export or hasattr(o.check, "tensor_allowed") or o.shape, f"{o.name}: a SavedModel input's check"
+        o.check(o.name, o.default)  # the default passes its own check
+
+
+def test_every_processor_reads_an_option_of_the_table():
+    from minigen.generation import processors as P
+    from minigen.generation.config import GenerationConfig
+    from minigen.generation.options import BY_NAME
+
+    for p in P.PROCESSORS + P.WARPERS:  # an option, or a property of GenerationConfig resolved from options
+        assert p.option in BY_NAME or isinstance(getattr(GenerationConfig, p.option, None), property), p.option
+
+
+def test_every_option_has_a_flag_or_is_python_only():
+    """Each option with a scalar (or list of ids) value is a flag of `minigen generate` and `minigen
+    batch`; the others (nested structures, functions, the outputs the command does not write) are
+    Python only. The commands' option flags are exactly the table's."""
+    from minigen import cli
+    from minigen.generation.options import OPTIONS, OUTPUTS, bias_map, decay_pair, functions, word_list
+
+    cli.build_parser()
+    for o in OPTIONS:
+        assert o.flag or o.modes == OUTPUTS or o.check in (bias_map, word_list, functions, decay_pair), \
+            f"{o.name} has no flag of minigen generate: give it one, or say why it is Python only"
+    table = {o.flag for o in OPTIONS if o.flag}
+    own = {"generate": {"--model", "--input", "--output", "--overwrite", "--format", "--batch-size", "--dtype",
+                        "--assistant-model", "--stream", "--verbose", "--help"},
+           "batch": {"--input", "--output", "--errors", "--model", "--rows", "--overwrite", "--dtype", "--help"}}
+    for command, flags in own.items():
+        parser = cli.SUBPARSERS[command]
+        given = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+        assert given - flags == table, f"minigen {command}: flags outside the option table: {given - flags - table}"
+
+
+def test_no_hand_list_of_option_names_outside_the_tables():
+    """A list of option names written by hand drifts from the table (the CLI flags, the SavedModel
+    inputs and the text API's refusals once did): derive it from options.OPTIONS instead."""
+    from minigen.generation.options import BY_NAME
+
+    found = []
+    for module, path in MODULES.items():
+        if module in TABLES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
+                items = node.keys if isinstance(node, ast.Dict) else node.elts
+                for item in items:
+                    if isinstance(item, ast.Constant) and item.value in BY_NAME \
+                            and (module, item.value) not in NAME_IN_A_LIST_ALLOWED:
+                        found.append(f"{module}:{node.lineno} {item.value}")
+    assert not found, "option names listed by hand: " + ", ".join(found)
+
+
+def test_the_options_page_is_the_table():
+    from minigen.generation.options import markdown
+
+    page = PACKAGE.parent / "docs" / "options.md"
+    assert page.read_text() == markdown(), "docs/options.md is stale: run `make docs`"

@@ -15,8 +15,9 @@ Where the reference reads `input_ids`, these read the row's sequence buffer `[ba
 reference, left padding is never counted as part of a prompt: a pad is not text the model saw.
 
 Adding a processor: write its function, add its row to PROCESSORS (the option that turns it on,
-the value that means off, whether that value shapes the graph), and its GenerationConfig field
-(plus config.READS_ROW_TOKENS if it reads the row's tokens: speculative verify blocks do not carry them).
+the value that means off, whether that value shapes the graph) and the option's row to
+options.OPTIONS (its check, documentation, flag, and strategies: without SPECULATIVE if it reads the
+row's tokens, which speculative verify blocks do not carry). A warper: a row of WARPERS instead.
 """
 
 from __future__ import annotations
@@ -430,6 +431,7 @@ class Warper(NamedTuple):
     in_key: bool
     dtype: object
     apply: Callable | None  # (logits [rows, vocab], value, keep: min_tokens_to_keep) -> logits; None: a setting
+    before_top_k: bool = False  # applied after temperature but before top-k / top-p (HF's order)
 
 
 # After temperature, top-k and top-p (`warp`), sampling only. Their on/off state is in the compile
@@ -491,8 +493,11 @@ def warp(logits, temperature, top_k, top_p, on: tuple = (), values: dict | None 
     settings = dict(on)
     keep = settings.get("min_tokens_to_keep", 1)
     flat = logits if logits.shape.rank == 2 else tf.reshape(logits, [-1, logits.shape[-1]])
-    flat = top_k_top_p(flat / temperature, top_k, top_p, keep)
-    for w in WARPERS:
-        if w.apply is not None and w.option in settings:
-            flat = skip_when_off(w, flat, values[w.option], keep)
+    flat = flat / temperature
+    for before in (True, False):
+        if not before:
+            flat = top_k_top_p(flat, top_k, top_p, keep)
+        for w in WARPERS:
+            if w.apply is not None and w.option in settings and w.before_top_k == before:
+                flat = skip_when_off(w, flat, values[w.option], keep)
     return flat if logits.shape.rank == 2 else tf.reshape(flat, tf.shape(logits))
