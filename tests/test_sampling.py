@@ -178,3 +178,32 @@ def test_warper_options_are_checked(hf_and_minigen, options, message):
     with pytest.raises(ValueError, match=message):
         model.generate([[1, 2, 3]], max_new_tokens=2, **options)
 
+
+@pytest.mark.parametrize("value, spread", [(0.4, 1.0), (0.9, 4.0)])
+def test_top_h_equals_reference(hf_and_minigen, value, spread):
+    """top_h keeps exactly the tokens HF's TopHLogitsWarper keeps, after temperature and before top-p
+    (HF's order), on flat and peaked rows; and through generate, the first step's sampled-from scores
+    equal HF's generate with the same options."""
+    from transformers.generation.logits_process import TopHLogitsWarper
+
+    logits = (np.random.default_rng(31).standard_normal((8, 5000)) * spread).astype(np.float32)
+    ids = torch.zeros((8, 1), dtype=torch.long)
+    ref = TopPLogitsWarper(0.95)(ids, TopHLogitsWarper(value)(ids, TemperatureLogitsWarper(0.9)(ids, torch.tensor(logits))))
+    ref = ref.numpy()
+    on = (("top_h", True), ("min_tokens_to_keep", 1))
+    ours = tf.function(lambda x: P.warp(x, tf.constant(0.9), tf.constant(0), tf.constant(0.95), on,
+                                        {"top_h": tf.constant(value)}), jit_compile=True)(logits).numpy()
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], ref[np.isfinite(ref)], rtol=1e-6)
+    kept = np.isfinite(ref).sum(1)
+    assert (kept <= 100).all() and (kept > 1).any()  # among the 100 best; more than the best alone
+
+    hf, _, model = hf_and_minigen("tiny", initializer_range=0.05)
+    prompt = np.array([[3, 7, 4, 8, 5], [9, 2, 6, 5, 3]])  # no pad id (1): HF would read it as padding
+    options = dict(max_new_tokens=1, do_sample=True, temperature=0.8, top_k=0, top_h=value)
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                             pad_token_id=1, output_scores=True, return_dict_in_generate=True, **options).scores[0].numpy()
+    mine = model.generate(prompt, pad_token_id=1, output_scores=True, seed=(0, 1), **options).scores[0]
+    np.testing.assert_array_equal(np.isfinite(mine), np.isfinite(theirs))
+    np.testing.assert_allclose(mine[np.isfinite(mine)], theirs[np.isfinite(theirs)], rtol=1e-4, atol=1e-5)

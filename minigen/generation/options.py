@@ -350,6 +350,10 @@ OPTIONS = (
     Option("temperature", 1.0, number("a finite number > 0", lambda v: v > 0),
            "sampling temperature: the logits are divided by it first", TENSOR, strategies=SAMPLING_ONLY,
            flag="--temperature", export=frozenset((SAMPLE,)), dtype="float32", refusals=WARPER_REFUSALS),
+    Option("top_h", None, optional(number("a number in (0, 1]", lambda v: (v > 0) & (v <= 1), "in (0, 1]")),
+           "sampling: Top-H, keep the best tokens while their entropy stays within top_h x the entropy of the 100 "
+           "best (None = off)", TENSOR, strategies=SAMPLING_ONLY, flag="--top-h", dtype="float32",
+           refusals=WARPER_REFUSALS),  # not a SavedModel input: a new required input would break its clients
     Option("top_k", 50, integer(0),
            "sampling: keep the k most likely tokens (0 = off); contrastive search: its candidates per step "
            "(part of the compile key there)", TENSOR, strategies=frozenset((SAMPLE, SPECULATIVE, CONTRASTIVE)),
@@ -500,7 +504,6 @@ NOT_SUPPORTED = {
                     "classifier-free guidance is not supported yet"),
     "dola_layers": "DoLa decoding is not supported yet",
     "token_healing": "token healing is not supported yet",
-    "top_h": "the top-h warper is not supported yet",
     **dict.fromkeys(("num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
                      "target_lookbehind", "assistant_early_exit", "is_assistant", "speculation_type", "use_mtp"),
                     "minigen's speculative decoding takes assistant_model= with num_assistant_tokens, or "

@@ -5,7 +5,7 @@
                                               -> remove_invalid_values -> exponential_decay_length_penalty
                                               -> suppress_tokens -> begin_suppress_tokens -> logits_processor (the
                                               user's functions)
-    warpers (`warp`, sampling only):          temperature -> top_k -> top_p -> min_p -> typical_p
+    warpers (`warp`, sampling only):          temperature -> top_h -> top_k -> top_p -> min_p -> typical_p
                                               -> epsilon_cutoff -> eta_cutoff (min_tokens_to_keep: each keeps
                                               at least that many of the best tokens)
     then renormalize_logits (last of all, as the reference's LogitNormalization; see core.scores)
@@ -287,6 +287,26 @@ def entropy(logp):
     return -tf.reduce_sum(tf.where(logp > float("-inf"), logp * tf.exp(logp), 0.0), axis=1, keepdims=True)
 
 
+TOP_H_CANDIDATES = 100  # HF's TopHLogitsWarper looks among the 100 most likely tokens only
+
+
+def top_h(logits, h, keep: int):
+    """HF's TopHLogitsWarper (Top-H, arXiv 2509.02510): among the row's 100 best tokens, renormalised,
+    keep the best ones while the entropy they add up to stays within h x that distribution's entropy
+    (the best token always stays). min_tokens_to_keep does not apply (as in HF)."""
+    best, index = tf.math.top_k(logits, min(TOP_H_CANDIDATES, logits.shape[-1]))  # [rows, n], sorted
+    logp = tf.nn.log_softmax(best)
+    p = tf.exp(logp)
+    # HF's entropy clamps log 0 to the lowest float (0 * log 0 = 0); its running sum does not (a 0
+    # probability makes it NaN, which keeps nothing after it)
+    tau = h * -tf.reduce_sum(p * tf.maximum(logp, np.finfo(np.float32).min), axis=1, keepdims=True)
+    chosen = (tf.cumsum(-p * logp, axis=1) <= tau) | (tf.range(tf.shape(best)[1]) == 0)[None, :]
+    kept = tf.scatter_nd(tf.stack([tf.repeat(tf.range(tf.shape(logits)[0]), tf.shape(best)[1]),
+                                   tf.reshape(index, [-1])], axis=1),
+                         tf.reshape(tf.cast(chosen, tf.int32), [-1]), tf.shape(logits)) > 0
+    return tf.where(kept, logits, NEG_INF)
+
+
 def min_p(logits, p, keep: int):
     """HF's MinPLogitsWarper: drop tokens less likely than p times the row's most likely one."""
     probs = tf.nn.softmax(logits)
@@ -438,6 +458,7 @@ class Warper(NamedTuple):
 # key, their values are tensors; min_tokens_to_keep is a setting every warper reads.
 WARPERS = (
     Warper("min_tokens_to_keep", 1, True, None, None),
+    Warper("top_h", None, False, tf.float32, top_h, before_top_k=True),
     Warper("min_p", None, False, tf.float32, min_p),
     Warper("typical_p", 1.0, False, tf.float32, typical),
     Warper("epsilon_cutoff", 0.0, False, tf.float32, epsilon_cutoff),
