@@ -32,6 +32,29 @@ class KVCache(NamedTuple):
     values: tuple  # n_layer x [batch * heads, cache_len, head_dim]
 
 
+class View(NamedTuple):
+    """How one forward pass uses the cache: where its tokens are written and what their queries may
+    read. Each strategy builds its own and hands it to the network (model.Transformer.forward); a
+    new kind of cache use is a new field here, not a flag through forward, attention and write."""
+
+    key_mask: tf.Tensor  # [rows, cache_len] bool: slots holding real tokens (or tokens still to come)
+    index: object  # the slot of the first new token: a scalar (a Python int in prefill), or [rows]
+    #                int32 when each row has its own length (speculative decoding)
+    lineage: tf.Tensor | None = None  # beam search: [prompts, beams, cache_len] int32, which beam row holds
+    #                                   each slot of each beam's history (model.Transformer.attention)
+    alternatives: bool = False  # contrastive search: a row's s tokens are alternatives for slot `index`,
+    #                             each attending to the history and itself (written at index + i)
+
+    @property
+    def group(self) -> int:
+        """Rows sharing a leading cache index, side by side on the slot axis (beam search: the beams)."""
+        return 1 if self.lineage is None else self.lineage.shape[1]
+
+    def at(self, index) -> "View":
+        """The same view writing at another slot."""
+        return self._replace(index=index)
+
+
 def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: int, dtype=tf.float32,
              group: int = 1) -> KVCache:
     """Zero-filled cache for `batch` rows and `cache_len` slots.
@@ -46,16 +69,16 @@ def allocate(n_layer: int, batch: int, n_head: int, cache_len: int, head_dim: in
     )
 
 
-def write(buffer: tf.Tensor, new: tf.Tensor, index, group: int = 1) -> tf.Tensor:
-    """Write `new` [batch * heads, s, head_dim] into `buffer` at slots index .. index+s-1, in place.
+def write(buffer: tf.Tensor, new: tf.Tensor, view: View) -> tf.Tensor:
+    """Write `new` [batch * heads, s, head_dim] into `buffer` at the view's slots index .. index+s-1,
+    in place.
 
-    index: scalar, or [batch] (each row at its own slot; the batch size must be static).
-
-    With group > 1, `new`'s rows are ordered (prompt, head, beam) and beam q's slots start at
+    view.index: scalar, or [batch] (each row at its own slot; the batch size must be static).
+    view.group > 1: `new`'s rows are ordered (prompt, head, beam) and beam q's slots start at
     q * cache_len in `buffer`: one in-place update per beam.
     """
-    zero = tf.constant(0, tf.int32)
-    index = tf.cast(index, tf.int32)
+    zero, group = tf.constant(0, tf.int32), view.group
+    index = tf.cast(view.index, tf.int32)
     if index.shape.rank == 1:  # one slot per batch row: one in-place update per row
         per_row = buffer.shape[0] // index.shape[0]  # heads
         for r in range(index.shape[0]):

@@ -36,12 +36,10 @@ import tensorflow as tf
 
 from .compile_cache import xla_function
 from .export_options import STRATEGIES, check_export_options  # noqa: F401 - STRATEGIES is part of this API
-from .generation.beam_search import beam_search
-from .generation.contrastive import contrastive_search
 from .generation.config import GenerationConfig
 from .generation.core import CompileKey, compile_key, make_knobs
 from .generation.options import BY_NAME, export_inputs
-from .generation.search import search
+from .generation.generate import strategy_of
 
 
 
@@ -155,18 +153,19 @@ def _checked(compiled, batch_size, bucket: int, vocab: int, strategy: str):
 
 
 def _runner(net, cfg: GenerationConfig, key: CompileKey):
-    def run(input_ids, attention_mask, given: dict):
+    run = strategy_of(key).run
+
+    def signature(input_ids, attention_mask, given: dict):
         knobs = make_knobs(cfg, **given)
         if key.beam:
             nb = key.beam.num_beams
             ids, mask = tf.repeat(input_ids, nb, axis=0), tf.repeat(attention_mask, nb, axis=0)
-            out = beam_search(net, ids, mask, knobs, key)
+            out = run(net, None, ids, mask, knobs, key)
             return {"sequences": out.sequences[:, 0], "sequences_scores": out.sequences_scores[:, 0]}
-        loop = contrastive_search if key.strategy == "contrastive" else search
-        out = loop(net, input_ids, attention_mask, knobs, key)
+        out = run(net, None, input_ids, attention_mask, knobs, key)
         return {"sequences": out.sequences, "logprobs": out.record.logprobs}
 
-    return run
+    return signature
 
 
 def export(model, out_dir: str, batch_size: int | None = 1, bucket: int = 64, max_new_tokens: int = 64,

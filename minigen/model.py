@@ -1,13 +1,15 @@
 """GPT-2 in plain TensorFlow ops: embeddings, pre-LN blocks, attention over the static KV cache, tied LM head.
 
-One forward function serves every phase. It reads `s` new tokens whose first one sits at cache slot
-`index`, writes their keys and values into the cache at slots `index .. index+s-1`, and lets each
-query attend to the cache slots at or before its own that hold real tokens:
+One forward function serves every phase, told by one value how to use the cache (cache.View,
+built by each strategy). It reads `s` new tokens whose first one sits at cache slot `view.index`,
+writes their keys and values into the cache at slots `index .. index+s-1`, and lets each query
+attend to the cache slots at or before its own that hold real tokens:
 
 - prefill: the whole (left-padded) prompt, `index = 0`;
 - decode step: one token per row, `index` = the slot after the last one written;
 - verify block (speculative decoding): `s` drafted tokens at once, each row at its own slot
-  (`index` is then a [batch] vector: rows accept different numbers of tokens).
+  (`index` is then a [batch] vector: rows accept different numbers of tokens);
+- beam search's step (`view.lineage`) and contrastive search's candidates (`view.alternatives`).
 
 Nothing here branches in Python on a tensor's value, so every phase compiles under
 `tf.function(jit_compile=True)`.
@@ -68,19 +70,21 @@ def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02, scale_re
 # ---- small pure functions ----------------------------------------------------------------------
 
 
-def attention_mask(key_mask: tf.Tensor, index, s: int, lineage=None, alternatives: bool = False) -> tf.Tensor:
+def attention_mask(view: kv.View, s: int) -> tf.Tensor:
     """Which cache slots each of `s` queries (at slots index..index+s-1) may attend to.
 
-    key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
-    index: scalar int32 (every row writes at the same slot), or [batch] int32 (speculative decoding:
-        rows accept different numbers of tokens, so each has its own length).
-    lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
+    view.key_mask: [batch, cache_len] bool, True where a slot holds a real token (after this write).
+    view.index: scalar int32 (every row writes at the same slot), or [batch] int32 (speculative
+        decoding: rows accept different numbers of tokens, so each has its own length).
+    view.lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
         prompt's group holds each slot's key/value for each beam (see `Transformer.attention`).
+    view.alternatives: contrastive search's candidates (each sees the history and itself).
     Returns [batch, 1, s, cache_len] bool (broadcast over heads); with a lineage,
     [prompts, 1, beams * s, beams * cache_len]: query (beam q, token i) -> key (beam row p, slot t).
     """
+    key_mask, lineage, alternatives = view.key_mask, view.lineage, view.alternatives
     cache_len = key_mask.shape[1]
-    index = tf.cast(index, tf.int32)
+    index = tf.cast(view.index, tf.int32)
     if index.shape.rank == 0:
         query_slots = index + tf.range(s)  # [s]
         slots = tf.range(cache_len)[None, :]
@@ -210,17 +214,14 @@ class Transformer:
 
     # -- phases --
 
-    def forward(self, tokens, positions, key_mask, cache: kv.KVCache, index, lineage=None, alternatives=False,
-                keep_layers=False):
+    def forward(self, tokens, positions, cache: kv.KVCache, view: kv.View, keep_layers=False):
         """Run `s` new tokens per row through the model, writing their keys/values into the cache.
 
-        tokens, positions: [batch, s] int32; key_mask: [batch, cache_len] bool (slots holding real tokens
-        once this call has written); index: the cache slot of tokens[:, 0], a scalar int32 or,
-        when rows have different lengths (speculative decoding), one slot per row [batch] int32.
-        lineage: beam search only, [prompts, beams, cache_len] int32 (see `attention`).
-        alternatives: contrastive search's candidates: the s tokens of a row are alternatives for
-            slot `index` (same position), each attending to the history and itself only; candidate i
-            is written at slot index + i until the chosen one is kept (cache.keep_one).
+        tokens, positions: [batch, s] int32; view: where they are written and what they may read
+        (cache.View: the key mask once this call has written, the slot of tokens[:, 0] (a scalar, or
+        one per row when rows have different lengths: speculative decoding), beam search's lineage,
+        contrastive search's alternatives: a row's s tokens are candidates for slot `index`, each
+        written at index + i until the chosen one is kept, cache.keep_one).
         keep_layers: also return every layer's input (HF's hidden_states: the embeddings, each block's
             output, the last one after the final layer norm) and attention probabilities (without lineage).
         Returns (hidden [batch, s, d] after the final layer norm, updated cache), plus with keep_layers
@@ -230,14 +231,13 @@ class Transformer:
         s = tokens.shape[1]
         x = tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
         # x: [batch, s, d]
-        mask = attention_mask(key_mask, index, s, lineage, alternatives)  # [batch, 1, s, cache_len] (see there for beams)
-        group = 1 if lineage is None else lineage.shape[1]
+        mask = attention_mask(view, s)  # [batch, 1, s, cache_len] (see there for beams)
         keys, values, inputs, probs = [], [], [], []
         for i, block in enumerate(self.blocks):
             if keep_layers:
                 inputs.append(x)
             h = layer_norm(x, block.ln_1_scale, block.ln_1_bias, cfg.layer_norm_epsilon)
-            h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], index, mask, group,
+            h, k_cache, v_cache, p = self.attention(h, block, i, cache.keys[i], cache.values[i], view, mask,
                                                     whole=keep_layers)
             if keep_layers:
                 probs.append(p)
@@ -252,8 +252,7 @@ class Transformer:
             return x, kv.KVCache(tuple(keys), tuple(values)), tuple(inputs) + (x,), tuple(heads)
         return x, kv.KVCache(tuple(keys), tuple(values))
 
-    def attention(self, x, block: Block, layer: int, k_cache, v_cache, index, mask, group: int = 1,
-                  whole: bool = False):
+    def attention(self, x, block: Block, layer: int, k_cache, v_cache, view: kv.View, mask, whole: bool = False):
         """Causal self-attention of x [batch, s, d] over the cache; returns (out, k_cache, v_cache,
         probs [groups * heads, group * s, group * cache_len]: the attention probabilities).
 
@@ -272,7 +271,7 @@ class Transformer:
         (`causal_chunks`), unless `whole` (the probabilities are wanted in full); probs is then None.
         """
         cfg = self.config
-        rows, s, heads, head_dim = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim
+        rows, s, heads, head_dim, group = tf.shape(x)[0], x.shape[1], cfg.n_head, cfg.head_dim, view.group
         groups = rows // group
         qkv = linear(x, block.qkv_kernel, block.qkv_bias)  # [rows, s, 3d]
         qkv = tf.reshape(qkv, [groups, group, s, 3, heads, head_dim])
@@ -280,16 +279,16 @@ class Transformer:
         qkv = tf.reshape(qkv, [3, groups * heads * group, s, head_dim])
         q, k, v = qkv[0], qkv[1], qkv[2]  # [rows * heads, s, head_dim]
         # caches: [groups * heads, group * cache_len, head_dim], written in place
-        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), index, group)
-        v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), index, group)
+        k_cache = kv.write(k_cache, tf.cast(k, k_cache.dtype), view)
+        v_cache = kv.write(v_cache, tf.cast(v, v_cache.dtype), view)
         scale = 1.0
         if cfg.scale_attn_weights:
             scale /= math.sqrt(head_dim)
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= layer + 1
         q = tf.reshape(q, [groups * heads, group * s, head_dim])
-        if isinstance(index, int) and group == 1 and s > CHUNK and not whole:
-            out, probs = causal_chunks(q, k_cache, v_cache, mask, index, scale, heads), None
+        if isinstance(view.index, int) and group == 1 and s > CHUNK and not whole:
+            out, probs = causal_chunks(q, k_cache, v_cache, mask, view.index, scale, heads), None
         else:
             scores = tf.matmul(q, tf.cast(k_cache, q.dtype), transpose_b=True) * scale
             # scores: [groups * heads, group * s, group * cache_len]
@@ -328,15 +327,16 @@ class Transformer:
         positions, filled = positions_from_mask(mask), 0
         if prefix is not None:
             old, filled = prefix
+            start = kv.View(key_mask, 0)
             cache = kv.KVCache(
-                keys=tuple(kv.write(new, o[:, :filled], 0) for new, o in zip(cache.keys, old.keys)),
-                values=tuple(kv.write(new, o[:, :filled], 0) for new, o in zip(cache.values, old.values)),
+                keys=tuple(kv.write(new, o[:, :filled], start) for new, o in zip(cache.keys, old.keys)),
+                values=tuple(kv.write(new, o[:, :filled], start) for new, o in zip(cache.values, old.values)),
             )
             tokens, positions = tokens[:, filled:], positions[:, filled:]
-        out = self.forward(tokens, positions, key_mask, cache, filled, lineage, keep_layers=keep_layers)
+        out = self.forward(tokens, positions, cache, kv.View(key_mask, filled, lineage), keep_layers=keep_layers)
         return (out[0], out[1], key_mask, out[2:]) if keep_layers else (*out, key_mask)
 
-    def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
+    def decode_one_token(self, tokens, positions, cache, view: kv.View):
         """One decode step: tokens, positions [batch] -> (logits [batch, vocab], cache)."""
-        hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index, lineage)
+        hidden, cache = self.forward(tokens[:, None], positions[:, None], cache, view)
         return self.lm_head(hidden[:, 0]), cache

@@ -34,22 +34,23 @@ class PositionNet:
     def lm_head(self, hidden):
         return hidden
 
-    def forward(self, tokens, positions, key_mask, cache, index, lineage=None):
+    def forward(self, tokens, positions, cache, view):
         return MARGIN * tf.one_hot((positions + 1) % VOCAB, VOCAB), cache
 
     def prefill(self, ids, mask, cache_len, lineage=None, prefix=None):
-        hidden, _ = self.forward(ids, positions_from_mask(mask), None, (), 0)
+        hidden, _ = self.forward(ids, positions_from_mask(mask), (), None)
         group = 1 if lineage is None else lineage.shape[1]  # beam search: beams side by side
         cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1, group=group)  # one layer, one head, head_dim 1
         return hidden, cache, tf.ones([tf.shape(ids)[0], cache_len], tf.bool)
 
-    def decode_one_token(self, tokens, positions, key_mask, cache, index, lineage=None):
-        """Also checks the cache it is given: as long as key_mask (and lineage), with room for slot `index`."""
-        slots = cache.keys[0].shape[1] // (1 if lineage is None else lineage.shape[1])
-        assert key_mask.shape[1] == slots and (lineage is None or lineage.shape[2] == slots)
-        tf.debugging.assert_less(index, slots, message="decode step beyond its segment's cache")
+    def decode_one_token(self, tokens, positions, cache, view):
+        """Also checks the cache it is given: as long as the view's key_mask (and lineage), with room
+        for slot view.index."""
+        slots = cache.keys[0].shape[1] // view.group
+        assert view.key_mask.shape[1] == slots and (view.lineage is None or view.lineage.shape[2] == slots)
+        tf.debugging.assert_less(view.index, slots, message="decode step beyond its segment's cache")
         self.slots_seen.add(slots)
-        hidden, cache = self.forward(tokens[:, None], positions[:, None], key_mask, cache, index)
+        hidden, cache = self.forward(tokens[:, None], positions[:, None], cache, view)
         return hidden[:, 0], cache
 
     slots_seen: set = set()

@@ -8,6 +8,7 @@ import tensorflow as tf
 import torch
 
 from conftest import left_padded_batch
+from minigen import cache as kv
 
 
 def reference_logits(hf, ids, mask):
@@ -95,7 +96,7 @@ def test_prefill_then_decode_through_cache_equals_full_forward(hf_and_minigen):
         positions = tf.reduce_sum(prompt_mask, axis=1)  # next position of each row
         out = []
         for t in range(steps):
-            logits, cache = net.decode_one_token(follow[:, t], positions + t, key_mask, cache, width + t)
+            logits, cache = net.decode_one_token(follow[:, t], positions + t, cache, kv.View(key_mask, width + t))
             out.append(logits)
         return first, tf.stack(out, axis=1)
 

@@ -202,3 +202,14 @@ def test_the_options_page_is_the_table():
 
     page = PACKAGE.parent / "docs" / "options.md"
     assert page.read_text() == markdown(), "docs/options.md is stale: run `make docs`"
+
+
+def test_every_strategy_is_registered_once_and_its_modes_agree():
+    """A strategy is a row of generate.STRATEGIES (its loop, and the module streaming compiles) and a
+    row of options.MODES (the modes the option checks let it run in): the two name the same
+    strategies, and those that stream are those whose modes include streaming."""
+    from minigen.generation.generate import STRATEGIES
+    from minigen.generation.options import ALL, MODES, STREAM, TITLES
+
+    assert set(STRATEGIES) == set(ALL) == set(MODES) == set(TITLES)
+    assert {n for n, s in STRATEGIES.items() if s.stream is not None} == {n for n, m in MODES.items() if STREAM in m}

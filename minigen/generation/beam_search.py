@@ -54,6 +54,77 @@ def length_scale(length, length_penalty):
     return tf.cast(tf.pow(tf.cast(length, tf.float64), tf.cast(length_penalty, tf.float64)), tf.float32)
 
 
+class Continuations(NamedTuple):
+    """A step's best continuations of each prompt, `keep` of them, best first."""
+
+    scores: tf.Tensor  # [batch, keep] float32: the running score plus the token's log-prob
+    parent: tf.Tensor  # [batch, keep] int32: the running beam each continues
+    token: tf.Tensor  # [batch, keep] int32
+    sequences: tf.Tensor  # [batch, keep, width] int32: the parent's sequence with the token at `slot`
+    beams: tf.Tensor  # [batch, keep, max_new] int32: the parent's beam rows with this step's (when kept)
+
+
+def top_continuations(logprobs, running_scores, running, running_beams, slot, step, keep: int) -> Continuations:
+    """The best `keep` of each prompt's num_beams x vocab continuations (the reference's
+    _get_top_k_continuations). logprobs [batch, num_beams, vocab] processed; running_scores
+    [batch, num_beams]; running [batch, num_beams, width]; running_beams [batch, num_beams, max_new]
+    ([.., 0] when beam indices are not kept)."""
+    batch, nb, vocab = logprobs.shape[0], logprobs.shape[1], logprobs.shape[2]
+    totals = logprobs + running_scores[:, :, None]
+    scores, index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
+    parent, token = index // vocab, index % vocab
+    sequences = core.write_column(gather_beams(running, parent), slot, token)
+    beams = running_beams
+    if running_beams.shape[-1]:
+        first_row = tf.range(batch)[:, None] * nb  # a prompt's first beam row in the flat batch
+        beams = core.write_column(gather_beams(running_beams, parent), step, first_row + parent)
+    return Continuations(scores, parent, token, sequences, beams)
+
+
+def next_running(top: Continuations, hits, num_beams: int):
+    """The best num_beams continuations that did not finish, to run on (the reference's
+    _get_running_beams_for_next_iteration). hits [batch, keep] bool: the continuation ended (EOS or
+    the length limit). Returns (sequences, scores, beams, parents), each with num_beams per prompt."""
+    alive = top.scores - tf.cast(hits, tf.float32) * BIG
+    _, best = tf.math.top_k(alive, num_beams)
+    return (gather_beams(top.sequences, best), gather_beams(alive, best), gather_beams(top.beams, best),
+            gather_beams(top.parent, best))
+
+
+def offer_finished(finished, finished_scores, is_finished, finished_beams, top: Continuations, hits, can_improve,
+                   generated, length_penalty, early_stopping):
+    """The finished buffer after this step's ended continuations are offered to it (the reference's
+    _update_finished_beams): among the best num_beams continuations, those that ended compete with
+    the buffer on sum_logprobs / generated ** length_penalty; none once early_stopping=True found
+    num_beams, or once the prompt cannot improve. finished [batch, num_beams, width], its scores and
+    flags [batch, num_beams], its beams [batch, num_beams, max_new]; generated: tokens so far, this one
+    included. Returns the four, updated."""
+    nb = finished_scores.shape[1]
+    ended = hits & (tf.range(top.scores.shape[1]) < nb)[None, :]  # only the best num_beams may finish
+    offered = top.scores / length_scale(generated, length_penalty)
+    if early_stopping is True:
+        offered -= tf.cast(tf.reduce_all(is_finished, axis=1, keepdims=True), tf.float32) * BIG
+    offered -= tf.cast(~can_improve, tf.float32) * BIG
+    offered -= tf.cast(~ended, tf.float32) * BIG
+    scores, best = tf.math.top_k(tf.concat([finished_scores, offered], axis=1), nb)
+    return (gather_beams(tf.concat([finished, top.sequences], axis=1), best), scores,
+            gather_beams(tf.concat([is_finished, ended], axis=1), best),
+            gather_beams(tf.concat([finished_beams, top.beams], axis=1), best))
+
+
+def still_improvable(can_improve, running_scores, finished_scores, is_finished, generated, max_new: int,
+                     length_penalty, early_stopping):
+    """[batch, 1] bool: each prompt's best running beam could still beat its worst finished one (the
+    reference's _check_early_stop_heuristic; with early_stopping="never" and a positive length
+    penalty the best case is a hypothesis of max_new tokens)."""
+    best_len = generated
+    if early_stopping == "never":
+        best_len = tf.where(length_penalty > 0.0, max_new, generated)
+    best_possible = running_scores[:, :1] / length_scale(best_len, length_penalty)
+    worst_done = tf.where(is_finished, tf.reduce_min(finished_scores, axis=1, keepdims=True), -BIG)
+    return can_improve & tf.reduce_any(best_possible > worst_done, axis=-1, keepdims=True)
+
+
 def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     """ids, mask: [batch * num_beams, bucket] (each prompt repeated num_beams times).
 
@@ -66,8 +137,6 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     batch = rows // nb
     vocab = net.config.vocab_size
     keep = max(2, 1 + len(key.eos_ids)) * nb  # continuations considered per prompt
-    top_nb = tf.range(keep) < nb  # only the best num_beams continuations may finish
-    never, early_true = key.beam.early_stopping == "never", key.beam.early_stopping is True
 
     own_row = tf.tile(tf.range(nb)[None, :], [batch, 1])  # [batch, num_beams]
     sizes = core.windows(key)  # the cache length of each decode segment (one unless the batch is wide and long)
@@ -82,7 +151,6 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
     # which beam row each generated token came from (the reference's beam_indices), kept with scores only
     no_beams = tf.fill([batch, nb, max_new if key.scores else 0], -1)
-    flat_row = tf.range(batch)[:, None] * nb  # [batch, 1]: a prompt's first beam row
     state = BeamState(
         step=tf.constant(0),
         cache=cache,
@@ -106,46 +174,17 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids)
         logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
         record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
-        totals = tf.reshape(logprobs, [batch, nb, vocab]) + s.running_scores[:, :, None]
-        top_scores, top_index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
-        parent, token = top_index // vocab, top_index % vocab
-        candidates = core.write_column(gather_beams(s.running, parent), slot, token)
-        candidate_beams = s.running_beams
-        if key.scores:
-            candidate_beams = core.write_column(gather_beams(s.running_beams, parent), s.step, flat_row + parent)
-        hits = core.is_eos(token, key.eos_ids) | (s.step + 1 >= max_new)
-
-        # running beams for the next step: the best that did not finish
-        alive_scores = top_scores - tf.cast(hits, tf.float32) * BIG
-        _, best_alive = tf.math.top_k(alive_scores, nb)
-        running = gather_beams(candidates, best_alive)
-        running_beams = gather_beams(candidate_beams, best_alive)
-        running_scores = gather_beams(alive_scores, best_alive)
-        parents = gather_beams(parent, best_alive)
-
-        # offer finished continuations to the finished buffer
-        just_finished = hits & top_nb[None, :]
-        offered = top_scores / length_scale(s.step + 1, knobs.length_penalty)
-        if early_true:
-            offered -= tf.cast(tf.reduce_all(s.is_finished, axis=1, keepdims=True), tf.float32) * BIG
-        offered -= tf.cast(~s.can_improve, tf.float32) * BIG
-        offered -= tf.cast(~just_finished, tf.float32) * BIG
-        merged_scores = tf.concat([s.finished_scores, offered], axis=1)
-        finished_scores, best_done = tf.math.top_k(merged_scores, nb)
-        finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best_done)
-        is_finished = gather_beams(tf.concat([s.is_finished, just_finished], axis=1), best_done)
-        finished_beams = gather_beams(tf.concat([s.finished_beams, candidate_beams], axis=1), best_done)
-
-        # early-stopping heuristic (the reference's _check_early_stop_heuristic)
+        top = top_continuations(tf.reshape(logprobs, [batch, nb, vocab]), s.running_scores, s.running,
+                                s.running_beams, slot, s.step, keep)
+        hits = core.is_eos(top.token, key.eos_ids) | (s.step + 1 >= max_new)
+        running, running_scores, running_beams, parents = next_running(top, hits, nb)
         generated = s.step + 1
-        if never:
-            best_len = tf.where(knobs.length_penalty > 0.0, max_new, generated)
-        else:
-            best_len = generated
-        best_possible = running_scores[:, :1] / length_scale(best_len, knobs.length_penalty)
-        worst_done = tf.where(is_finished, tf.reduce_min(finished_scores, axis=1, keepdims=True), -BIG)
-        can_improve = s.can_improve & tf.reduce_any(best_possible > worst_done, axis=-1, keepdims=True)
-        all_done = tf.reduce_all(is_finished) if early_true else tf.constant(False)
+        finished, finished_scores, is_finished, finished_beams = offer_finished(
+            s.finished, s.finished_scores, s.is_finished, s.finished_beams, top, hits, s.can_improve, generated,
+            knobs.length_penalty, key.beam.early_stopping)
+        can_improve = still_improvable(s.can_improve, running_scores, finished_scores, is_finished, generated,
+                                       max_new, knobs.length_penalty, key.beam.early_stopping)
+        all_done = tf.reduce_all(is_finished) if key.beam.early_stopping is True else tf.constant(False)
         done = ~tf.reduce_any(can_improve) | all_done | tf.reduce_all(hits)
 
         # advance the running beams by one token: inherit the parents' lineage, then one decode step
@@ -155,7 +194,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
 
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
         position = generated_position(prompt_len, s.step)
-        logits, cache = net.decode_one_token(next_tokens, position, key_mask, s.cache, slot, lineage)
+        logits, cache = net.decode_one_token(next_tokens, position, s.cache, kv.View(key_mask, slot, lineage))
         return BeamState(
             step=s.step + 1,
             cache=cache,

@@ -91,7 +91,7 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
         scores = core.scores(state.logits, Step(state.sequences, valid, slot, state.step, key.eos_ids), knobs, key)
         probs, candidates = tf.math.top_k(tf.nn.softmax(scores), k)  # [rows, k]
         position = generated_position(state.prompt_len, state.step)[:, None] + tf.zeros_like(candidates)
-        hidden, cache = net.forward(candidates, position, key_mask, state.cache, slot, alternatives=True)
+        hidden, cache = net.forward(candidates, position, state.cache, kv.View(key_mask, slot, alternatives=True))
         directions = unit(hidden)  # [rows, k, d]
         choice = rank(probs, degeneration_penalty(state.context, valid, directions), knobs.penalty_alpha)  # [rows]
         token = tf.where(state.finished, key.pad_id, tf.gather(candidates, choice, batch_dims=1))

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 import weakref
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +24,7 @@ from ..model import Transformer
 from . import contrastive
 from .beam_search import beam_search
 from .config import GenerationConfig
+from . import core
 from .core import CompileKey, compile_key, make_knobs, windows
 from .inputs import as_batch, left_pad_to
 from .outputs import GenerateOutput, GenerationState, generated_mask, per_step
@@ -45,26 +47,41 @@ def describe(key: CompileKey) -> str:
     return f"{what} for {rows} x bucket {key.bucket} (+{key.max_new_tokens} new)"
 
 
+class Strategy(NamedTuple):
+    """How `generate` runs a strategy: its whole compiled loop, and the module whose start_state /
+    decode_until `stream` compiles apart (None: the strategy does not stream)."""
+
+    run: Callable  # (net, draft, ids, mask, knobs, key, *prefix_cache) -> core.Outputs
+    stream: object = None
+
+
+# The strategies, each registered once: a new one is a row here (plus its options' rows in
+# options.OPTIONS and its MODES there).
+STRATEGIES = {
+    "greedy": Strategy(lambda net, draft, *args: search(net, *args), search_loop),
+    "sample": Strategy(lambda net, draft, *args: search(net, *args), search_loop),
+    "beam": Strategy(lambda net, draft, *args: beam_search(net, *args)),
+    "contrastive": Strategy(lambda net, draft, *args: contrastive.contrastive_search(net, *args), contrastive),
+    "speculative": Strategy(speculative_loop),  # greedy or sampling, with drafted tokens (key.speculation)
+}
+
+
+def strategy_of(key: CompileKey) -> Strategy:
+    return STRATEGIES["speculative" if key.speculation else key.strategy]
+
+
 def compiled_generate(model, key: CompileKey, assistant=None):
     """The cached compiled function for this key (and draft model), created (not yet traced) on first use.
     It takes (ids, mask, knobs), plus the previous cache when continuing (key.prefix > 0)."""
     net, draft = model.network, None if assistant is None else assistant.network
-    if key.speculation:
-        def run(ids, mask, knobs):
-            return speculative_loop(net, draft, ids, mask, knobs, key)
-    elif key.strategy == "beam":
-        def run(ids, mask, knobs):
-            return beam_search(net, ids, mask, knobs, key)
-    elif key.strategy == "contrastive":
-        def run(ids, mask, knobs):
-            return contrastive.contrastive_search(net, ids, mask, knobs, key)
-    elif key.prefix:
-        def run(ids, mask, knobs, prefix_cache):
-            return search(net, ids, mask, knobs, key, prefix_cache)
+    run = strategy_of(key).run
+    if key.prefix:
+        def loop(ids, mask, knobs, prefix_cache):
+            return run(net, draft, ids, mask, knobs, key, prefix_cache)
     else:
-        def run(ids, mask, knobs):
-            return search(net, ids, mask, knobs, key)
-    return model.compile_cache.compiled(cache_key(key, assistant), run)
+        def loop(ids, mask, knobs):
+            return run(net, draft, ids, mask, knobs, key)
+    return model.compile_cache.compiled(cache_key(key, assistant), loop)
 
 
 def cache_key(key: CompileKey, assistant=None):
@@ -211,6 +228,46 @@ def check_state(model, cache, ids, mask, cfg: GenerationConfig) -> None:
                          f"model's n_positions ({model.config.n_positions})")
 
 
+class Call(NamedTuple):
+    """One checked call, ready to run: what `generate` and `stream` share."""
+
+    cfg: GenerationConfig  # resolved for the prompts' width (GenerationConfig.for_prompt)
+    key: CompileKey
+    ids: np.ndarray  # [key.rows, key.bucket] int32: left-padded, rows expanded for beams / samples
+    mask: np.ndarray  # [key.rows, key.bucket] int32
+    batch: int  # prompts as given
+    width: int  # their width as given
+    knobs: core.Knobs
+    prefix_cache: tuple  # (the continued state's KVCache,) or ()
+
+
+def plan(model, input_ids, attention_mask, generation_config, options: dict, *, streaming: bool = False,
+         cache: GenerationState | None = None, return_state: bool = False, assistant=None) -> Call:
+    """Everything before the compiled loop runs, for generate and stream alike: the options checked
+    (alone, together, against the model), the prompts checked and bucketed, a continued state
+    joined, the compile key, the rows expanded, the memory and user-processor checks, the knobs.
+    Raises ValueError before anything compiles."""
+    cfg = as_config(generation_config, options, model_defaults(model)).check(
+        model.config, streaming=streaming, continuing=cache is not None or return_state, assistant=assistant is not None)
+    cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
+    if assistant is not None:
+        check_assistant(model, assistant, cfg, int(mask.sum(axis=1).max()))
+    speculation = "draft" if assistant is not None else "lookup" if cfg.prompt_lookup_num_tokens else ""
+    prefix, prefix_cache = 0, ()
+    if cache is not None:
+        check_state(model, cache, ids, mask, cfg)
+        ids = np.concatenate([cache.sequences, ids], axis=1).astype(np.int32)
+        mask = np.concatenate([cache.mask, mask], axis=1).astype(np.int32)
+        bucket, prefix, prefix_cache = ids.shape[1], cache.width - 1, (cache.cache,)
+    stop, stop_knobs = stop_inputs(model, cfg)
+    key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
+                      speculation=speculation, stop=stop)
+    ids, mask = expand_rows(ids, mask, key)
+    check_record_memory(key, model.config.vocab_size)
+    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
+    return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs), prefix_cache)
+
+
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
              cache: GenerationState | None = None, return_state: bool = False, assistant_model=None, **options):
     """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
@@ -238,31 +295,15 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         return_dict, an output_* option or return_state is set (see outputs.GenerateOutput). With `cache`, the layout is that of the
         new segment alone as the prompt.
     """
-    continuing = cache is not None or return_state
-    cfg = as_config(generation_config, options, model_defaults(model)).check(model.config, continuing=continuing,
-                                                      assistant=assistant_model is not None)
-    cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
-    if assistant_model is not None:
-        check_assistant(model, assistant_model, cfg, int(mask.sum(axis=1).max()))
-    speculation = "draft" if assistant_model is not None else "lookup" if cfg.prompt_lookup_num_tokens else ""
-    prefix, args = 0, ()
-    if cache is not None:
-        check_state(model, cache, ids, mask, cfg)
-        ids = np.concatenate([cache.sequences, ids], axis=1).astype(np.int32)
-        mask = np.concatenate([cache.mask, mask], axis=1).astype(np.int32)
-        bucket, prefix, args = ids.shape[1], cache.width - 1, (cache.cache,)
-    stop, stop_knobs = stop_inputs(model, cfg)
-    key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
-                      speculation=speculation, stop=stop)
-    ids, mask = expand_rows(ids, mask, key)
-    check_record_memory(key, model.config.vocab_size)
-    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
+    call = plan(model, input_ids, attention_mask, generation_config, options, cache=cache, return_state=return_state,
+                assistant=assistant_model)
+    cfg, key, ids, mask, batch, width = call.cfg, call.key, call.ids, call.mask, call.batch, call.width
     fresh = cache_key(key, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, key, assistant_model)
     traces = model.trace_count
     began = time.perf_counter()
     with compile_notice(describe(key), fresh):
-        result = fn(tf.constant(ids), tf.constant(mask), make_knobs(cfg, **stop_knobs), *args)
+        result = fn(tf.constant(ids), tf.constant(mask), call.knobs, *call.prefix_cache)
         sequences = result.sequences.numpy()
     elapsed = time.perf_counter() - began
     compiled = model.trace_count != traces
@@ -326,11 +367,9 @@ def given_ids(input_ids) -> np.ndarray:
 def compiled_stream(model, key: CompileKey):
     """The cached (start, advance) pair of compiled functions for streaming with this key."""
     net = model.network
-    loop = contrastive if key.strategy == "contrastive" else search_loop
+    loop = strategy_of(key).stream
 
     def begin(ids, mask):
-        if loop is search_loop:  # the first segment's cache (see core.windows)
-            return loop.start_state(net, ids, mask, key, cache_len=windows(key)[0])
         return loop.start_state(net, ids, mask, key)
 
     def advance(state, mask, key_mask, knobs, limit):
@@ -350,15 +389,11 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    cfg = as_config(generation_config, options, model_defaults(model)).check(model.config, streaming=True)
-    cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
-    stop, stop_knobs = stop_inputs(model, cfg)
-    key = compile_key(cfg, model.config, batch, bucket, stop=stop)
-    ids, mask = expand_rows(ids, mask, key)
-    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
+    call = plan(model, input_ids, attention_mask, generation_config, options, streaming=True)
+    cfg, key, ids, mask, batch, bucket, knobs = call.cfg, call.key, call.ids, call.mask, call.batch, call.key.bucket, \
+        call.knobs
     fresh = ("stream", key) not in model.compile_cache
     begin, advance = compiled_stream(model, key)
-    knobs = make_knobs(cfg, **stop_knobs)
     mask_t = tf.constant(mask)
     traces, began = model.trace_count, time.perf_counter()
     with compile_notice("streaming " + describe(key), fresh):

@@ -36,11 +36,11 @@ class DecodeState(NamedTuple):
 
 
 def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=None) -> tuple[DecodeState, tf.Tensor]:
-    """Prefill: the prompt fills a fresh cache of cache_len slots (default bucket + max_new_tokens; its
-    first key.prefix slots copied from prefix_cache when continuing). Returns (state before the first
-    choice, key_mask [rows, cache_len])."""
+    """Prefill: the prompt fills a fresh cache of cache_len slots (default: the first decode segment's,
+    core.windows; its first key.prefix slots copied from prefix_cache when continuing). Returns (state
+    before the first choice, key_mask [rows, cache_len])."""
     prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
-    cache_len = cache_len or key.bucket + key.max_new_tokens
+    cache_len = cache_len or core.windows(key)[0]
     hidden, cache, key_mask = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix)
     return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), key_mask
 
@@ -85,7 +85,7 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         slot, position = bucket + state.step, generated_position(state.prompt_len, state.step)
         state = choose(state)
         token = state.sequences[:, slot]
-        logits, cache = net.decode_one_token(token, position, key_mask, state.cache, slot)
+        logits, cache = net.decode_one_token(token, position, state.cache, kv.View(key_mask, slot))
         return state._replace(cache=cache, logits=logits)
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new - 1)

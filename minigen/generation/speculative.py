@@ -89,6 +89,49 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
     return tf.where(known, tokens, pad_id)
 
 
+def accept_greedy(scores, candidates):
+    """Greedy verification: scores [rows, k+1, vocab] (the target's, processed, at the pending token
+    and each candidate), candidates [rows, k]. Returns (tokens [rows, k+1]: the target's choice at
+    each position, accepted [rows]: how many candidates agree with it before the first that does
+    not). A row keeps tokens[:accepted + 1]: its accepted candidates, then the target's own token."""
+    choice = tf.argmax(scores, axis=-1, output_type=tf.int32)
+    return choice, leading_true(tf.equal(candidates, choice[:, :candidates.shape[1]]))
+
+
+def accept_sampled(scores, candidates, q, seed, iteration):
+    """Speculative sampling's verification (Leviathan et al. 2023): candidate c_j, drawn from the
+    draft's q, is accepted with probability min(1, p(c_j) / q(c_j)) while all before it were; the
+    first rejected one is redrawn from max(p - q, 0) renormalised (p itself where that is empty), or
+    when all pass a bonus token is drawn from p, so each kept token is distributed as the target alone
+    would draw it. scores [rows, k+1, vocab] (processed, warped), candidates [rows, k], q [rows, k,
+    vocab] probabilities; seed int32 [2], iteration: the verify step (the draws' stream).
+    Returns (tokens [rows, k+1]: the accepted candidates, then the redrawn or bonus token; accepted [rows])."""
+    rows, k = tf.shape(candidates)[0], candidates.shape[1]
+    p = tf.nn.softmax(scores)  # [rows, k+1, vocab]
+    p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
+    q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
+    u = tf.random.stateless_uniform([rows, k], core.rng_key(seed, iteration, ACCEPT))
+    n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
+    residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
+    redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
+    empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
+    redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
+    token = P.gumbel_argmax(tf.math.log(redraw_from), core.rng_key(seed, iteration))
+    padded = tf.concat([candidates, candidates[:, :1]], axis=1)
+    return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
+
+
+def kept_count(tokens, accepted, generated, finished, max_new: int, eos_ids: tuple):
+    """How many of a verify block's tokens [rows, k+1] each row keeps: its accepted candidates and one
+    more, cut after its first EOS and at max_new tokens in all; 0 for a row already finished.
+    accepted, generated [rows] int32, finished [rows] bool. Returns (count [rows], hit_eos [rows])."""
+    count = tf.minimum(accepted + 1, max_new - generated)
+    eos = core.is_eos(tokens, eos_ids) & (tf.range(tokens.shape[1])[None, :] < count[:, None])
+    hit = tf.reduce_any(eos, axis=1)
+    count = tf.where(hit, tf.argmax(tf.cast(eos, tf.int32), axis=1, output_type=tf.int32) + 1, count)
+    return tf.where(finished, 0, count), hit
+
+
 # ---- proposals -----------------------------------------------------------------------------------
 
 
@@ -105,7 +148,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     generated = lengths - bucket  # tokens each row has so far
     last_two = tf.gather(state.sequences, tf.stack([lengths - 2, lengths - 1], axis=1), batch_dims=1)  # [rows, 2]
     positions = generated_position(prompt_len, generated)[:, None] + tf.constant([[-2, -1]])
-    hidden, cache = draft.forward(last_two, positions, key_mask, state.draft_cache, lengths - 2)
+    hidden, cache = draft.forward(last_two, positions, state.draft_cache, kv.View(key_mask, lengths - 2))
     logits = draft.lm_head(hidden[:, 1])  # [rows, vocab]
     tokens, probs = [], []
     for i in range(k):
@@ -117,7 +160,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
         tokens.append(token)
         if i + 1 < k:  # the last candidate needs no forward pass
             position = generated_position(prompt_len, generated + i)
-            logits, cache = draft.decode_one_token(token, position, key_mask, cache, lengths + i)
+            logits, cache = draft.decode_one_token(token, position, cache, kv.View(key_mask, lengths + i))
     candidates = tf.stack(tokens, axis=1)  # [rows, k]
     q = tf.stack(probs, axis=1) if probs else None  # [rows, k, vocab]
     return candidates, q, cache
@@ -170,24 +213,6 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         q = tf.one_hot(candidates, net.config.vocab_size) if sampling else None  # a lookup is certain
         return candidates, q, ()
 
-    def accept(logits, candidates, q, iteration):
-        """(tokens [rows, k+1]: the accepted candidates then the target's token; accepted count [rows])."""
-        if not sampling:
-            choice = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [rows, k+1]
-            return choice, leading_true(tf.equal(candidates, choice[:, :k]))
-        p = tf.nn.softmax(logits)  # [rows, k+1, vocab]
-        p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
-        q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
-        u = tf.random.stateless_uniform([rows, k], core.rng_key(knobs.seed, iteration, ACCEPT))
-        n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
-        residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
-        redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
-        empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
-        redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
-        token = P.gumbel_argmax(tf.math.log(redraw_from), core.rng_key(knobs.seed, iteration))
-        padded = tf.concat([candidates, candidates[:, :1]], axis=1)
-        return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
-
     def verify_step(state: SpecState) -> SpecState:
         iteration = state.iteration + 1
         lengths, generated = state.lengths, state.lengths - bucket
@@ -196,16 +221,11 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         block = tf.concat([pending[:, None], candidates], axis=1)  # [rows, k+1]
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
         positions = generated_position(prompt_len[:, None], number - 1)  # [rows, k+1]: the pending token first
-        hidden, cache = net.forward(block, positions, key_mask, state.cache, lengths - 1)
+        hidden, cache = net.forward(block, positions, state.cache, kv.View(key_mask, lengths - 1))
         scores = core.scores(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
-        tokens, n = accept(scores, candidates, q, iteration)
-        # how many tokens each row keeps: the accepted candidates and one more, cut at EOS / max_new
-        count = tf.minimum(n + 1, max_new - generated)
-        eos = core.is_eos(tokens, key.eos_ids) & (tf.range(k + 1)[None, :] < count[:, None])
-        first_eos = tf.argmax(tf.cast(eos, tf.int32), axis=1, output_type=tf.int32)
-        hit = tf.reduce_any(eos, axis=1)
-        count = tf.where(hit, first_eos + 1, count)
-        count = tf.where(state.finished, 0, count)
+        tokens, n = accept_sampled(scores, candidates, q, knobs.seed, iteration) if sampling else \
+            accept_greedy(scores, candidates)
+        count, hit = kept_count(tokens, n, generated, state.finished, max_new, key.eos_ids)
         logprobs = state.logprobs
         if key.logprobs:
             logprobs = core.write_runs(logprobs, core.token_logprob(scores, tokens), generated, count)
