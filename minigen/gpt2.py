@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import export as exporting
+from . import scoring
 from . import text
 from .compile_cache import DEFAULT_SIZE, CompileCache
 from .status import compile_notice
@@ -125,6 +126,19 @@ class GPT2:
     def stream(self, prompt: str, chunk_size: int = 8, **options):
         """Yield text pieces of one prompt's continuation as they are generated; see `minigen.text.stream_text`."""
         return text.stream_text(self, prompt, chunk_size, **options)
+
+    def loglikelihood(self, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
+        """Per (context, continuation) request, text or ids: (the continuation's summed log-prob, whether
+        it is the greedy continuation), by lm-evaluation-harness's rules; see `minigen.scoring`."""
+        return scoring.loglikelihood(self, requests, batch_size, progress)
+
+    def loglikelihood_rolling(self, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
+        """Per text (or ids): its summed log-prob, every token predicted once; see `minigen.scoring`."""
+        return scoring.loglikelihood_rolling(self, texts, batch_size, progress)
+
+    def perplexity(self, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
+        """Per text (or ids): exp(-loglikelihood_rolling / its tokens); see `minigen.scoring`."""
+        return scoring.perplexity(self, texts, batch_size, progress)
 
     def export(self, out_dir: str, **options) -> str:
         """Write a TensorFlow SavedModel of the compiled generate; see `minigen.export.export`."""

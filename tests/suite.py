@@ -54,7 +54,7 @@ GROUPS = [
     (["test_pipeline.py"], 1.5),  # + a real `minigen batch` interrupted by SIGINT
     (["test_cli.py", "test_loops.py", "test_structure.py", "test_bookkeeping.py"], 1.5),
     (["test_trust.py"], 1.8),  # ~60 small compiles in one process: 1.8 GB RSS alone
-    (["test_processors.py"], 1.35),
+    (["test_processors.py", "test_scoring.py"], 1.5),
     (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.3),
     (["test_speculative_sampling.py"], 1.5),
     (["test_shipped.py"], 1.35),

@@ -1,0 +1,218 @@
+"""Scoring: how likely a model finds a continuation after a context, or a whole text; perplexity.
+
+These are the requests an evaluation harness sends (lm-evaluation-harness's `loglikelihood` and
+`loglikelihood_rolling`), with its rules, so scores match its `hf` backend on the same weights:
+
+    context / continuation   a context's trailing whitespace moves to the continuation; the
+                             continuation's tokens are those the whole text has after the context's
+                             (a BPE merge across the boundary is scored as the whole text has it);
+                             an empty context is the end-of-text token
+    too long                 the last n_positions + 1 tokens are kept (the context loses its start);
+                             a continuation longer than n_positions is refused
+    a whole text             scored in disjoint chunks of n_positions tokens, each predicted from
+                             the n_positions tokens before its end (the first from end-of-text), so
+                             every token is predicted once
+
+One compiled forward pass per (rows, bucket width, scored tail) triple: rows are left-padded to a
+multiple of BUCKET and only the tail's positions reach the LM head, so the [rows, width, vocab]
+logits never exist and never reach the host.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from . import status
+
+BUCKET = 16  # row widths and scored tails are rounded up to a multiple of this: new lengths reuse compiles
+
+
+class Row(NamedTuple):
+    """One forward pass's worth of scoring: `targets` are predicted from the ends of `inputs`."""
+
+    inputs: list  # token ids fed to the model
+    targets: list  # the ids scored: inputs[i + 1 - len(targets)]'s successor is targets[i]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _is_ids(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and all(
+        isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in value)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list, list]:
+    """(context ids, continuation ids) by the harness's rule (module docstring)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    head = tokenizer.encode(context)
+    return head, whole[len(head):]
+
+
+def _eos(model) -> int:
+    eos = model.config.eos_token_id
+    if eos is None or not 0 <= eos < model.config.vocab_size:
+        raise ValueError("an empty context is scored after the end-of-text token, and this model's config has no "
+                         "eos_token_id in its vocabulary")
+    return int(eos)
+
+
+def _tokens(model, value, where: str) -> list:
+    """A text's ids (with the model's tokenizer) or checked ids."""
+    if isinstance(value, str):
+        if model.tokenizer is None:
+            raise ValueError(f"{where} is text, and this model has no tokenizer: pass token ids, or load a directory "
+                             "holding tokenizer.json")
+        return model.tokenizer.encode(value)
+    if not _is_ids(value):
+        raise ValueError(f"{where} must be a string or a list of token ids, got {type(value).__name__}")
+    bad = [int(t) for t in value if not 0 <= t < model.config.vocab_size]
+    if bad:
+        raise ValueError(f"{where} holds token id {bad[0]} outside the vocabulary [0, {model.config.vocab_size})")
+    return [int(t) for t in value]
+
+
+def pair_row(model, i: int, request) -> Row:
+    """The scoring row of loglikelihood request `i`: a (context, continuation) pair of strings or of id lists."""
+    if not isinstance(request, (list, tuple)) or len(request) != 2:
+        raise ValueError(f"requests[{i}] must be a (context, continuation) pair, got {request!r:.80}")
+    context, continuation = request
+    if isinstance(context, str) != isinstance(continuation, str):
+        raise ValueError(f"requests[{i}]: context and continuation must both be text or both be token ids")
+    if isinstance(context, str):
+        if model.tokenizer is None:
+            raise ValueError(f"requests[{i}] is text, and this model has no tokenizer: pass token ids, or load a "
+                             "directory holding tokenizer.json")
+        if context:
+            context, continuation = encode_pair(model.tokenizer, context, continuation)
+        else:
+            context, continuation = [], model.tokenizer.encode(continuation)
+    else:
+        context, continuation = _tokens(model, context, f"requests[{i}][0]"), _tokens(model, continuation,
+                                                                                     f"requests[{i}][1]")
+    if not continuation:
+        raise ValueError(f"requests[{i}]: the continuation is empty (no tokens to score)")
+    limit = model.config.n_positions
+    if len(continuation) > limit:
+        raise ValueError(f"requests[{i}]: the continuation has {len(continuation)} tokens; at most the model's "
+                         f"n_positions ({limit}) can be scored")
+    whole = ([_eos(model)] if not context else context) + continuation
+    whole = whole[-(limit + 1):]  # the context loses its start, as the harness's hf backend does
+    return Row(whole[:-1], continuation)
+
+
+def rolling_rows(tokens: list, prefix: int, limit: int) -> list[Row]:
+    """A whole text's rows: chunks of up to `limit` tokens, each predicted from the `limit` tokens
+    before its end (the first from `prefix`, the end-of-text token), every token once."""
+    prefixed = [prefix] + tokens
+    rows = []
+    for start in range(0, len(tokens), limit):
+        end = min(start + limit, len(tokens))
+        rows.append(Row(prefixed[max(0, end - limit):end], tokens[start:end]))
+    return rows
+
+
+def score_fn(net, tail: int):
+    """The compiled pass: ids, mask [rows, width] left-padded, targets [rows, tail] right-aligned,
+    counts [rows] -> (each target's log-prob [rows, tail], 0 where not scored; greedy [rows] bool:
+    every scored target is the argmax)."""
+
+    def run(ids, mask, targets, counts):
+        hidden, _, _ = net.prefill(ids, mask, ids.shape[1])  # [rows, width, d]
+        logits = net.lm_head(hidden[:, -tail:])  # [rows, tail, vocab]: only the positions scored
+        chosen = tf.gather(tf.nn.log_softmax(logits), targets[..., None], batch_dims=2)[..., 0]
+        scored = tf.range(tail)[None, :] >= tail - counts[:, None]
+        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.where(scored, chosen, 0.0), tf.reduce_all(~scored | tf.equal(best, targets), axis=1)
+
+    return run
+
+
+def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -> tuple[list, list]:
+    """(each row's target log-probs, float64 [len(targets)]; each row's greedy flag), in row order.
+    Rows run longest first in batches of batch_size (the last batch filled with one-token rows)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r].inputs))
+    logprobs, greedy = [None] * len(rows), [False] * len(rows)
+    bar = status.Progress(len(rows), "requests") if (progress if progress is not None else
+                                                    len(rows) > batch_size and status.is_terminal(sys.stderr)) else None
+    for start in range(0, len(order), batch_size):
+        batch = [rows[r] for r in order[start:start + batch_size]]
+        width = min(_round_up(max(len(r.inputs) for r in batch), BUCKET), model.config.n_positions)
+        tail = min(_round_up(max(len(r.targets) for r in batch), BUCKET), width)
+        ids = np.zeros([batch_size, width], np.int32)
+        mask = np.zeros([batch_size, width], np.int32)
+        targets = np.zeros([batch_size, tail], np.int32)
+        counts = np.zeros([batch_size], np.int32)
+        mask[len(batch):, -1] = 1  # filler rows: one token, nothing scored
+        for j, row in enumerate(batch):
+            ids[j, width - len(row.inputs):] = row.inputs
+            mask[j, width - len(row.inputs):] = 1
+            targets[j, tail - len(row.targets):] = row.targets
+            counts[j] = len(row.targets)
+        key = ("score", batch_size, width, tail)
+        fresh = key not in model.compile_cache
+        fn = model.compile_cache.compiled(key, score_fn(model.network, tail))
+        with status.compile_notice(f"scoring {batch_size} rows x {width} tokens", fresh):
+            chosen, best = fn(tf.constant(ids), tf.constant(mask), tf.constant(targets), tf.constant(counts))
+        chosen, best = chosen.numpy(), best.numpy()
+        for j, r in enumerate(order[start:start + batch_size]):
+            logprobs[r] = chosen[j, tail - counts[j]:].astype(np.float64)
+            greedy[r] = bool(best[j])
+        if bar is not None:
+            bar.update(min(start + batch_size, len(order)))
+    return logprobs, greedy
+
+
+def _listed(requests, name: str) -> list:
+    if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
+        raise ValueError(f"{name} must be a list, got {type(requests).__name__}")
+    return list(requests)
+
+
+def loglikelihood(model, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
+    """Per (context, continuation) request: (the continuation's summed log-prob given the context,
+    whether it is the greedy continuation: every token the argmax). Strings (tokenised by the
+    harness's rule, module docstring) or lists of ids; an empty context scores after end-of-text."""
+    requests = _listed(requests, "requests")
+    rows = [pair_row(model, i, r) for i, r in enumerate(requests)]
+    logprobs, greedy = score_rows(model, rows, batch_size, progress)
+    return [(float(lp.sum()), g) for lp, g in zip(logprobs, greedy)]
+
+
+def loglikelihood_rolling(model, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
+    """Per text (a string or a list of ids): its summed log-prob, every token predicted once, the first
+    from end-of-text, in chunks of n_positions tokens (module docstring)."""
+    texts = _listed(texts, "texts")
+    tokens = [_tokens(model, t, f"texts[{i}]") for i, t in enumerate(texts)]
+    for i, ids in enumerate(tokens):
+        if not ids:
+            raise ValueError(f"texts[{i}] is empty (no tokens to score)")
+    rows, owner = [], []
+    for i, ids in enumerate(tokens):
+        for row in rolling_rows(ids, _eos(model), model.config.n_positions):
+            rows.append(row)
+            owner.append(i)
+    logprobs, _ = score_rows(model, rows, batch_size, progress)
+    sums = [0.0] * len(texts)
+    for i, lp in zip(owner, logprobs):
+        sums[i] += float(lp.sum())
+    return sums
+
+
+def perplexity(model, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
+    """Per text: exp(-loglikelihood_rolling / its number of tokens), every token predicted once."""
+    texts = _listed(texts, "texts")
+    sums = loglikelihood_rolling(model, texts, batch_size, progress)
+    counts = [len(_tokens(model, t, f"texts[{i}]")) for i, t in enumerate(texts)]
+    return [math.exp(-s / n) for s, n in zip(sums, counts)]
