@@ -1,6 +1,7 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv and install into it.
 # `make demo` needs only the runtime (tensorflow, numpy, safetensors, tokenizers); `make test`
-# adds the test extra (pytest, the CPU torch, transformers, apache-beam).
+# adds the test extra (pytest, the CPU torch, transformers, apache-beam, lm-eval and accelerate for the
+# harness test).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3

@@ -81,7 +81,7 @@ def _tokens(model, value, where: str) -> list:
     return [int(t) for t in value]
 
 
-def pair_row(model, i: int, request) -> Row:
+def pair_row(model, i: int, request, limit: int) -> Row:
     """The scoring row of loglikelihood request `i`: a (context, continuation) pair of strings or of id lists."""
     if not isinstance(request, (list, tuple)) or len(request) != 2:
         raise ValueError(f"requests[{i}] must be a (context, continuation) pair, got {request!r:.80}")
@@ -101,10 +101,9 @@ def pair_row(model, i: int, request) -> Row:
                                                                                      f"requests[{i}][1]")
     if not continuation:
         raise ValueError(f"requests[{i}]: the continuation is empty (no tokens to score)")
-    limit = model.config.n_positions
     if len(continuation) > limit:
-        raise ValueError(f"requests[{i}]: the continuation has {len(continuation)} tokens; at most the model's "
-                         f"n_positions ({limit}) can be scored")
+        raise ValueError(f"requests[{i}]: the continuation has {len(continuation)} tokens; at most max_length "
+                         f"({limit}, the model's n_positions unless given) can be scored")
     whole = ([_eos(model)] if not context else context) + continuation
     whole = whole[-(limit + 1):]  # the context loses its start, as the harness's hf backend does
     return Row(whole[:-1], continuation)
@@ -180,27 +179,41 @@ def _listed(requests, name: str) -> list:
     return list(requests)
 
 
-def loglikelihood(model, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
+def _max_length(model, max_length) -> int:
+    if max_length is None:
+        return model.config.n_positions
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or not 1 <= max_length <= model.config.n_positions:
+        raise ValueError(f"max_length must be an int in [1, {model.config.n_positions}] (the model's n_positions) "
+                         f"or None, got {max_length!r}")
+    return max_length
+
+
+def loglikelihood(model, requests, batch_size: int = 16, progress: bool | None = None,
+                  max_length: int | None = None) -> list[tuple[float, bool]]:
     """Per (context, continuation) request: (the continuation's summed log-prob given the context,
     whether it is the greedy continuation: every token the argmax). Strings (tokenised by the
-    harness's rule, module docstring) or lists of ids; an empty context scores after end-of-text."""
+    harness's rule, module docstring) or lists of ids; an empty context scores after end-of-text.
+    max_length: the tokens one pass may see (default: the model's n_positions)."""
     requests = _listed(requests, "requests")
-    rows = [pair_row(model, i, r) for i, r in enumerate(requests)]
+    limit = _max_length(model, max_length)
+    rows = [pair_row(model, i, r, limit) for i, r in enumerate(requests)]
     logprobs, greedy = score_rows(model, rows, batch_size, progress)
     return [(float(lp.sum()), g) for lp, g in zip(logprobs, greedy)]
 
 
-def loglikelihood_rolling(model, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
+def loglikelihood_rolling(model, texts, batch_size: int = 16, progress: bool | None = None,
+                          max_length: int | None = None) -> list[float]:
     """Per text (a string or a list of ids): its summed log-prob, every token predicted once, the first
-    from end-of-text, in chunks of n_positions tokens (module docstring)."""
+    from end-of-text, in chunks of max_length tokens (default n_positions; module docstring)."""
     texts = _listed(texts, "texts")
+    limit = _max_length(model, max_length)
     tokens = [_tokens(model, t, f"texts[{i}]") for i, t in enumerate(texts)]
     for i, ids in enumerate(tokens):
         if not ids:
             raise ValueError(f"texts[{i}] is empty (no tokens to score)")
     rows, owner = [], []
     for i, ids in enumerate(tokens):
-        for row in rolling_rows(ids, _eos(model), model.config.n_positions):
+        for row in rolling_rows(ids, _eos(model), limit):
             rows.append(row)
             owner.append(i)
     logprobs, _ = score_rows(model, rows, batch_size, progress)

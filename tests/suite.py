@@ -60,7 +60,7 @@ GROUPS = [
     (["test_shipped.py"], 1.35),
     (["test_docs_commands.py"], 1.3),  # the docs' commands and the README's export line
     (["test_model.py"], 1.9),  # GPT-2 small and its reference twin
-    (["test_speculative.py"], 1.15),
+    (["test_speculative.py", "test_lm_eval.py"], 1.9),  # the harness with both backends, and its command
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 
