@@ -46,6 +46,7 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
 # new test file is never skipped (measure it and give it a place).
 GROUPS = [
     (["test_readme.py"], 2.0),  # every Python block of the README and docs/ in one process
+    (["test_lm_eval.py"], 1.45),  # the harness with both backends (early: it is long), and its command
     (["test_text.py"], 1.55),
     (["test_export.py", "test_input_errors.py"], 1.4),
     (["test_compile.py", "test_segments.py"], 1.65),
@@ -60,7 +61,7 @@ GROUPS = [
     (["test_shipped.py"], 1.35),
     (["test_docs_commands.py"], 1.3),  # the docs' commands and the README's export line
     (["test_model.py"], 1.9),  # GPT-2 small and its reference twin
-    (["test_speculative.py", "test_lm_eval.py"], 1.9),  # the harness with both backends, and its command
+    (["test_speculative.py"], 1.15),
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 

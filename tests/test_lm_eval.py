@@ -28,7 +28,7 @@ WORDS = "the cat sat on a mat and the dog ran to the old house by the sea where 
 
 def documents(rng) -> list[dict]:
     docs = []
-    for i in range(12):
+    for i in range(8):
         words = rng.choice(WORDS, size=rng.integers(2, 14)).tolist()
         choices = [" " + " ".join(rng.choice(WORDS, size=rng.integers(1, 4)).tolist()) for _ in range(3)]
         docs.append(dict(question=" ".join(words) + ("" if i % 3 else " "), choices=choices, answer=int(i % 3),
@@ -79,7 +79,7 @@ def test_every_request_type_equals_the_hf_backend(harness_tasks):
     theirs = evaluate("hf", f"pretrained={hf_dir},dtype=float32", root)
     for task in TASKS:
         mine, ref = ours["samples"][task], theirs["samples"][task]
-        assert len(mine) == len(ref) == (12 if task == "mg_generate" else 13)
+        assert len(mine) == len(ref) == (8 if task == "mg_generate" else 9)
         for a, b in zip(mine, ref):
             assert a["arguments"] == b["arguments"], task  # the same requests
             for x, y in zip(a["resps"], b["resps"]):
@@ -96,8 +96,8 @@ def test_every_request_type_equals_the_hf_backend(harness_tasks):
 
 
     generated = [r["resps"][0][0] for r in ours["samples"]["mg_generate"]]
-    assert sum(bool(g.strip()) for g in generated) >= 6, generated  # real text, not empty strings
-    assert len({r["resps"][0][0][0] for r in ours["samples"]["mg_loglik"]}) > 6
+    assert sum(bool(g.strip()) for g in generated) >= 4, generated  # real text, not empty strings
+    assert len({r["resps"][0][0][0] for r in ours["samples"]["mg_loglik"]}) > 4
 
 
 def test_unknown_model_args_are_named(harness_tasks):
@@ -108,18 +108,16 @@ def test_unknown_model_args_are_named(harness_tasks):
         MinigenLM(pretrained=str(minigen_dir), trust_me=True)
 
 
-def test_the_command_runs_the_harness_with_minigen_registered(harness_tasks, tmp_path):
-    """`python -m minigen.lm_eval run ...` (the README's command) on one local task."""
-    import subprocess
-    import sys
+def test_the_command_runs_the_harness_with_minigen_registered(harness_tasks, tmp_path, monkeypatch, capsys):
+    """`python -m minigen.lm_eval run ...` (the README's command) on one local task: its main(), in
+    this process (a subprocess would import TensorFlow and the harness once more)."""
+    from minigen.lm_eval import main
 
     root, minigen_dir, _ = harness_tasks
     out = tmp_path / "results"
-    done = subprocess.run([sys.executable, "-m", "minigen.lm_eval", "run", "--model", "minigen", "--model_args",
-                           f"pretrained={minigen_dir}", "--tasks", "mg_choice", "--include_path", str(root),
-                           "--limit", "3", "--output_path", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    monkeypatch.setattr("sys.argv", ["python -m minigen.lm_eval"])  # main() sets it for the harness
+    assert main(["run", "--model", "minigen", "--model_args", f"pretrained={minigen_dir}", "--tasks", "mg_choice",
+                 "--include_path", str(root), "--limit", "3", "--output_path", str(out)]) == 0
     results = json.loads(next(out.rglob("results*.json")).read_text())
     assert results["config"]["model"] == "minigen" and "acc,none" in results["results"]["mg_choice"]
-    usage = subprocess.run([sys.executable, "-m", "minigen.lm_eval"], capture_output=True, text=True, timeout=300)
-    assert usage.returncode == 2 and "python -m minigen.lm_eval run --model minigen" in usage.stderr
+    assert main([]) == 2 and "python -m minigen.lm_eval run --model minigen" in capsys.readouterr().err
