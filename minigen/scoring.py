@@ -29,7 +29,15 @@ import tensorflow as tf
 
 from . import status
 
-BUCKET = 16  # row widths and scored tails are rounded up to a multiple of this: new lengths reuse compiles
+# Row widths and scored tails are rounded up to a multiple of BUCKET, and beyond WIDE to a multiple of
+# WIDE: each distinct width is one compile (GPT-2 small: several seconds), and an evaluation's rows
+# take every length up to n_positions, so long rows share coarser buckets (at most 1/8 padding there).
+BUCKET, WIDE = 16, 128
+
+
+def bucket(n: int) -> int:
+    """The padded length of n tokens."""
+    return _round_up(n, BUCKET if n <= WIDE else WIDE)
 
 
 class Row(NamedTuple):
@@ -147,8 +155,8 @@ def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -
                                                     len(rows) > batch_size and status.is_terminal(sys.stderr)) else None
     for start in range(0, len(order), batch_size):
         batch = [rows[r] for r in order[start:start + batch_size]]
-        width = min(_round_up(max(len(r.inputs) for r in batch), BUCKET), model.config.n_positions)
-        tail = min(_round_up(max(len(r.targets) for r in batch), BUCKET), width)
+        width = min(bucket(max(len(r.inputs) for r in batch)), model.config.n_positions)
+        tail = min(bucket(max(len(r.targets) for r in batch)), width)
         ids = np.zeros([batch_size, width], np.int32)
         mask = np.zeros([batch_size, width], np.int32)
         targets = np.zeros([batch_size, tail], np.int32)
