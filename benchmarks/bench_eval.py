@@ -137,7 +137,8 @@ def main() -> None:
     lines = [f"Machine: {machine_name()}. GPT-2 {shape['n_layer']} layers x {shape['n_embd']} (random weights, "
              f"float32), the real GPT-2 tokenizer, {n} documents per task from the novels of ../shared/data, "
              f"batch size {args.batch_size}, each task once after a warm-up task. Command: "
-             f"`python benchmarks/bench_eval.py{' --quick' if args.quick else ''}`.", "",
+             f"`python benchmarks/bench_eval.py{' --quick' if args.quick else ''}"
+             f"{f' --docs {args.docs}' if args.docs else ''}`.", "",
              "| request type (task) | requests | minigen (s) | hf backend (s) | minigen req/s | hf req/s | speed-up |",
              "|---|---|---|---|---|---|---|"]
     for task in TASKS:
