@@ -209,31 +209,38 @@ def loglikelihood(model, requests, batch_size: int = 16, progress: bool | None =
     return [(float(lp.sum()), g) for lp, g in zip(logprobs, greedy)]
 
 
-def loglikelihood_rolling(model, texts, batch_size: int = 16, progress: bool | None = None,
-                          max_length: int | None = None) -> list[float]:
-    """Per text (a string or a list of ids): its summed log-prob, every token predicted once, the first
-    from end-of-text, in chunks of max_length tokens (default n_positions; module docstring)."""
-    texts = _listed(texts, "texts")
-    limit = _max_length(model, max_length)
-    tokens = [_tokens(model, t, f"texts[{i}]") for i, t in enumerate(texts)]
-    for i, ids in enumerate(tokens):
-        if not ids:
-            raise ValueError(f"texts[{i}] is empty (no tokens to score)")
+def _rolling_sums(model, tokens: list[list], batch_size: int, progress, limit: int) -> list[float]:
+    """Each token list's summed log-prob over its rolling rows (rolling_rows)."""
     rows, owner = [], []
     for i, ids in enumerate(tokens):
         for row in rolling_rows(ids, _eos(model), limit):
             rows.append(row)
             owner.append(i)
     logprobs, _ = score_rows(model, rows, batch_size, progress)
-    sums = [0.0] * len(texts)
+    sums = [0.0] * len(tokens)
     for i, lp in zip(owner, logprobs):
         sums[i] += float(lp.sum())
     return sums
 
 
+def _text_tokens(model, texts) -> list[list]:
+    tokens = [_tokens(model, t, f"texts[{i}]") for i, t in enumerate(_listed(texts, "texts"))]
+    for i, ids in enumerate(tokens):
+        if not ids:
+            raise ValueError(f"texts[{i}] is empty (no tokens to score)")
+    return tokens
+
+
+def loglikelihood_rolling(model, texts, batch_size: int = 16, progress: bool | None = None,
+                          max_length: int | None = None) -> list[float]:
+    """Per text (a string or a list of ids): its summed log-prob, every token predicted once, the first
+    from end-of-text, in chunks of max_length tokens (default n_positions; module docstring)."""
+    limit = _max_length(model, max_length)
+    return _rolling_sums(model, _text_tokens(model, texts), batch_size, progress, limit)
+
+
 def perplexity(model, texts, batch_size: int = 16, progress: bool | None = None) -> list[float]:
-    """Per text: exp(-loglikelihood_rolling / its number of tokens), every token predicted once."""
-    texts = _listed(texts, "texts")
-    sums = loglikelihood_rolling(model, texts, batch_size, progress)
-    counts = [len(_tokens(model, t, f"texts[{i}]")) for i, t in enumerate(texts)]
-    return [math.exp(-s / n) for s, n in zip(sums, counts)]
+    """Per text (or ids): exp(-loglikelihood_rolling / its number of tokens), every token predicted once."""
+    tokens = _text_tokens(model, texts)
+    sums = _rolling_sums(model, tokens, batch_size, progress, model.config.n_positions)
+    return [math.exp(-s / len(ids)) for s, ids in zip(sums, tokens)]

@@ -7,9 +7,8 @@ import dataclasses
 import difflib
 import typing
 
-from .keyed import KeyedProcessor  # noqa: F401 - the compile key's form of a user processor, used from here
 from .options import (ALIASES, BY_NAME, CONTINUE, GENERATE, IGNORED, INT32_MAX, NOT_SUPPORTED, OPTIONS, STREAM, _is_int,
-                      check_combination, check_value, doc_lines, fits_float32)  # noqa: F401 - fits_float32: re-exported
+                      check_combination, check_value, doc_lines)
 
 def normalise_names(options: dict) -> dict:
     """`options` with the reference's aliases renamed; ValueError for a name minigen does not know:

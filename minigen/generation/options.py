@@ -281,7 +281,6 @@ SAMPLING_ONLY = frozenset((SAMPLE, SPECULATIVE))  # speculative sampling samples
 WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, CONTRASTIVE: WARPER}
 NO_ROW_TOKENS = ALL - {SPECULATIVE}  # speculative verify blocks do not carry the rows' tokens
 OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) cannot return
-TUPLE = lambda v: tuple(v)  # noqa: E731
 IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
 
 
