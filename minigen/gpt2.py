@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from . import engine as engines
 from . import export as exporting
 from . import scoring
 from . import text
@@ -126,6 +127,16 @@ class GPT2:
     def stream(self, prompt: str, chunk_size: int = 8, **options):
         """Yield text pieces of one prompt's continuation as they are generated; see `minigen.text.stream_text`."""
         return text.stream_text(self, prompt, chunk_size, **options)
+
+    def generate_many(self, requests, slots: int = 16, max_length: int | None = None, chunk_size: int = 16,
+                      progress: bool | None = None) -> list:
+        """Run many requests, each with its own prompt and options, over `slots` slots of one compiled
+        loop (continuous batching); one Result per request, in input order. See `minigen.engine`."""
+        return engines.generate_many(self, requests, slots, max_length, chunk_size, progress)
+
+    def engine(self, slots: int = 16, max_length: int | None = None, chunk_size: int = 16) -> "engines.Engine":
+        """An incremental request engine (submit, cancel, iterate over results); see `minigen.engine`."""
+        return engines.Engine(self, slots, max_length, chunk_size)
 
     def loglikelihood(self, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
         """Per (context, continuation) request, text or ids: (the continuation's summed log-prob, whether

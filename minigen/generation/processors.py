@@ -193,8 +193,8 @@ def suppress_tokens(logits, token_ids: tuple[int, ...]):
 def _cut_from_sorted(sorted_desc, keep_k, top_p, log_norm, keep: int = 1):
     """Threshold logit for top-k then top-p, given each row's best logits in descending order.
 
-    sorted_desc: [batch, n]; keep_k: scalar, tokens top-k keeps (already clipped to [1, vocab]);
-    log_norm: [batch], the log-normaliser of the top-k-filtered distribution.
+    sorted_desc: [batch, n]; keep_k: [batch, 1], tokens top-k keeps (already clipped to [1, vocab]);
+    top_p: [batch, 1] (or a scalar); log_norm: [batch], the log-normaliser of the top-k-filtered distribution.
     Returns (threshold [batch], mass [batch]): keep tokens with logit >= threshold; `mass` is the
     probability the n listed tokens hold, so the caller can tell whether the top-p cut fell inside them.
     """
@@ -238,25 +238,28 @@ def _top_p_threshold_by_bisection(logits, log_norm, top_p):
 def top_k_top_p(logits, top_k, top_p, keep: int = 1):
     """HF's TopKLogitsWarper then TopPLogitsWarper as one threshold per row; filtered logits get -inf.
 
-    top_k: scalar int (0 = off); top_p: scalar float (1.0 = off); keep: min_tokens_to_keep (static,
-    at most CANDIDATES): top-k keeps max(top_k, keep), top-p never fewer than `keep`. Exact, and in the common case it
-    sorts only the best CANDIDATES logits. When the top-p cut lies beyond them (a flat distribution)
-    with top-k off, a bisection finds it without sorting; only a top_k between CANDIDATES and the
-    vocabulary size sorts the full vocabulary.
+    top_k: int (0 = off) and top_p: float (1.0 = off), each a scalar or one per row ([batch]: the
+    request engine's rows each have their own); keep: min_tokens_to_keep (static, at most
+    CANDIDATES): top-k keeps max(top_k, keep), top-p never fewer than `keep`. Exact, and in the
+    common case it sorts only the best CANDIDATES logits. When the top-p cut lies beyond them (a flat
+    distribution) with top-k off, a bisection finds it without sorting; only a top_k between
+    CANDIDATES and the vocabulary size sorts the full vocabulary.
     """
-    vocab = logits.shape[-1]
+    vocab, batch = logits.shape[-1], tf.shape(logits)[0]
     n = min(CANDIDATES, vocab)
     keep_k = tf.where(top_k > 0, tf.minimum(tf.maximum(top_k, keep), vocab), vocab)
-    top_p_on = top_p < 1.0
+    keep_k = tf.broadcast_to(tf.reshape(keep_k, [-1, 1]), [batch, 1])  # [batch, 1]
+    top_p = tf.reshape(top_p, [-1, 1])  # [1, 1] or [batch, 1]
+    top_p_on = top_p[:, 0] < 1.0  # [1] or [batch]
     full_norm = tf.reduce_logsumexp(logits, axis=1)  # [batch]
 
     def threshold_from(sorted_desc):
         count = sorted_desc.shape[1]
         in_k = tf.range(count)[None, :] < keep_k
         k_norm = tf.reduce_logsumexp(tf.where(in_k, sorted_desc, NEG_INF), axis=1)
-        norm = tf.where(keep_k < vocab, k_norm, full_norm)
+        norm = tf.where(keep_k[:, 0] < vocab, k_norm, full_norm)
         k_threshold = tf.where(
-            keep_k < vocab, tf.gather(sorted_desc, tf.minimum(keep_k, count) - 1, axis=1), NEG_INF
+            keep_k[:, 0] < vocab, tf.gather(sorted_desc, tf.minimum(keep_k, count) - 1, batch_dims=1)[:, 0], NEG_INF
         )
         p_threshold, mass = _cut_from_sorted(sorted_desc, keep_k, top_p, norm, keep)
         p_threshold = tf.where(top_p_on, p_threshold, NEG_INF)
@@ -264,16 +267,19 @@ def top_k_top_p(logits, top_k, top_p, keep: int = 1):
 
     best = tf.math.top_k(logits, n).values  # [batch, n], descending
     threshold, mass = threshold_from(best)
-    exact = (keep_k <= n) | ((keep_k == vocab) & (~top_p_on | tf.reduce_all(mass >= top_p)))
+    whole = keep_k[:, 0] == vocab  # top-k off
+    exact = (keep_k[:, 0] <= n) | (whole & (~top_p_on | (mass >= top_p[:, 0])))  # [batch]
     if n < vocab:
-        def slow():
-            def bisection():  # never above the keep-th best logit
-                return tf.minimum(_top_p_threshold_by_bisection(logits, full_norm, top_p), best[:, keep - 1])
+        def bisection():  # never above the keep-th best logit
+            return tf.minimum(_top_p_threshold_by_bisection(logits, full_norm, top_p[:, 0]), best[:, keep - 1])
 
-            return tf.cond(keep_k == vocab, bisection,
-                           lambda: threshold_from(tf.sort(logits, direction="DESCENDING"))[0])
+        def by_sorting():
+            return threshold_from(tf.sort(logits, direction="DESCENDING"))[0]
 
-        threshold = tf.cond(exact, lambda: threshold, slow)
+        # the rows whose cut is not among the best n: by bisection (top-k off) or by a full sort
+        bisect, sort = ~exact & whole, ~exact & ~whole
+        threshold = tf.cond(tf.reduce_any(bisect), lambda: tf.where(bisect, bisection(), threshold), lambda: threshold)
+        threshold = tf.cond(tf.reduce_any(sort), lambda: tf.where(sort, by_sorting(), threshold), lambda: threshold)
     return tf.where(logits >= threshold[:, None], logits, NEG_INF)
 
 

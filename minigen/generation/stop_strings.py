@@ -147,12 +147,23 @@ def stop_hit(table, lengths, shape_key: tuple, sequences, valid, slot):
     """[rows] bool: the row's text up to and including the token at `slot` ends with a stop string.
 
     table, lengths: a StopTable's arrays as tensors; sequences, valid: [rows, width]; slot: scalar."""
+    return tf.reduce_any(stops_reached(table, lengths, shape_key, sequences, valid, slot), axis=1)
+
+
+def stops_reached(table, lengths, shape_key: tuple, sequences, valid, slot):
+    """[rows, strings] bool: which stop strings the row's text ends with, through the token at `slot`
+    (a scalar, or one slot per row [rows]: the request engine's rows each have their own length)."""
     strings, positions, ends, window, no_token = shape_key
-    slots = slot - tf.range(window)  # newest first
+    slot = tf.convert_to_tensor(slot)
+    slots = slot[..., None] - tf.range(window)  # newest first: [window] or [rows, window]
     inside = slots >= 0
     safe = tf.maximum(slots, 0)
-    tokens = tf.minimum(tf.gather(sequences, safe, axis=1), no_token - 1)  # ids past the tokenizer's: no token
-    ids = tf.where(tf.gather(valid, safe, axis=1) & inside[None, :], tokens, no_token - 1)
+    if slot.shape.rank == 0:
+        tokens, real = tf.gather(sequences, safe, axis=1), tf.gather(valid, safe, axis=1) & inside[None, :]
+    else:
+        tokens, real = tf.gather(sequences, safe, batch_dims=1), tf.gather(valid, safe, batch_dims=1) & inside
+    tokens = tf.minimum(tokens, no_token - 1)  # ids past the tokenizer's: no token
+    ids = tf.where(real, tokens, no_token - 1)
     rows_of = tf.gather(table, ids)  # [rows, window, vec]
     rows = tf.shape(ids)[0]
     offsets = tf.reshape(rows_of[:, 1:, :strings * positions], [rows, window - 1, strings, positions])
@@ -163,4 +174,4 @@ def stop_hit(table, lengths, shape_key: tuple, sequences, valid, slot):
     later = tf.reduce_any(covered[:, :-1, :, None, :] == offsets[:, :, :, :, None], axis=3)
     unbroken = tf.cumsum(tf.cast(~tf.concat([first, later], axis=1), tf.int32), axis=1) == 0
     reached = tf.reduce_max(tf.where(unbroken, covered, 0), axis=[1, 3])  # [rows, strings]
-    return tf.reduce_any(reached >= lengths[None, :], axis=1)
+    return reached >= lengths[None, :]

@@ -1,0 +1,389 @@
+"""The request engine: many requests, each with its own prompt, length, stops and sampling options,
+scheduled over a fixed number of slots of one compiled decode loop (continuous batching).
+
+    lm.generate_many(requests, slots=16)      every request to its end, results in input order
+    engine = lm.engine(slots=16)              the incremental form:
+        rid = engine.submit(request)           queue one (checked now: ValueError naming the option)
+        engine.cancel(rid)                     drop it, queued or running
+        for result in engine: ...              run until idle, each Result as its request finishes
+        for update in engine.stream(): ...     the same, with each chunk's new tokens per request
+
+A request is a dict: `input_ids` (a list of ids) or `prompt` (text, needs the tokenizer), plus any
+of generate's per-row options (ROW_OPTIONS). The host loop (Engine.step) gives free slots to
+waiting requests (slots.prefill_into, a few prompts of one width bucket at a time), then advances
+every slot up to chunk_size tokens (slots.decode_chunk), returning early when a row finishes and
+another request waits. Each piece compiles once per shape: prefill once per width bucket, decode
+once per engine shape (and stop-string table shape); model.trace_count proves it.
+
+Where minigen's engine differs from generate: a result holds only the request's own new tokens
+(through its EOS, or the token a stop string ended in), never padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from . import status
+from .generation import slots as S
+from .generation.config import GenerationConfig, normalise_names
+from .generation.generate import _stop_table, as_config, model_defaults
+from .generation.options import BY_NAME
+
+# The options a request may set: each slot has its own value (slots.RowOptions). Every other option
+# of generate must keep its default (or the model's generation_config.json value): the engine refuses it.
+ROW_OPTIONS = ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k",
+               "top_p", "min_p", "seed", "repetition_penalty", "eos_token_id", "stop_strings", "output_logprobs")
+# accepted and without effect on the engine's results (no padding in them, no buckets)
+NEUTRAL_OPTIONS = ("pad_token_id", "pad_to_multiple_of", "return_dict")
+EOS_BUDGET = 4  # EOS ids a request may have (a fixed [slots, 4] table)
+PREFILL_TOKENS = 256  # a prefill call takes up to this many prompt tokens (several short prompts at once)
+DEFAULT_CHUNK = 16  # decode steps per call at most (a call returns early when a slot frees and a request waits)
+
+
+@dataclasses.dataclass
+class Result:
+    """One finished request."""
+
+    request_id: int  # submit's id (generate_many: the request's index)
+    prompt_ids: list  # the prompt's token ids
+    new_tokens: list  # the generated ids: through the EOS or the token a stop string ended in
+    finish_reason: str  # "eos" | "stop_string" | "length" | "cancelled"
+    text: str | None = None  # the new tokens decoded, when the model has a tokenizer
+    logprobs: list | None = None  # each new token's log-prob, when the request asked (output_logprobs)
+
+
+@dataclasses.dataclass
+class Update:
+    """What Engine.stream yields per request per chunk: the tokens it gained, and its Result once done."""
+
+    request_id: int
+    new_tokens: list
+    result: Result | None = None
+
+
+@dataclasses.dataclass
+class Request:
+    """A checked request: its prompt, its resolved options and what its slot needs."""
+
+    request_id: int
+    prompt_ids: list
+    cfg: GenerationConfig  # checked, resolved for its prompt (GenerationConfig.for_prompt)
+    eos: tuple
+    seed: np.ndarray  # [2] int32
+    wants_text: bool
+
+
+def _refusal(index, message: str) -> ValueError:
+    return ValueError(f"request {index}: {message}")
+
+
+def check_request(model, request, index, max_length: int) -> Request:
+    """A Request from a request dict, or ValueError naming the request's index and the option."""
+    if not isinstance(request, dict):
+        raise _refusal(index, f"must be a dict with input_ids or prompt (and options), got {type(request).__name__}")
+    options = dict(request)
+    ids, prompt = options.pop("input_ids", None), options.pop("prompt", None)
+    if (ids is None) == (prompt is None):
+        raise _refusal(index, "give exactly one of input_ids (a list of token ids) and prompt (text)")
+    try:
+        options = normalise_names(options)
+    except ValueError as e:
+        raise _refusal(index, str(e)) from None
+    for name in options:
+        if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS:
+            raise _refusal(index, f"{name} cannot be set per request in the engine (it takes "
+                                  f"{', '.join(ROW_OPTIONS)}); use generate for it")
+    if prompt is not None:
+        if model.tokenizer is None:
+            raise _refusal(index, "prompt (text) needs the model's tokenizer; pass input_ids, or load a directory "
+                                  "holding tokenizer.json")
+        if not isinstance(prompt, str):
+            raise _refusal(index, f"prompt must be a string, got {type(prompt).__name__}")
+        ids = model.tokenizer.encode(prompt)
+    ids = _as_ids(ids, index, model.config.vocab_size)
+    try:
+        cfg = as_config(None, options, model_defaults(model)).check(model.config)
+        cfg = cfg.for_prompt(len(ids))
+    except ValueError as e:
+        raise _refusal(index, str(e)) from None
+    default = GenerationConfig()
+    for name in BY_NAME:  # what the model's generation_config.json set, beyond the engine's options
+        if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS and getattr(cfg, name) != getattr(default, name):
+            raise _refusal(index, f"the model's generation defaults set {name}, which the engine cannot apply per "
+                                  "request; use generate, or reset it in model.generation_config")
+    if cfg.stop_strings and model.tokenizer is None:
+        raise _refusal(index, "stop_strings need the model's tokenizer")
+    total = len(ids) + cfg.max_new_tokens
+    if total > max_length:
+        raise _refusal(index, f"prompt length {len(ids)} + max_new_tokens {cfg.max_new_tokens} exceeds the "
+                              f"engine's max_length ({max_length} tokens per slot)")
+    eos = cfg.eos_ids(model.config)
+    if len(eos) > EOS_BUDGET:
+        raise _refusal(index, f"eos_token_id has {len(eos)} ids; the engine takes at most {EOS_BUDGET} per request")
+    seed = cfg.seed if cfg.seed is not None else np.random.randint(-(2**31), 2**31 - 1, size=2)
+    seed = np.asarray(seed, np.int64).astype(np.int32)
+    return Request(index, ids, cfg, eos, seed, model.tokenizer is not None)
+
+
+def _as_ids(ids, index, vocab: int) -> list:
+    try:
+        array = np.asarray(ids)
+    except Exception:  # noqa: BLE001
+        array = np.asarray([], object)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise _refusal(index, "input_ids must be a flat list of integer token ids")
+    if array.size == 0:
+        raise _refusal(index, "the prompt is empty: every prompt needs at least one token")
+    bad = array[(array < 0) | (array >= vocab)]
+    if bad.size:
+        raise _refusal(index, f"input_ids holds token id {int(bad[0])} outside the vocabulary [0, {vocab})")
+    return [int(t) for t in array]
+
+
+def width_bucket(n: int, width: int) -> int:
+    """The prefill width for an n-token prompt: the next power of two from 16, at most the engine's width."""
+    return min(max(16, 1 << (n - 1).bit_length()), width)
+
+
+class Engine:
+    """Continuous batching over `slots` slots of `max_length` tokens each (prompt + new); see the module."""
+
+    def __init__(self, model, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK):
+        for name, value in (("slots", slots), ("chunk_size", chunk_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        limit = model.config.n_positions
+        max_length = limit if max_length is None else max_length
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= limit:
+            raise ValueError(f"max_length must be an int in [2, {limit}] (the model's n_positions), got {max_length!r}")
+        self.model, self.slots, self.max_length, self.chunk_size = model, slots, max_length, chunk_size
+        self.width = -(-max_length // 16) * 16 if max_length % 16 else max_length  # cache slots per row
+        self.width = min(self.width, limit)
+        self.state = S.new_state(model.network, slots, self.width)
+        self.queue: deque[Request] = deque()
+        self.running: dict[int, Request] = {}  # slot -> request
+        self.reported: dict[int, int] = {}  # slot -> tokens already handed out by stream()
+        self._ids = itertools.count()
+        self._stop_strings: list[str] = []
+        self._stop = ((), tf.zeros([1, 1], tf.int32), tf.zeros([0], tf.int32))
+        self._rows = self._empty_rows()  # each slot's options (numpy), as slots.RowOptions
+        self._rows_t = None  # the same as tensors, made when the running set changes
+        self.cancelled: list[int] = []
+
+    # -- the public calls --
+
+    def submit(self, request: dict, request_id: int | None = None) -> int:
+        """Queue a request (checked now: ValueError naming its option); returns its id."""
+        rid = next(self._ids) if request_id is None else request_id
+        checked = check_request(self.model, request, rid, self.max_length)
+        for s in checked.cfg.stop_strings:
+            if s not in self._stop_strings:
+                self._stop_strings.append(s)
+                self._stop = None  # the table is rebuilt before the next chunk
+        self.queue.append(checked)
+        return rid
+
+    def cancel(self, request_id: int) -> bool:
+        """Drop a queued or running request (it gives a Result with finish_reason "cancelled");
+        False if it is not here (finished already, or never submitted)."""
+        for r in list(self.queue):
+            if r.request_id == request_id:
+                self.queue.remove(r)
+                self.cancelled.append(request_id)
+                return True
+        for slot, r in list(self.running.items()):
+            if r.request_id == request_id:
+                self._release([slot])
+                del self.running[slot]
+                self.cancelled.append(request_id)
+                return True
+        return False
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.running
+
+    def __iter__(self) -> Iterator[Result]:
+        """Run until every submitted request has finished, yielding each Result as it does."""
+        for update in self.stream():
+            if update.result is not None:
+                yield update.result
+
+    def stream(self) -> Iterator[Update]:
+        """Run until idle, yielding per chunk each running request's new tokens (and its Result when done)."""
+        while not self.idle or self.cancelled:
+            yield from self.step()
+
+    def step(self) -> list[Update]:
+        """Admit waiting requests into free slots, run one decode chunk, return the updates."""
+        updates = [Update(rid, [], Result(rid, [], [], "cancelled")) for rid in self.cancelled]
+        self.cancelled = []
+        self._admit()
+        if not self.running:
+            return updates
+        stop_key, table, lengths = self._stop_table()
+        fn = self._compiled(("engine-decode", self.slots, self.width, EOS_BUDGET, stop_key),
+                            lambda state, rows, table, lengths, steps, refill: S.decode_chunk(
+                                self.model.network, state, rows, table, lengths, steps, refill, stop_key))
+        with status.compile_notice(f"the engine's decode step ({self.slots} slots x {self.width})",
+                                   fn.fresh):
+            fn.call(self.state, self._rows_t, table, lengths, tf.constant(self.chunk_size, tf.int32),
+                    tf.constant(bool(self.queue)))
+        return updates + self._collect()
+
+    # -- inside --
+
+    def _compiled(self, key, body):
+        cache = self.model.compile_cache
+        fresh = key not in cache
+        return _Fn(cache.compiled(key, body), fresh)
+
+    def _empty_rows(self) -> S.RowOptions:
+        n = self.slots
+        return S.RowOptions(
+            do_sample=np.zeros(n, bool), temperature=np.ones(n, np.float32), top_k=np.zeros(n, np.int32),
+            top_p=np.ones(n, np.float32), min_p=np.zeros(n, np.float32),
+            repetition_penalty=np.ones(n, np.float32), min_new_tokens=np.zeros(n, np.int32),
+            max_new_tokens=np.ones(n, np.int32), seed=np.zeros([n, 2], np.int32),
+            eos=np.full([n, EOS_BUDGET], -1, np.int32), stops=np.zeros([n, 0], bool), logprobs=np.array(False))
+
+    def _set_row(self, slot: int, r: Request) -> None:
+        rows, cfg = self._rows, r.cfg
+        rows.do_sample[slot] = cfg.do_sample
+        rows.temperature[slot] = cfg.temperature
+        rows.top_k[slot] = cfg.top_k
+        rows.top_p[slot] = cfg.top_p
+        rows.min_p[slot] = cfg.min_p or 0.0
+        rows.repetition_penalty[slot] = cfg.repetition_penalty
+        rows.min_new_tokens[slot] = cfg.min_new_tokens
+        rows.max_new_tokens[slot] = cfg.max_new_tokens
+        rows.seed[slot] = r.seed
+        rows.eos[slot] = -1
+        rows.eos[slot, :len(r.eos)] = r.eos
+
+    def _row_tensors(self) -> S.RowOptions:
+        rows = self._rows
+        stops = np.zeros([self.slots, max(len(self._stop_strings), 1)], bool)
+        for slot, r in self.running.items():
+            for s in r.cfg.stop_strings:
+                stops[slot, self._stop_strings.index(s)] = True
+        wants = any(r.cfg.output_logprobs for r in self.running.values())
+        return S.RowOptions(*(tf.constant(v) for v in rows._replace(stops=stops, logprobs=np.array(wants))))
+
+    def _stop_table(self):
+        if self._stop is None:
+            table = _stop_table(self.model.tokenizer, tuple(self._stop_strings))
+            self._stop = (table.shape_key, tf.constant(table.table), tf.constant(table.lengths))
+        if not self._stop_strings:
+            return (), self._stop[1], self._stop[2]
+        return self._stop
+
+    def _admit(self) -> None:
+        """Give free slots to waiting requests, prefilling those of one width bucket together."""
+        free = [s for s in range(self.slots) if s not in self.running]
+        while free and self.queue:
+            first = self.queue[0]
+            w = width_bucket(len(first.prompt_ids), self.width)
+            k = max(1, min(self.slots, PREFILL_TOKENS // w))
+            group = [self.queue.popleft()]
+            while self.queue and len(group) < min(k, len(free)) and \
+                    width_bucket(len(self.queue[0].prompt_ids), self.width) == w:
+                group.append(self.queue.popleft())
+            chosen = [free.pop(0) for _ in group]
+            ids = np.zeros([k, w], np.int32)
+            lengths = np.zeros([k], np.int32)
+            at = np.zeros([k], np.int32)
+            for i in range(k):  # rows past the group repeat its first request into the same slot
+                r, slot = (group[i], chosen[i]) if i < len(group) else (group[0], chosen[0])
+                ids[i, :len(r.prompt_ids)] = r.prompt_ids
+                lengths[i], at[i] = len(r.prompt_ids), slot
+            fn = self._compiled(("engine-prefill", self.slots, self.width, k, w),
+                                lambda state, ids, lengths, at: S.prefill_into(self.model.network, state, ids,
+                                                                               lengths, at))
+            with status.compile_notice(f"the engine's prefill ({k} x {w} tokens)", fn.fresh):
+                fn.call(self.state, tf.constant(ids), tf.constant(lengths), tf.constant(at))
+            for slot, r in zip(chosen, group):
+                self.running[slot] = r
+                self.reported[slot] = 0
+                self._set_row(slot, r)
+        self._rows_t = self._row_tensors() if self.running else None
+
+    def _release(self, slots: list) -> None:
+        fn = self._compiled(("engine-release", self.slots, self.width), S.release)
+        fn.call(self.state, tf.constant(slots, tf.int32))
+
+    def _collect(self) -> list[Update]:
+        """Updates from the state after a chunk: new tokens per running request, Results for those done."""
+        st = self.state
+        finished, reason = st.finished.numpy(), st.reason.numpy()
+        generated, tokens = st.generated.numpy(), st.tokens.numpy()
+        logprobs = st.logprobs.numpy() if any(r.cfg.output_logprobs for r in self.running.values()) else None
+        updates = []
+        for slot, r in sorted(self.running.items(), key=lambda item: item[1].request_id):
+            p, g = len(r.prompt_ids), int(generated[slot])
+            new = tokens[slot, p + self.reported[slot]:p + g].tolist()
+            self.reported[slot] = g
+            result = None
+            if finished[slot]:
+                result = self._result(r, tokens[slot, p:p + g].tolist(), S.REASONS[int(reason[slot])],
+                                      None if logprobs is None else logprobs[slot, p:p + g])
+                del self.running[slot]
+            updates.append(Update(r.request_id, new, result))
+        return updates
+
+    def _result(self, r: Request, new: list, reason: str, logprobs) -> Result:
+        text = self.model.tokenizer.decode(new) if r.wants_text else None
+        kept = [float(x) for x in logprobs] if r.cfg.output_logprobs and logprobs is not None else None
+        return Result(r.request_id, r.prompt_ids, new, reason, text, kept)
+
+
+class _Fn:
+    """A compiled engine piece and whether this call is its first (it compiles)."""
+
+    def __init__(self, fn, fresh: bool):
+        self.fn, self.fresh = fn, fresh
+
+    def call(self, *args):
+        return self.fn(*args)
+
+
+def generate_many(model, requests, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK,
+                  progress: bool | None = None) -> list[Result]:
+    """Run every request to its end over `slots` slots; one Result per request, in input order.
+
+    requests: dicts with input_ids (a list of ids) or prompt (text), plus any of ROW_OPTIONS
+    (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, seed, repetition_penalty,
+    min_new_tokens, eos_token_id, stop_strings, output_logprobs). Every request is checked before
+    anything runs (ValueError naming its index and the option). max_length: tokens per slot (prompt
+    + new; default: the longest request's, so the cache is no wider than needed). progress: a
+    progress line on stderr (default: when stderr is a terminal and there are more requests than slots).
+    """
+    if isinstance(requests, dict) or not hasattr(requests, "__iter__"):
+        raise ValueError("requests must be a list of request dicts")
+    requests = list(requests)
+    if not requests:
+        return []
+    if max_length is None:  # the longest request decides the width (checked again in submit)
+        checked = [check_request(model, r, i, model.config.n_positions) for i, r in enumerate(requests)]
+        max_length = max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked)
+        max_length = max(max_length, 2)
+    engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size)
+    for i, r in enumerate(requests):
+        engine.submit(r, request_id=i)
+    show = progress if progress is not None else len(requests) > slots and status.is_terminal(sys.stderr)
+    bar = status.Progress(len(requests), "requests") if show else None
+    results: list = [None] * len(requests)
+    done = 0
+    for result in engine:
+        results[result.request_id] = result
+        done += 1
+        if bar is not None:
+            bar.update(done)
+    return results

@@ -1,0 +1,233 @@
+"""The request engine's compiled pieces: a fixed number of slots, each holding one request in its
+row of one static KV cache, with its own length, options and finish state.
+
+    SlotState       the engine's tensors, in tf.Variables: each compiled call updates them in place
+    RowOptions      each slot's options as [slots] tensors, so a new request's values never retrace
+    prefill_into    the prompts of a few new requests into chosen free slots (one compile per width)
+    decode_chunk    every slot advanced up to `steps` tokens (one compile); inactive slots are masked
+
+Unlike generate's left-padded batch, every slot's tokens start at cache slot 0: a request's i-th
+token sits at cache slot i with position id i (minigen/positions.py with no padding), and each row
+writes at its own length (a cache.View with one index per row, as speculative decoding's).
+
+Why variables: a compiled function does not update its tensor arguments in place, so a cache
+passed in and returned is copied once per call; held in tf.Variables, XLA aliases the update
+(measured, 16 slots x 512 slots x GPT-2 small's 24 buffers = 604 MB: 63 ms per call as tensors,
+1.0 ms as variables, 2-core AMD EPYC). The functions take the variables as arguments, so engines
+of the same shapes share one compiled function.
+
+A row's token is chosen exactly as `generate` chooses it for that request alone: the same
+processors in the same order (repetition_penalty, min_new_tokens), the same warpers when it
+samples (temperature, top-k, top-p, min-p), and a draw from its own seed and step (core.rng_key)
+over a [1, vocab] row, as a batch of one draws.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+from .. import cache as kv
+from . import core
+from . import processors as P
+from .stop_strings import stops_reached
+
+# finish reasons, as the slots record them ([slots] int32)
+RUNNING, EOS, STOP_STRING, LENGTH = 0, 1, 2, 3
+REASONS = {EOS: "eos", STOP_STRING: "stop_string", LENGTH: "length"}
+
+
+class SlotState(NamedTuple):
+    """The engine's tensors (tf.Variables; shapes for S slots of W cache slots each)."""
+
+    keys: tuple  # n_layer x [S * heads, W, head_dim]
+    values: tuple  # n_layer x [S * heads, W, head_dim]
+    logits: tf.Variable  # [S, vocab] float32: each slot's scores for its next token
+    tokens: tf.Variable  # [S, W] int32: the request's prompt, then its generated tokens (garbage after)
+    length: tf.Variable  # [S] int32: tokens in the slot so far = the cache slot of the next one
+    generated: tf.Variable  # [S] int32: tokens generated so far
+    finished: tf.Variable  # [S] bool: done, or free
+    reason: tf.Variable  # [S] int32: why it finished (REASONS), RUNNING while it runs
+    logprobs: tf.Variable  # [S, W] float32: each generated token's log-prob, at its slot
+
+
+def new_state(net, slots: int, width: int) -> SlotState:
+    """Zeroed variables for `slots` slots of `width` cache slots each, every slot free."""
+    cfg = net.config
+    cache = net.new_cache(slots, width)
+    var = lambda value: tf.Variable(value, trainable=False)  # noqa: E731
+    return SlotState(
+        keys=tuple(var(k) for k in cache.keys), values=tuple(var(v) for v in cache.values),
+        logits=var(tf.zeros([slots, cfg.vocab_size], tf.float32)),
+        tokens=var(tf.zeros([slots, width], tf.int32)),
+        length=var(tf.zeros([slots], tf.int32)),
+        generated=var(tf.zeros([slots], tf.int32)),
+        finished=var(tf.ones([slots], tf.bool)),
+        reason=var(tf.zeros([slots], tf.int32)),
+        logprobs=var(tf.zeros([slots, width], tf.float32)),
+    )
+
+
+class RowOptions(NamedTuple):
+    """Each slot's options, [S] tensors unless said (a free slot's values do not matter)."""
+
+    do_sample: tf.Tensor  # bool
+    temperature: tf.Tensor  # float32
+    top_k: tf.Tensor  # int32, 0 = off
+    top_p: tf.Tensor  # float32, 1.0 = off
+    min_p: tf.Tensor  # float32, 0 = off
+    repetition_penalty: tf.Tensor  # float32, 1.0 = off
+    min_new_tokens: tf.Tensor  # int32
+    max_new_tokens: tf.Tensor  # int32
+    seed: tf.Tensor  # [S, 2] int32
+    eos: tf.Tensor  # [S, E] int32: the row's EOS ids, -1 for none
+    stops: tf.Tensor  # [S, strings] bool: which of the engine's stop strings the row stops at
+    logprobs: tf.Tensor  # bool: keep each chosen token's log-prob
+
+
+# -- prefill: new requests into free slots -----------------------------------------------------------
+
+
+def prefill_into(net, state: SlotState, ids, lengths, slots):
+    """Run new prompts and put them in their slots. ids [k, w] int32, right-padded (each prompt's
+    tokens at 0 .. length-1), lengths [k], slots [k] int32 (a slot may repeat with the same prompt:
+    the padding of a group smaller than k). w <= the engine's width. Returns nothing (the state's
+    variables are updated in place)."""
+    k, w = ids.shape
+    heads = net.config.n_head
+    mask = tf.range(w)[None, :] < lengths[:, None]  # [k, w]
+    hidden, cache, _ = net.prefill(ids, tf.cast(mask, tf.int32), cache_len=w)
+    last = tf.gather(hidden, lengths - 1, batch_dims=1)  # [k, d]: each prompt's last real token
+    logits = net.lm_head(last)  # [k, vocab]
+    zero = tf.constant(0, tf.int32)
+
+    def into(var, block, row_of):  # block [k * rows_each, ...] -> var rows starting at row_of(slot)
+        value, each = var.read_value(), block.shape[0] // k
+        for i in range(k):
+            start = tf.stack([row_of(slots[i])] + [zero] * (len(block.shape) - 1))
+            value = xla.dynamic_update_slice(value, block[i * each:(i + 1) * each], start)
+        var.assign(value)
+
+    for var, block in zip(state.keys + state.values, cache.keys + cache.values):
+        into(var, block, lambda s: s * heads)
+    into(state.logits, logits, lambda s: s)
+    into(state.tokens, ids, lambda s: s)
+    at = slots[:, None]
+    state.length.scatter_nd_update(at, lengths)
+    state.generated.scatter_nd_update(at, tf.zeros([k], tf.int32))
+    state.finished.scatter_nd_update(at, tf.zeros([k], tf.bool))
+    state.reason.scatter_nd_update(at, tf.fill([k], RUNNING))
+    return tf.constant(0)
+
+
+def release(state: SlotState, slots):
+    """Mark slots [n] free (a cancelled request's)."""
+    state.finished.scatter_nd_update(slots[:, None], tf.ones_like(slots, tf.bool))
+    return tf.constant(0)
+
+
+# -- one token per slot ------------------------------------------------------------------------------
+
+
+def eos_table(eos, vocab: int):
+    """[S, vocab] bool: each row's EOS ids (eos [S, E], -1 for none)."""
+    return tf.reduce_any(tf.range(vocab)[None, :, None] == eos[:, None, :], axis=2)
+
+
+def row_scores(logits, tokens, valid, generated, rows: RowOptions, is_eos):
+    """The processors `generate` applies, per row: repetition_penalty, then min_new_tokens (EOS
+    forbidden until then). logits [S, vocab]; tokens, valid [S, W]; is_eos [S, vocab]."""
+    penalised = tf.reduce_any(tf.not_equal(rows.repetition_penalty, 1.0))
+    logits = tf.cond(penalised,
+                     lambda: P.repetition_penalty(logits, tokens, valid, rows.repetition_penalty[:, None]),
+                     lambda: logits)
+    return tf.where(is_eos & (generated < rows.min_new_tokens)[:, None], P.NEG_INF, logits)
+
+
+def warped(scores, rows: RowOptions):
+    """The sampling warpers `generate` applies, per row: temperature, top-k and top-p, min-p."""
+    scores = P.top_k_top_p(scores / rows.temperature[:, None], rows.top_k, rows.top_p)
+    return tf.cond(tf.reduce_any(rows.min_p > 0), lambda: P.min_p(scores, rows.min_p[:, None], 1), lambda: scores)
+
+
+def draws(scores, seed, generated):
+    """Each row's sampled token [S]: a draw over its own [1, vocab] row with its own seed and step,
+    exactly what generate draws for that request alone (core.rng_key, processors.gumbel_argmax)."""
+    return tf.concat([P.gumbel_argmax(scores[r:r + 1], core.rng_key(seed[r], generated[r]))
+                      for r in range(scores.shape[0])], axis=0)
+
+
+def choose(logits, tokens, valid, generated, rows: RowOptions, is_eos):
+    """(token [S], the scores it was chosen from [S, vocab]): argmax of the processed scores, or
+    for sampling rows a seeded draw from the warped ones."""
+    scores = row_scores(logits, tokens, valid, generated, rows, is_eos)
+    greedy = tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+    def sample():
+        kept = warped(scores, rows)
+        token = tf.where(rows.do_sample, draws(kept, rows.seed, generated), greedy)
+        return token, tf.where(rows.do_sample[:, None], kept, scores)
+
+    return tf.cond(tf.reduce_any(rows.do_sample), sample, lambda: (greedy, scores))
+
+
+class Chunk(NamedTuple):
+    """A decode chunk's loop state (the variables are read before and assigned after)."""
+
+    step: tf.Tensor  # int32: steps taken in this chunk
+    freed: tf.Tensor  # bool: a row finished in this chunk
+    cache: kv.KVCache
+    logits: tf.Tensor
+    tokens: tf.Tensor
+    length: tf.Tensor
+    generated: tf.Tensor
+    finished: tf.Tensor
+    reason: tf.Tensor
+    logprobs: tf.Tensor
+
+
+def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengths, steps, refill, stop_key: tuple):
+    """Advance every running slot by up to `steps` tokens (an int32 tensor); with `refill` (bool
+    tensor) return as soon as a row finishes, so the host can give its slot to a waiting request.
+    stop_table, stop_lengths: the engine's stop strings (stop_strings.StopTable; stop_key its
+    shape_key, () for none). Returns the steps taken; the variables hold the new state."""
+    width, vocab = state.tokens.shape[1], state.logits.shape[1]
+    is_eos = eos_table(rows.eos, vocab)  # [S, vocab]
+    columns = tf.range(width)[None, :]
+    key_mask = tf.ones_like(state.tokens, tf.bool)  # the causal part hides what is not yet written
+
+    def step(c: Chunk) -> Chunk:
+        active = ~c.finished
+        token, scores = choose(c.logits, c.tokens, columns < c.length[:, None], c.generated, rows, is_eos)
+        here = (columns == c.length[:, None]) & active[:, None]  # [S, W]: the new token's slot
+        tokens = tf.where(here, token[:, None], c.tokens)
+        logprobs = tf.cond(rows.logprobs, lambda: tf.where(here, core.token_logprob(scores, token)[:, None],
+                                                           c.logprobs), lambda: c.logprobs)
+        eos = tf.reduce_any(token[:, None] == rows.eos, axis=1)
+        stop = tf.zeros_like(eos)
+        if stop_key:
+            reached = stops_reached(stop_table, stop_lengths, stop_key, tokens, columns <= c.length[:, None], c.length)
+            stop = tf.reduce_any(reached & rows.stops, axis=1)
+        generated = c.generated + tf.cast(active, tf.int32)
+        done = active & (eos | stop | (generated >= rows.max_new_tokens))
+        reason = tf.where(done, tf.where(eos, EOS, tf.where(stop, STOP_STRING, LENGTH)), c.reason)
+        logits, cache = net.decode_one_token(token, c.length, c.cache, kv.View(key_mask, c.length))
+        return Chunk(c.step + 1, c.freed | tf.reduce_any(done), cache, logits, tokens,
+                     c.length + tf.cast(active, tf.int32), generated, c.finished | done, reason, logprobs)
+
+    def going(c: Chunk):
+        return (c.step < steps) & ~tf.reduce_all(c.finished) & ~(refill & c.freed)
+
+    start = Chunk(tf.constant(0), tf.constant(False),
+                  kv.KVCache(tuple(v.read_value() for v in state.keys), tuple(v.read_value() for v in state.values)),
+                  state.logits.read_value(), state.tokens.read_value(), state.length.read_value(),
+                  state.generated.read_value(), state.finished.read_value(), state.reason.read_value(),
+                  state.logprobs.read_value())
+    end = tf.while_loop(going, lambda c: (step(c),), (start,))[0]
+    for var, value in zip(state.keys + state.values, end.cache.keys + end.cache.values):
+        var.assign(value)
+    for name in ("logits", "tokens", "length", "generated", "finished", "reason", "logprobs"):
+        getattr(state, name).assign(getattr(end, name))
+    return end.step
