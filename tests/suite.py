@@ -48,6 +48,7 @@ GROUPS = [
     (["test_readme.py"], 2.0),  # every Python block of the README and docs/ in one process
     (["test_lm_eval.py"], 1.45),  # the harness with both backends (early: it is long), and its command
     (["test_text.py"], 1.55),
+    (["test_engine.py"], 1.4),  # the request engine against generate alone and the reference
     (["test_export.py", "test_input_errors.py"], 1.4),
     (["test_compile.py", "test_segments.py"], 1.65),
     (["test_cli_safety.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess

@@ -3,7 +3,7 @@ row of one static KV cache, with its own length, options and finish state.
 
     SlotState       the engine's tensors, in tf.Variables: each compiled call updates them in place
     RowOptions      each slot's options as [slots] tensors, so a new request's values never retrace
-    prefill_into    the prompts of a few new requests into chosen free slots (one compile per width)
+    prefill_into    a piece of the prompts of a few new requests into their slots (one compile per width)
     decode_chunk    every slot advanced up to `steps` tokens (one compile); inactive slots are masked
 
 Unlike generate's left-padded batch, every slot's tokens start at cache slot 0: a request's i-th
@@ -90,32 +90,36 @@ class RowOptions(NamedTuple):
 # -- prefill: new requests into free slots -----------------------------------------------------------
 
 
-def prefill_into(net, state: SlotState, ids, lengths, slots):
-    """Run new prompts and put them in their slots. ids [k, w] int32, right-padded (each prompt's
-    tokens at 0 .. length-1), lengths [k], slots [k] int32 (a slot may repeat with the same prompt:
-    the padding of a group smaller than k). w <= the engine's width. Returns nothing (the state's
-    variables are updated in place)."""
+def prefill_into(net, state: SlotState, ids, start, lengths, slots):
+    """Run a piece of each of k new prompts and write it into its slot: ids [k, w] int32 are the
+    tokens for cache slots start .. start + w - 1 (start [k]; the first `lengths` [k] of them real,
+    the rest padding), slots [k] int32 (distinct). A prompt may come in several pieces, in order,
+    each attending to those before it: a long prompt is not padded to the next power of two
+    (engine.pieces). Leaves the slot running, its next token's logits from the piece's last real
+    token. start + w <= the engine's width. Returns nothing (the variables are updated in place)."""
     k, w = ids.shape
-    heads = net.config.n_head
-    mask = tf.range(w)[None, :] < lengths[:, None]  # [k, w]
-    hidden, cache, _ = net.prefill(ids, tf.cast(mask, tf.int32), cache_len=w)
-    last = tf.gather(hidden, lengths - 1, batch_dims=1)  # [k, d]: each prompt's last real token
-    logits = net.lm_head(last)  # [k, vocab]
+    heads, width = net.config.n_head, state.tokens.shape[1]
+    rows = tf.reshape(slots[:, None] * heads + tf.range(heads)[None, :], [-1])  # [k * heads]: the slots' cache rows
+    cache = kv.KVCache(tuple(tf.gather(v, rows) for v in state.keys), tuple(tf.gather(v, rows) for v in state.values))
+    end = start + lengths  # [k]: the prompt's tokens so far
+    key_mask = tf.range(width)[None, :] < end[:, None]  # [k, width]
+    positions = start[:, None] + tf.range(w)[None, :]  # [k, w]
+    hidden, cache = net.forward(ids, positions, cache, kv.View(key_mask, start))
+    logits = net.lm_head(tf.gather(hidden, lengths - 1, batch_dims=1))  # [k, vocab]
     zero = tf.constant(0, tf.int32)
 
-    def into(var, block, row_of):  # block [k * rows_each, ...] -> var rows starting at row_of(slot)
+    def into(var, block, starts):  # block [k * each, ...]: row i's part at starts(i)
         value, each = var.read_value(), block.shape[0] // k
         for i in range(k):
-            start = tf.stack([row_of(slots[i])] + [zero] * (len(block.shape) - 1))
-            value = xla.dynamic_update_slice(value, block[i * each:(i + 1) * each], start)
+            value = xla.dynamic_update_slice(value, block[i * each:(i + 1) * each], tf.stack(starts(i)))
         var.assign(value)
 
     for var, block in zip(state.keys + state.values, cache.keys + cache.values):
-        into(var, block, lambda s: s * heads)
-    into(state.logits, logits, lambda s: s)
-    into(state.tokens, ids, lambda s: s)
+        into(var, block, lambda i: [slots[i] * heads, zero, zero])
+    into(state.logits, logits, lambda i: [slots[i], zero])
+    into(state.tokens, ids, lambda i: [slots[i], start[i]])
     at = slots[:, None]
-    state.length.scatter_nd_update(at, lengths)
+    state.length.scatter_nd_update(at, end)
     state.generated.scatter_nd_update(at, tf.zeros([k], tf.int32))
     state.finished.scatter_nd_update(at, tf.zeros([k], tf.bool))
     state.reason.scatter_nd_update(at, tf.fill([k], RUNNING))
