@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdout: 'text' prints prompt + continuation, with a rule line between results "
                         "(a continuation may hold newlines); 'jsonl' prints one JSON object per result, "
                         "as --output writes (default text)")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="prompts decoded together (default 8): the request engine's slots, or prompts per "
+                        "generate call for options the engine does not take (num_beams, penalty_alpha, ...)")
     add_generation_arguments(g)
     g.add_argument("--assistant-model", default=None,
                    help="speculative decoding with this draft model (same tokenizer), e.g. gutenberg-2l")
@@ -334,8 +336,66 @@ def run_generate(args) -> None:
         out.commit()
 
 
+def write_result(prompt: str, texts: list[str], args, out, printed: int) -> int:
+    """One prompt's record to `out`, or its text / JSON line to stdout; returns results printed so far."""
+    record = {"prompt": prompt, "text": texts[0] if len(texts) == 1 else texts}
+    if out:
+        out.write(record)
+    elif args.format == "jsonl":
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    else:
+        for text in texts:
+            if printed:
+                print(RULE)
+            print(prompt + text, flush=True)
+            printed += 1
+    return printed
+
+
 def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
-    """Continue `prompts` in batches, writing each batch's records to `out` (or text to stdout)."""
+    """Continue `prompts`: through the request engine (--batch-size slots) when it takes the options,
+    else in batches of generate calls; records in input order to `out` (or text to stdout)."""
+    from minigen import engine as engines  # noqa: PLC0415 - imports TensorFlow
+
+    if "assistant_model" not in options and not engines.unsupported(lm, options):
+        return generate_with_engine(lm, prompts, options, args, out)
+    generate_in_batches(lm, prompts, options, args, out)
+
+
+def generate_with_engine(lm, prompts: list[str], options: dict, args, out) -> None:
+    """Every prompt a request of one engine of --batch-size slots; each record written as soon as it
+    and every prompt before it have finished (input order)."""
+    global _progress
+    _progress = status.Progress(len(prompts)) if len(prompts) > args.batch_size else None
+    from minigen import engine as engines  # noqa: PLC0415 - imports TensorFlow
+
+    requests = [{"prompt": prompt, **options} for prompt in prompts]
+    try:  # checked first: the engine's width is the longest request's
+        checked = [engines.check_request(lm, r, i, lm.config.n_positions) for i, r in enumerate(requests)]
+        engine = lm.engine(slots=args.batch_size,
+                           max_length=max(2, max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked)))
+        began, traces = time.perf_counter(), lm.trace_count
+        for i, r in enumerate(requests):
+            engine.submit(r, request_id=i)
+    except ValueError as e:
+        raise UsageError(flag_spelling(str(e).replace("request ", "prompt ", 1))) from None
+    done, written, printed, tokens = {}, 0, 0, 0
+    for result in engine:
+        done[result.request_id] = result.text
+        tokens += len(result.new_tokens)
+        while written in done:
+            printed = write_result(prompts[written], [done.pop(written)], args, out, printed)
+            written += 1
+        if _progress is not None:
+            _progress.update(written)
+    if args.verbose:
+        took = time.perf_counter() - began
+        say(f"minigen: {len(prompts)} prompts over {args.batch_size} slots of the request engine in {took:.2f} s, "
+            f"{tokens / took:.1f} new tok/s ({lm.trace_count - traces} compiles included)")
+
+
+def generate_in_batches(lm, prompts: list[str], options: dict, args, out) -> None:
+    """Continue `prompts` in batches of generate calls, writing each batch's records to `out` (or stdout)."""
     global _progress
     _progress = status.Progress(len(prompts)) if len(prompts) > args.batch_size else None
     printed = 0
@@ -356,18 +416,7 @@ def generate_all(lm, prompts: list[str], options: dict, args, out) -> None:
             timing["steady"] += took
             timing["steady_tokens"] += len(batch) * per * args.max_new_tokens
         for i, prompt in enumerate(batch):
-            mine = texts[i * per:(i + 1) * per]
-            record = {"prompt": prompt, "text": mine[0] if per == 1 else mine}
-            if out:
-                out.write(record)
-            elif args.format == "jsonl":
-                print(json.dumps(record, ensure_ascii=False), flush=True)
-            else:
-                for text in mine:
-                    if printed:
-                        print(RULE)
-                    print(prompt + text, flush=True)
-                    printed += 1
+            printed = write_result(prompt, texts[i * per:(i + 1) * per], args, out, printed)
         if _progress is not None:
             _progress.update(min(start + args.batch_size, len(prompts)))
     if args.verbose:

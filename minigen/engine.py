@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import sys
+import time
 from collections import deque
 from typing import Iterator
 
@@ -35,6 +37,8 @@ from .generation import slots as S
 from .generation.config import GenerationConfig, normalise_names
 from .generation.generate import _stop_table, as_config, model_defaults
 from .generation.options import BY_NAME
+
+logger = logging.getLogger("minigen")
 
 # The options a request may set: each slot has its own value (slots.RowOptions). Every other option
 # of generate must keep its default (or the model's generation_config.json value): the engine refuses it.
@@ -78,6 +82,18 @@ class Request:
     eos: tuple
     seed: np.ndarray  # [2] int32
     wants_text: bool
+
+
+def unsupported(model, options: dict) -> list[str]:
+    """The options (given, or set by the model's generation defaults) that keep requests with these
+    options out of the engine; [] when the engine takes them. For front doors that choose between the
+    engine and generate (the `minigen generate` command)."""
+    given = [name for name in options if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS]
+    defaults, plain = model_defaults(model), GenerationConfig()
+    if defaults is not None:
+        given += [name for name in BY_NAME if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS
+                  and name not in given and getattr(defaults, name) != getattr(plain, name)]
+    return given
 
 
 def _refusal(index, message: str) -> ValueError:
@@ -252,19 +268,19 @@ class Engine:
         stop_key, table, lengths = self._stop_table()
         fn = self._compiled(("engine-decode", self.slots, self.width, EOS_BUDGET, stop_key),
                             lambda state, rows, table, lengths, steps, refill: S.decode_chunk(
-                                self.model.network, state, rows, table, lengths, steps, refill, stop_key))
-        with status.compile_notice(f"the engine's decode step ({self.slots} slots x {self.width})",
-                                   fn.fresh):
+                                self.model.network, state, rows, table, lengths, steps, refill, stop_key),
+                            f"the engine's decode step ({self.slots} slots x {self.width} tokens)")
+        with status.compile_notice(fn.what, fn.fresh):
             fn.call(self.state, self._rows_t, table, lengths, tf.constant(self.chunk_size, tf.int32),
                     tf.constant(bool(self.queue)))
         return updates + self._collect()
 
     # -- inside --
 
-    def _compiled(self, key, body):
+    def _compiled(self, key, body, what: str):
         cache = self.model.compile_cache
         fresh = key not in cache
-        return _Fn(cache.compiled(key, body), fresh)
+        return _Fn(cache.compiled(key, body), fresh, what)
 
     def _empty_rows(self) -> S.RowOptions:
         n = self.slots
@@ -342,12 +358,13 @@ class Engine:
             start[i], lengths[i], at[i] = first, len(piece), slot
         fn = self._compiled(("engine-prefill", self.slots, self.width, k, w),
                             lambda state, ids, start, lengths, at: S.prefill_into(self.model.network, state, ids,
-                                                                                  start, lengths, at))
-        with status.compile_notice(f"the engine's prefill ({k} x {w} tokens)", fn.fresh):
+                                                                                  start, lengths, at),
+                            f"the engine's prefill ({k} x {w} tokens)")
+        with status.compile_notice(fn.what, fn.fresh):
             fn.call(self.state, tf.constant(ids), tf.constant(start), tf.constant(lengths), tf.constant(at))
 
     def _release(self, slots: list) -> None:
-        fn = self._compiled(("engine-release", self.slots, self.width), S.release)
+        fn = self._compiled(("engine-release", self.slots, self.width), S.release, "the engine's release")
         fn.call(self.state, tf.constant(slots, tf.int32))
 
     def _collect(self) -> list[Update]:
@@ -376,13 +393,17 @@ class Engine:
 
 
 class _Fn:
-    """A compiled engine piece and whether this call is its first (it compiles)."""
+    """A compiled engine piece and whether this call is its first (it compiles: logged with its time)."""
 
-    def __init__(self, fn, fresh: bool):
-        self.fn, self.fresh = fn, fresh
+    def __init__(self, fn, fresh: bool, what: str):
+        self.fn, self.fresh, self.what = fn, fresh, what
 
     def call(self, *args):
-        return self.fn(*args)
+        began = time.perf_counter()
+        out = self.fn(*args)
+        if self.fresh:
+            logger.info("compiled %s in %.2fs (incl. first run)", self.what, time.perf_counter() - began)
+        return out
 
 
 def generate_many(model, requests, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK,

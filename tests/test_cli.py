@@ -88,7 +88,14 @@ def test_cli_verbose_reports_compile_and_speed(text_model_dir, cli):
     result = cli("generate", "--model", path, "--max-new-tokens", 5, "--verbose", "--batch-size", 1,
                  stdin=PROMPTS[0] + "\n" + PROMPTS[1] + "\n")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("minigen: compiled greedy") == 1  # the one-off XLA compile, with its time
+    # the request engine: each piece's one-off XLA compile with its time, then the run's speed
+    assert result.stderr.count("minigen: compiled the engine's decode step") == 1
+    assert "minigen: 2 prompts over 1 slots of the request engine in" in result.stderr and "tok/s" in result.stderr
+    # options the engine does not take run as generate calls, reported per call
+    result = cli("generate", "--model", path, "--max-new-tokens", 5, "--verbose", "--batch-size", 1, "--num-beams", 2,
+                 stdin=PROMPTS[0] + "\n" + PROMPTS[1] + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("minigen: compiled beam") == 1  # the one-off XLA compile, with its time
     assert "minigen: generated 1 x 5 tokens in" in result.stderr and "tok/s" in result.stderr  # the second batch
 
 

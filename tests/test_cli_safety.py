@@ -78,18 +78,18 @@ def test_input_that_is_not_utf8_is_named_by_line(tmp_path, capsys):
 
 
 def test_ctrl_c_keeps_finished_lines_and_exits_130(tmp_path, capsys, monkeypatch):
-    import minigen.gpt2
+    import minigen.engine
 
-    real = minigen.gpt2.GPT2.generate_text
+    real = minigen.engine.Engine.step
     calls = []
 
-    def interrupted_on_second_batch(self, prompts, **options):
-        calls.append(prompts)
+    def interrupted_on_second_chunk(self):  # one slot: the first chunk finishes the first prompt
+        calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, prompts, **options)
+        return real(self)
 
-    monkeypatch.setattr(minigen.gpt2.GPT2, "generate_text", interrupted_on_second_batch)
+    monkeypatch.setattr(minigen.engine.Engine, "step", interrupted_on_second_chunk)
     prompts = prompts_file(tmp_path / "in.txt", ["It was a dark night", "Call me", "The sea"])
     out = tmp_path / "out.jsonl"
     code, _, err = run(capsys, "generate", "--input", str(prompts), "--output", str(out), "--batch-size", "1", *FAST)
