@@ -169,12 +169,13 @@ PIECE_WIDTHS = (16, 32, 64, 128, 256)  # prefill widths (a compile each, times t
 PIECE_PADDING = 32
 
 
-def pieces(n: int, width: int) -> list[tuple[int, int]]:
+def pieces(n: int, width: int, start: int = 0) -> list[tuple[int, int]]:
     """How an n-token prompt is prefilled: [(start, piece width), ...] in order, each piece attending
     to those before it. The narrowest piece that covers the rest if it pads at most PIECE_PADDING
     tokens, else the widest that the rest fills: 140 tokens as 128 + 16 (4 padding) rather than 256
-    (116); 250 as 256. A piece never runs past the engine's width (a multiple of 16)."""
-    out, start = [], 0
+    (116); 250 as 256. A piece never runs past the engine's width (a multiple of 16). start: tokens
+    already in the slot (a shared prefix, a multiple of 16)."""
+    out = []
     while start < n:
         left = n - start
         fits = [w for w in PIECE_WIDTHS if start + w <= width]
@@ -188,13 +189,67 @@ def pieces(n: int, width: int) -> list[tuple[int, int]]:
     return out
 
 
+PREFIX_MIN = 32  # the shortest shared prefix worth copying (tokens; used in multiples of 16)
+
+
+def common_start(a: list, b: list) -> int:
+    """How many tokens two prompts share from their first."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if len(differ) else n
+
+
+class Prefixes:
+    """The prompts kept for reuse (least recently used dropped first): their tokens here, their keys
+    and values in a slots.PrefixStore of `entries` rows (each one engine slot's size in memory). A
+    new request whose prompt begins with a kept prompt's tokens starts from that many of its keys
+    and values (rounded down to 16, and at least one token left to run) and prefills only the rest."""
+
+    def __init__(self, net, entries: int, width: int):
+        self.entries = entries
+        self.store = S.new_store(net, entries, width) if entries else None
+        self.tokens: dict[int, list] = {}  # entry -> the kept prompt's ids
+        self.order: list[int] = []  # entries, least recently used first
+        self.hits = self.reused = 0
+
+    def match(self, ids: list) -> tuple[int, int]:
+        """(entry, tokens reusable) of the kept prompt sharing the longest start with `ids`; (-1, 0) if none."""
+        best, most = -1, 0
+        for entry, kept in self.tokens.items():
+            common = min(common_start(kept, ids), len(ids) - 1)
+            if common > most:
+                best, most = entry, common
+        most = most // 16 * 16
+        return (best, most) if most >= PREFIX_MIN else (-1, 0)
+
+    def use(self, entry: int, tokens: int) -> None:
+        self.order.remove(entry)
+        self.order.append(entry)
+        self.hits += 1
+        self.reused += tokens
+
+    def worth_keeping(self, ids: list, reused: int) -> bool:
+        """Keep a prompt unless it is short or mostly what is kept already."""
+        return self.entries > 0 and len(ids) >= PREFIX_MIN and reused < len(ids) // 2
+
+    def slot_for(self, ids: list) -> int:
+        """The entry a new prompt goes to: a free one, else the least recently used."""
+        entry = len(self.tokens) if len(self.tokens) < self.entries else self.order.pop(0)
+        if entry in self.order:
+            self.order.remove(entry)
+        self.order.append(entry)
+        self.tokens[entry] = list(ids)
+        return entry
+
+
 class Engine:
     """Continuous batching over `slots` slots of `max_length` tokens each (prompt + new); see the module."""
 
-    def __init__(self, model, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK):
-        for name, value in (("slots", slots), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    def __init__(self, model, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK,
+                 prefix_cache: int = 4):
+        for name, value, least in (("slots", slots, 1), ("chunk_size", chunk_size, 1), ("prefix_cache", prefix_cache, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         limit = model.config.n_positions
         max_length = limit if max_length is None else max_length
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= limit:
@@ -204,6 +259,7 @@ class Engine:
         # max_length hold only a last piece's padding
         self.width = -(-max_length // 16) * 16
         self.state = S.new_state(model.network, slots, self.width)
+        self.prefixes = Prefixes(model.network, prefix_cache, self.width)
         self.queue: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # slot -> request
         self.reported: dict[int, int] = {}  # slot -> tokens already handed out by stream()
@@ -323,13 +379,34 @@ class Engine:
         return self._stop
 
     def _admit(self) -> None:
-        """Give free slots to waiting requests and prefill their prompts, piece by piece (`pieces`):
-        the same piece width of several prompts in one call when there are enough of them."""
+        """Give free slots to waiting requests and prefill their prompts. A request sharing its start
+        with one admitted in the same round waits for that one's keys and values to be kept (a
+        later wave), so that a shared header is prefilled once."""
         free = [s for s in range(self.slots) if s not in self.running]
         admitted = []
         while free and self.queue:
             admitted.append((self.queue.popleft(), free.pop(0)))
-        todo = [(r, slot, pieces(len(r.prompt_ids), self.width)) for r, slot in admitted]
+        while admitted:
+            wave, later = [], []
+            for r, slot in admitted:
+                kept = self.prefixes.match(r.prompt_ids)[1]
+                sharing = self.prefixes.entries and any(
+                    common_start(r.prompt_ids, w.prompt_ids) >= max(PREFIX_MIN, kept + 16) for w, _ in wave)
+                (later if sharing else wave).append((r, slot))
+            self._prefill_wave(wave)
+            admitted = later
+        self._rows_t = self._row_tensors() if self.running else None
+
+    def _prefill_wave(self, admitted: list) -> None:
+        """Prefill these (request, slot) pairs piece by piece (`pieces`), the same piece width of
+        several prompts in one call when there are enough of them; keep their prompts for reuse."""
+        todo, reused = [], {}
+        for r, slot in admitted:
+            entry, filled = self.prefixes.match(r.prompt_ids)
+            if filled:
+                self._load_prefix(r, slot, entry, filled)
+            reused[slot] = filled
+            todo.append((r, slot, pieces(len(r.prompt_ids), self.width, filled)))
         for stage in range(max((len(p) for _, _, p in todo), default=0)):
             by_width: dict[int, list] = {}
             for r, slot, parts in todo:
@@ -342,10 +419,11 @@ class Engine:
                     self._prefill(group[:k], w)
                     group = group[k:]
         for r, slot in admitted:
+            if self.prefixes.worth_keeping(r.prompt_ids, reused[slot]):
+                self._save_prefix(slot, self.prefixes.slot_for(r.prompt_ids))
             self.running[slot] = r
             self.reported[slot] = 0
             self._set_row(slot, r)
-        self._rows_t = self._row_tensors() if self.running else None
 
     def _prefill(self, group: list, w: int) -> None:
         """One prefill call: for each (request, slot, start) the prompt's tokens start .. start + w - 1."""
@@ -362,6 +440,29 @@ class Engine:
                             f"the engine's prefill ({k} x {w} tokens)")
         with status.compile_notice(fn.what, fn.fresh):
             fn.call(self.state, tf.constant(ids), tf.constant(start), tf.constant(lengths), tf.constant(at))
+
+    def _load_prefix(self, r: Request, slot: int, entry: int, filled: int) -> None:
+        self.prefixes.use(entry, filled)
+        tokens = np.zeros([self.width], np.int32)
+        tokens[:len(r.prompt_ids)] = r.prompt_ids
+        fn = self._compiled(("engine-load-prefix", self.slots, self.width, self.prefixes.entries),
+                            lambda state, store, entry, slot, tokens, filled: S.load_prefix(
+                                self.model.network, state, store, entry, slot, tokens, filled),
+                            "the engine's prefix copy")
+        fn.call(self.state, self.prefixes.store, tf.constant(entry), tf.constant(slot), tf.constant(tokens),
+                tf.constant(filled))
+
+    def _save_prefix(self, slot: int, entry: int) -> None:
+        fn = self._compiled(("engine-save-prefix", self.slots, self.width, self.prefixes.entries),
+                            lambda state, store, slot, entry: S.save_prefix(self.model.network, state, store, slot,
+                                                                            entry),
+                            "the engine's prefix keeping")
+        fn.call(self.state, self.prefixes.store, tf.constant(slot), tf.constant(entry))
+
+    def stats(self) -> dict:
+        """Requests waiting and running, and the shared-prefix cache's hits and tokens not prefilled again."""
+        return {"queued": len(self.queue), "running": len(self.running), "prefix_hits": self.prefixes.hits,
+                "prefix_tokens_reused": self.prefixes.reused}
 
     def _release(self, slots: list) -> None:
         fn = self._compiled(("engine-release", self.slots, self.width), S.release, "the engine's release")
@@ -407,7 +508,7 @@ class _Fn:
 
 
 def generate_many(model, requests, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK,
-                  progress: bool | None = None) -> list[Result]:
+                  progress: bool | None = None, prefix_cache: int = 4) -> list[Result]:
     """Run every request to its end over `slots` slots; one Result per request, in input order.
 
     requests: dicts with input_ids (a list of ids) or prompt (text), plus any of ROW_OPTIONS
@@ -416,6 +517,8 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
     anything runs (ValueError naming its index and the option). max_length: tokens per slot (prompt
     + new; default: the longest request's, so the cache is no wider than needed). progress: a
     progress line on stderr (default: when stderr is a terminal and there are more requests than slots).
+    prefix_cache: prompts kept for requests that begin with the same tokens (each one slot's cache
+    row in memory: n_layer x 2 x n_embd x width x 4 bytes; 0 = off).
     """
     if isinstance(requests, dict) or not hasattr(requests, "__iter__"):
         raise ValueError("requests must be a list of request dicts")
@@ -426,7 +529,7 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
         checked = [check_request(model, r, i, model.config.n_positions) for i, r in enumerate(requests)]
         max_length = max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked)
         max_length = max(max_length, 2)
-    engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size)
+    engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size, prefix_cache=prefix_cache)
     for i, r in enumerate(requests):
         engine.submit(r, request_id=i)
     show = progress if progress is not None else len(requests) > slots and status.is_terminal(sys.stderr)

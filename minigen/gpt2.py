@@ -129,14 +129,15 @@ class GPT2:
         return text.stream_text(self, prompt, chunk_size, **options)
 
     def generate_many(self, requests, slots: int = 16, max_length: int | None = None, chunk_size: int = 16,
-                      progress: bool | None = None) -> list:
+                      progress: bool | None = None, prefix_cache: int = 4) -> list:
         """Run many requests, each with its own prompt and options, over `slots` slots of one compiled
         loop (continuous batching); one Result per request, in input order. See `minigen.engine`."""
-        return engines.generate_many(self, requests, slots, max_length, chunk_size, progress)
+        return engines.generate_many(self, requests, slots, max_length, chunk_size, progress, prefix_cache)
 
-    def engine(self, slots: int = 16, max_length: int | None = None, chunk_size: int = 16) -> "engines.Engine":
+    def engine(self, slots: int = 16, max_length: int | None = None, chunk_size: int = 16,
+               prefix_cache: int = 4) -> "engines.Engine":
         """An incremental request engine (submit, cancel, iterate over results); see `minigen.engine`."""
-        return engines.Engine(self, slots, max_length, chunk_size)
+        return engines.Engine(self, slots, max_length, chunk_size, prefix_cache)
 
     def loglikelihood(self, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
         """Per (context, continuation) request, text or ids: (the continuation's summed log-prob, whether

@@ -181,3 +181,23 @@ def test_bad_requests_are_named_before_anything_runs(hf_and_minigen, request_, m
         model.generate_many([dict(input_ids=[3, 4], max_new_tokens=2), request_], max_length=100, progress=False)
     assert message in str(e.value)
     assert model.trace_count == before
+
+
+def test_shared_prefix_is_prefilled_once_with_the_same_tokens(hf_and_minigen):
+    _, _, model = hf_and_minigen("four")
+    rng = np.random.default_rng(11)
+    header = rng.integers(0, 777, 70).tolist()  # a few-shot header: 64 of its tokens are reusable
+    requests = [dict(input_ids=header + rng.integers(0, 777, int(rng.integers(1, 12))).tolist(),
+                     max_new_tokens=int(rng.integers(3, 20)), eos_token_id=[]) for _ in range(9)]
+    requests[4].update(do_sample=True, seed=[4, 4], top_p=0.9)
+    requests.append(dict(input_ids=rng.integers(0, 777, 50).tolist(), max_new_tokens=5))  # shares nothing
+    engine = model.engine(slots=3, max_length=100, prefix_cache=2)
+    for r in requests:
+        engine.submit(r)
+    shared = {r.request_id: r.new_tokens for r in engine}
+    stats = engine.stats()
+    assert stats["prefix_hits"] == 8 and stats["prefix_tokens_reused"] == 8 * 64  # all but the first with the header
+    assert len(engine.prefixes.tokens) <= 2  # bounded: the least recently used prompt is dropped
+    plain = model.generate_many(requests, slots=3, max_length=100, prefix_cache=0, progress=False)
+    for i, (request, result) in enumerate(zip(requests, plain)):
+        assert shared[i] == result.new_tokens == list(alone(model, request)[0]), f"request {i}"

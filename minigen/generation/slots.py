@@ -126,6 +126,46 @@ def prefill_into(net, state: SlotState, ids, start, lengths, slots):
     return tf.constant(0)
 
 
+# -- shared prompt prefixes: keys and values kept for later requests -----------------------------------
+
+
+class PrefixStore(NamedTuple):
+    """Cache rows of earlier prompts, for requests that begin with the same tokens (engine.Prefixes)."""
+
+    keys: tuple  # n_layer x [P * heads, W, head_dim]
+    values: tuple  # n_layer x [P * heads, W, head_dim]
+
+
+def new_store(net, entries: int, width: int) -> PrefixStore:
+    cache = net.new_cache(entries, width)
+    return PrefixStore(tuple(tf.Variable(k, trainable=False) for k in cache.keys),
+                       tuple(tf.Variable(v, trainable=False) for v in cache.values))
+
+
+def copy_rows(sources, targets, source_row, target_row, heads: int) -> None:
+    """Each target variable's rows of `target_row` (heads of them) set to the source's `source_row`."""
+    zero = tf.constant(0, tf.int32)
+    for source, target in zip(sources, targets):
+        _, width, head_dim = source.shape
+        block = tf.slice(source, tf.stack([source_row * heads, zero, zero]), [heads, width, head_dim])
+        target.assign(xla.dynamic_update_slice(target.read_value(), block, tf.stack([target_row * heads, zero, zero])))
+
+
+def save_prefix(net, state: SlotState, store: PrefixStore, slot, entry):
+    """Keep a slot's cache row (its prompt's keys and values) as store entry `entry`."""
+    copy_rows(state.keys + state.values, store.keys + store.values, slot, entry, net.config.n_head)
+    return tf.constant(0)
+
+
+def load_prefix(net, state: SlotState, store: PrefixStore, entry, slot, tokens, filled):
+    """Start a slot from store entry `entry`: its first `filled` tokens' keys and values are the
+    entry's (the rest of the prompt is prefilled after them). tokens [W] int32: the slot's prompt."""
+    copy_rows(store.keys + store.values, state.keys + state.values, entry, slot, net.config.n_head)
+    state.tokens.scatter_nd_update(slot[None, None], tokens[None])
+    state.length.scatter_nd_update(slot[None, None], filled[None])
+    return tf.constant(0)
+
+
 def release(state: SlotState, slots):
     """Mark slots [n] free (a cancelled request's)."""
     state.finished.scatter_nd_update(slots[:, None], tf.ones_like(slots, tf.bool))
