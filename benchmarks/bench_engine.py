@@ -1,6 +1,6 @@
 """Many requests of mixed lengths: the request engine vs today's generate grouped by hand vs CTranslate2.
 
-    python benchmarks/bench_engine.py               # GPT-2 small shape, 256 requests, greedy and seeded sampling
+    python benchmarks/bench_engine.py               # GPT-2 small shape, 256 requests: greedy, seeded sampling, few-shot
     python benchmarks/bench_engine.py --quick       # tiny model, 24 requests: checks the script works
 
 The workload (issue 26): prompts of 16-256 random tokens, requested new tokens log-normal (median
@@ -12,6 +12,8 @@ The workload (issue 26): prompts of 16-256 random tokens, requested new tokens l
   - CTranslate2 float32 / int8 generate_batch over the oracle's batches (one max_length per call)
   - bound:  the steady rate of one full S-row batch (prompts of the same distribution, 64 new
             tokens, prefill included): what perfect packing would give
+and a few-shot workload (a 300-token header shared by every request, questions of 4-40 tokens):
+the engine with and without its shared-prefix cache, with the time each spends prefilling.
 Each system is timed after one warm-up pass (whose time is reported as "first call": the compiles),
 median of --runs passes, the systems alternating pass by pass. Writes benchmarks/results/engine.md.
 """
@@ -58,6 +60,27 @@ def workload(n: int, vocab: int, sampling: bool, quick: bool, seed: int = 0) -> 
             r.update(do_sample=True, top_k=0, top_p=0.9, temperature=1.0, seed=[i, 1])
         requests.append(r)
     return requests
+
+
+def fewshot(n: int, vocab: int, quick: bool, seed: int = 1) -> list[dict]:
+    """A few-shot evaluation's shape: one shared header (200-400 tokens) + a short question each."""
+    rng = np.random.default_rng(seed)
+    header = rng.integers(0, vocab - 1, 40 if quick else 300).tolist()
+    return [dict(input_ids=header + rng.integers(0, vocab - 1, int(rng.integers(4, 12 if quick else 40))).tolist(),
+                 max_new_tokens=int(np.clip(round(rng.lognormal(np.log(8 if quick else 20), 0.6)), 2, 64)),
+                 eos_token_id=[]) for _ in range(n)]
+
+
+def engine_run(model, requests, slots: int, prefix_cache: int, seconds: dict) -> int:
+    """The engine over the requests; adds its prefill time to seconds["prefill"]; returns the tokens asked."""
+    engine = model.engine(slots=slots, max_length=max(len(r["input_ids"]) + r["max_new_tokens"] for r in requests),
+                          prefix_cache=prefix_cache)
+    for r in requests:
+        engine.submit(r)
+    for _ in engine:
+        pass
+    seconds.setdefault("prefill", []).append(engine.stats()["prefill_seconds"])
+    return sum(r["max_new_tokens"] for r in requests)
 
 
 def left_pad(prompts):
@@ -108,6 +131,43 @@ def ctranslate2_grouped(generator, requests, slots: int) -> int:
     return computed
 
 
+def fewshot_table(model, requests, args) -> list[str]:
+    """The engine with and without its shared-prefix cache on the few-shot workload (and the oracle grouping)."""
+    useful = sum(r["max_new_tokens"] for r in requests)
+    prefill = {"with": {}, "without": {}}
+    systems = {"engine, prefix cache": lambda: engine_run(model, requests, args.slots, 4, prefill["with"]),
+               "engine, no prefix cache": lambda: engine_run(model, requests, args.slots, 0, prefill["without"]),
+               "oracle grouping": lambda: minigen_grouped(model, requests, args.slots, oracle=True)}
+    times = {s: [] for s in systems}
+    for s, run in systems.items():  # warm-up pass
+        run()
+    for p in prefill.values():
+        p.clear()
+    for _ in range(args.runs):
+        for s, run in systems.items():
+            began = time.perf_counter()
+            run()
+            times[s].append(time.perf_counter() - began)
+            print(f"fewshot {s}: {times[s][-1]:.1f} s", flush=True)
+    header = common = len(requests[0]["input_ids"])
+    for r in requests[1:]:
+        common = min(common, next((i for i, (a, b) in enumerate(zip(r["input_ids"], requests[0]["input_ids"])) if a != b),
+                                  header))
+    lines = [f"### fewshot: {len(requests)} requests sharing a {common}-token header, questions of "
+             f"{min(len(r['input_ids']) for r in requests) - common}-{max(len(r['input_ids']) for r in requests) - common} "
+             f"tokens, {useful} new tokens asked for", "",
+             "| system | useful tok/s | wall (s) | prefill (s) |", "|---|---|---|---|"]
+    for s in systems:
+        wall = statistics.median(times[s])
+        kind = "with" if "prefix cache" in s and "no" not in s else "without" if "no prefix" in s else None
+        pre = f"{statistics.median(prefill[kind]['prefill']):.2f}" if kind else "-"
+        lines.append(f"| {s} | {useful / wall:.1f} | {wall:.1f} | {pre} |")
+    cut = 1 - statistics.median(prefill["with"]["prefill"]) / statistics.median(prefill["without"]["prefill"])
+    lines += ["", f"the prefix cache cuts the engine's prefill time by {cut:.0%}", ""]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, few requests: checks the script works")
@@ -115,7 +175,7 @@ def main(argv=None) -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--runs", type=int, default=2, help="timed passes per system (median)")
     parser.add_argument("--no-peers", action="store_true", help="skip CTranslate2")
-    parser.add_argument("--workloads", default="greedy,sampling")
+    parser.add_argument("--workloads", default="greedy,sampling,fewshot")
     parser.add_argument("--out", default=str(HERE / "results" / "engine.md"))
     args = parser.parse_args(argv)
     n = args.requests or (24 if args.quick else 256)
@@ -140,6 +200,9 @@ def main(argv=None) -> None:
              f"random weights; {n} requests, {args.slots} slots; median of {args.runs} timed passes after a warm-up "
              "pass, systems alternating.", ""]
     for name in args.workloads.split(","):
+        if name == "fewshot":
+            lines += fewshot_table(model, fewshot(n, shape["vocab_size"], args.quick), args)
+            continue
         requests = workload(n, shape["vocab_size"], name == "sampling", args.quick)
         useful = sum(r["max_new_tokens"] for r in requests)
         prompts = [len(r["input_ids"]) for r in requests]

@@ -260,6 +260,7 @@ class Engine:
         self.width = -(-max_length // 16) * 16
         self.state = S.new_state(model.network, slots, self.width)
         self.prefixes = Prefixes(model.network, prefix_cache, self.width)
+        self.seconds = {"prefill": 0.0, "decode": 0.0}  # wall time in each kind of call (compiles included)
         self.queue: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # slot -> request
         self.reported: dict[int, int] = {}  # slot -> tokens already handed out by stream()
@@ -326,10 +327,13 @@ class Engine:
                             lambda state, rows, table, lengths, steps, refill: S.decode_chunk(
                                 self.model.network, state, rows, table, lengths, steps, refill, stop_key),
                             f"the engine's decode step ({self.slots} slots x {self.width} tokens)")
+        began = time.perf_counter()
         with status.compile_notice(fn.what, fn.fresh):
             fn.call(self.state, self._rows_t, table, lengths, tf.constant(self.chunk_size, tf.int32),
                     tf.constant(bool(self.queue)))
-        return updates + self._collect()
+        updates += self._collect()
+        self.seconds["decode"] += time.perf_counter() - began
+        return updates
 
     # -- inside --
 
@@ -386,6 +390,7 @@ class Engine:
         admitted = []
         while free and self.queue:
             admitted.append((self.queue.popleft(), free.pop(0)))
+        began = time.perf_counter()
         while admitted:
             wave, later = [], []
             for r, slot in admitted:
@@ -395,6 +400,7 @@ class Engine:
                 (later if sharing else wave).append((r, slot))
             self._prefill_wave(wave)
             admitted = later
+        self.seconds["prefill"] += time.perf_counter() - began
         self._rows_t = self._row_tensors() if self.running else None
 
     def _prefill_wave(self, admitted: list) -> None:
@@ -460,9 +466,11 @@ class Engine:
         fn.call(self.state, self.prefixes.store, tf.constant(slot), tf.constant(entry))
 
     def stats(self) -> dict:
-        """Requests waiting and running, and the shared-prefix cache's hits and tokens not prefilled again."""
+        """Requests waiting and running, the shared-prefix cache's hits and tokens not prefilled again,
+        and the wall time spent prefilling and decoding (compiles included)."""
         return {"queued": len(self.queue), "running": len(self.running), "prefix_hits": self.prefixes.hits,
-                "prefix_tokens_reused": self.prefixes.reused}
+                "prefix_tokens_reused": self.prefixes.reused, "prefill_seconds": self.seconds["prefill"],
+                "decode_seconds": self.seconds["decode"]}
 
     def _release(self, slots: list) -> None:
         fn = self._compiled(("engine-release", self.slots, self.width), S.release, "the engine's release")
