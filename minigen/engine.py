@@ -9,7 +9,7 @@ scheduled over a fixed number of slots of one compiled decode loop (continuous b
         for update in engine.stream(): ...     the same, with each chunk's new tokens per request
 
 A request is a dict: `input_ids` (a list of ids) or `prompt` (text, needs the tokenizer), plus any
-of generate's per-row options (ROW_OPTIONS). The host loop (Engine.step) gives free slots to
+of generate's per-row options (PER_REQUEST, the option table's rows marked `engine`). The host loop (Engine.step) gives free slots to
 waiting requests (slots.prefill_into, a few prompts of one width bucket at a time), then advances
 every slot up to chunk_size tokens (slots.decode_chunk), returning early when a row finishes and
 another request waits. Each piece compiles once per shape: prefill once per width bucket, decode
@@ -36,16 +36,15 @@ from . import status
 from .generation import slots as S
 from .generation.config import GenerationConfig, normalise_names
 from .generation.generate import _stop_table, as_config, model_defaults
-from .generation.options import BY_NAME
+from .generation.options import BY_NAME, OPTIONS
 
 logger = logging.getLogger("minigen")
 
-# The options a request may set: each slot has its own value (slots.RowOptions). Every other option
-# of generate must keep its default (or the model's generation_config.json value): the engine refuses it.
-ROW_OPTIONS = ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k",
-               "top_p", "min_p", "seed", "repetition_penalty", "eos_token_id", "stop_strings", "output_logprobs")
-# accepted and without effect on the engine's results (no padding in them, no buckets)
-NEUTRAL_OPTIONS = ("pad_token_id", "pad_to_multiple_of", "return_dict")
+# The options a request may set: each slot has its own value (slots.RowOptions), or it has no effect on
+# the results (pad_token_id, pad_to_multiple_of, return_dict: no padding in them). The table's rows say
+# which (options.Option.engine); every other option must keep its default (or the model's
+# generation_config.json value): the engine refuses it by name.
+PER_REQUEST = tuple(o.name for o in OPTIONS if o.engine)
 EOS_BUDGET = 4  # EOS ids a request may have (a fixed [slots, 4] table)
 PREFILL_TOKENS = 256  # a prefill call takes up to this many prompt tokens (several short prompts at once)
 DEFAULT_CHUNK = 16  # decode steps per call at most (a call returns early when a slot frees and a request waits)
@@ -88,11 +87,11 @@ def unsupported(model, options: dict) -> list[str]:
     """The options (given, or set by the model's generation defaults) that keep requests with these
     options out of the engine; [] when the engine takes them. For front doors that choose between the
     engine and generate (the `minigen generate` command)."""
-    given = [name for name in options if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS]
+    given = [name for name in options if name not in PER_REQUEST]
     defaults, plain = model_defaults(model), GenerationConfig()
     if defaults is not None:
-        given += [name for name in BY_NAME if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS
-                  and name not in given and getattr(defaults, name) != getattr(plain, name)]
+        given += [name for name in BY_NAME if name not in PER_REQUEST and name not in given
+                  and getattr(defaults, name) != getattr(plain, name)]
     return given
 
 
@@ -113,9 +112,9 @@ def check_request(model, request, index, max_length: int) -> Request:
     except ValueError as e:
         raise _refusal(index, str(e)) from None
     for name in options:
-        if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS:
+        if name not in PER_REQUEST:
             raise _refusal(index, f"{name} cannot be set per request in the engine (it takes "
-                                  f"{', '.join(ROW_OPTIONS)}); use generate for it")
+                                  f"{', '.join(PER_REQUEST)}); use generate for it")
     if prompt is not None:
         if model.tokenizer is None:
             raise _refusal(index, "prompt (text) needs the model's tokenizer; pass input_ids, or load a directory "
@@ -131,7 +130,7 @@ def check_request(model, request, index, max_length: int) -> Request:
         raise _refusal(index, str(e)) from None
     default = GenerationConfig()
     for name in BY_NAME:  # what the model's generation_config.json set, beyond the engine's options
-        if name not in ROW_OPTIONS and name not in NEUTRAL_OPTIONS and getattr(cfg, name) != getattr(default, name):
+        if name not in PER_REQUEST and getattr(cfg, name) != getattr(default, name):
             raise _refusal(index, f"the model's generation defaults set {name}, which the engine cannot apply per "
                                   "request; use generate, or reset it in model.generation_config")
     if cfg.stop_strings and model.tokenizer is None:
@@ -276,13 +275,16 @@ class Engine:
     def submit(self, request: dict, request_id: int | None = None) -> int:
         """Queue a request (checked now: ValueError naming its option); returns its id."""
         rid = next(self._ids) if request_id is None else request_id
-        checked = check_request(self.model, request, rid, self.max_length)
+        self.enqueue(check_request(self.model, request, rid, self.max_length))
+        return rid
+
+    def enqueue(self, checked: Request) -> None:
+        """Queue a request already checked (check_request with this engine's max_length)."""
         for s in checked.cfg.stop_strings:
             if s not in self._stop_strings:
                 self._stop_strings.append(s)
                 self._stop = None  # the table is rebuilt before the next chunk
         self.queue.append(checked)
-        return rid
 
     def cancel(self, request_id: int) -> bool:
         """Drop a queued or running request (it gives a Result with finish_reason "cancelled");
@@ -519,7 +521,7 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
                   progress: bool | None = None, prefix_cache: int = 4) -> list[Result]:
     """Run every request to its end over `slots` slots; one Result per request, in input order.
 
-    requests: dicts with input_ids (a list of ids) or prompt (text), plus any of ROW_OPTIONS
+    requests: dicts with input_ids (a list of ids) or prompt (text), plus any of PER_REQUEST
     (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, seed, repetition_penalty,
     min_new_tokens, eos_token_id, stop_strings, output_logprobs). Every request is checked before
     anything runs (ValueError naming its index and the option). max_length: tokens per slot (prompt
@@ -533,13 +535,17 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
     requests = list(requests)
     if not requests:
         return []
-    if max_length is None:  # the longest request decides the width (checked again in submit)
-        checked = [check_request(model, r, i, model.config.n_positions) for i, r in enumerate(requests)]
-        max_length = max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked)
-        max_length = max(max_length, 2)
+    limit = model.config.n_positions if max_length is None else max_length
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise ValueError(f"max_length must be an int, got {limit!r}")
+    checked = [check_request(model, r, i, limit) for i, r in enumerate(requests)]
+    if max_length is None:  # the longest request decides the width
+        max_length = max(2, max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked))
     engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size, prefix_cache=prefix_cache)
-    for i, r in enumerate(requests):
-        engine.submit(r, request_id=i)
+    # longest first: the long requests start early and the last ones to run are short, so the slots
+    # stay full to the end (in input order, a long request submitted late runs nearly alone)
+    for r in sorted(checked, key=lambda c: -c.cfg.max_new_tokens):
+        engine.enqueue(r)
     show = progress if progress is not None else len(requests) > slots and status.is_terminal(sys.stderr)
     bar = status.Progress(len(requests), "requests") if show else None
     results: list = [None] * len(requests)

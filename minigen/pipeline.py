@@ -12,9 +12,11 @@ writes them in. Blank lines are not records. A line that is not UTF-8, not JSON,
 surrogate escape ("\\ud800"), has no prompt string, or whose prompt is empty or too long for the
 model becomes an error record in the separate errors output; the rest of the batch completes.
 
-`MinigenModelHandler` loads the model once per worker process and groups each batch Beam hands it
-by prompt bucket (`pad_to_multiple_of`), padding every group to a fixed number of rows, so a
-worker compiles one function per bucket and reuses it for every batch after.
+`MinigenModelHandler` loads the model once per worker process and runs each batch Beam hands it on
+the worker's request engine (minigen/engine.py: `rows` slots, each prompt a request); for options
+the engine does not take (beams, contrastive search, max_time, ...) it groups the batch by prompt
+bucket (`pad_to_multiple_of`), padding every group to a fixed number of rows, so a worker compiles
+one function per bucket and reuses it for every batch after.
 """
 
 from __future__ import annotations
@@ -188,7 +190,10 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
         for example in batch:
             by_bucket[-(-example["prompt_tokens"] // self.pad_to)].append(example)
         results = {}
-        for group in by_bucket.values():
+        if self._takes_engine(model):
+            for example, texts in zip(batch, self._generate_with_engine(model, batch)):
+                results[id(example)] = (example, texts)
+        for group in by_bucket.values() if not results else ():
             for start in range(0, len(group), self.rows):
                 chunk = group[start:start + self.rows]
                 for example, texts in zip(chunk, self._generate(model, [e["prompt"] for e in chunk])):
@@ -213,6 +218,26 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
                 cut = [n < max_new and not ended for n, ended in zip(new_tokens, eos_seen)]
                 inference["truncated"] = cut[0] if len(cut) == 1 else cut
             yield PredictionResult(example, inference)
+
+    def _takes_engine(self, model) -> bool:
+        """Whether this worker's requests run on the request engine: options it takes, no max_time."""
+        from .engine import unsupported  # noqa: PLC0415 - imports TensorFlow
+
+        return self.options.get("max_time") is None and not unsupported(model, self.options)
+
+    def _generate_with_engine(self, model, batch: Sequence[dict]) -> list[tuple[list[str], list[int], list[bool]]]:
+        """(texts, new token counts, whether each ended with EOS) per example, from this worker's
+        request engine: `rows` slots of the model's n_positions tokens (the longest request the
+        validation lets through), made once per worker and model, so it compiles once per shape."""
+        engines = self.__dict__.setdefault("_engines", {})
+        if id(model) not in engines:
+            engines[id(model)] = model.engine(slots=self.rows, max_length=model.config.n_positions)
+        engine, traces = engines[id(model)], model.trace_count
+        for i, example in enumerate(batch):
+            engine.submit({"prompt": example["prompt"], **self.options}, request_id=i)
+        done = {r.request_id: r for r in engine}
+        self.compiles.inc(model.trace_count - traces)
+        return [([done[i].text], [len(done[i].new_tokens)], [done[i].finish_reason == "eos"]) for i in range(len(batch))]
 
     def _generate(self, model, prompts: list[str]) -> list[tuple[list[str], list[int], list[bool]]]:
         """(texts, new token counts, whether each ended with EOS) per prompt; the call is padded to

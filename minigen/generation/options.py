@@ -265,6 +265,7 @@ class Option(NamedTuple):
     also: Callable | None = None  # cfg -> True where any value is taken whatever the strategy
     normalise: Callable | None = None  # checked value -> the form the code reads (after the check)
     ids: Callable | None = None  # value -> the token ids it holds, checked against the vocabulary
+    engine: bool = False  # the request engine (minigen/engine.py) takes a value per request
 
     @property
     def off_values(self) -> tuple:
@@ -309,19 +310,19 @@ OPTIONS = (
     Option("max_new_tokens", None, optional(integer(1), say_none=False),
            "tokens to generate after the prompt. None: max_length - the prompt's width if max_length is given, "
            "else 20 (HF's default total of 20 is kept as 20 new)", HOST,
-           flag="--max-new-tokens", cli={"default": 32}),
+           flag="--max-new-tokens", cli={"default": 32}, engine=True),
     Option("max_length", None, optional(integer(1), say_none=False),
            "prompt width (padding included, as HF counts it) + new tokens; max_new_tokens wins", HOST,
-           flag="--max-length"),
+           flag="--max-length", engine=True),
     Option("min_new_tokens", 0, integer(0), "EOS is forbidden until this many tokens were generated", TENSOR,
-           flag="--min-new-tokens", export=ALL - {SPECULATIVE}, dtype="int32"),
+           flag="--min-new-tokens", export=ALL - {SPECULATIVE}, dtype="int32", engine=True),
     Option("min_length", 0, integer(0),
            "EOS is forbidden until prompt width + generated reaches this (HF's MinLength); with min_new_tokens "
-           "the later of the two holds", HOST, flag="--min-length"),
+           "the later of the two holds", HOST, flag="--min-length", engine=True),
     # -- the strategy
     Option("do_sample", False, BOOL, "sample instead of taking the most likely token (with num_beams=1)", KEY,
            strategies=SAMPLING_ONLY, flag="--do-sample",
-           refusals={BEAM: "do_sample=True with num_beams > 1 (beam sampling) is not supported; use one or the other"}),
+           refusals={BEAM: "do_sample=True with num_beams > 1 (beam sampling) is not supported; use one or the other"}, engine=True),
     Option("num_beams", 1, integer(1), "beam search width (1 = greedy search or sampling)", KEY,
            strategies=ALL - {SPECULATIVE}, flag="--num-beams",
            refusals={SPECULATIVE: "{via} (speculative decoding) needs num_beams=1, got num_beams={value}"}),
@@ -348,7 +349,7 @@ OPTIONS = (
     # -- sampling warpers, in the order they apply
     Option("temperature", 1.0, number("a finite number > 0", lambda v: v > 0),
            "sampling temperature: the logits are divided by it first", TENSOR, strategies=SAMPLING_ONLY,
-           flag="--temperature", export=frozenset((SAMPLE,)), dtype="float32", refusals=WARPER_REFUSALS),
+           flag="--temperature", export=frozenset((SAMPLE,)), dtype="float32", refusals=WARPER_REFUSALS, engine=True),
     Option("top_h", None, optional(number("a number in (0, 1]", lambda v: (v > 0) & (v <= 1), "in (0, 1]")),
            "sampling: Top-H, keep the best tokens while their entropy stays within top_h x the entropy of the 100 "
            "best (None = off)", TENSOR, strategies=SAMPLING_ONLY, flag="--top-h", dtype="float32",
@@ -357,15 +358,15 @@ OPTIONS = (
            "sampling: keep the k most likely tokens (0 = off); contrastive search: its candidates per step "
            "(part of the compile key there)", TENSOR, strategies=frozenset((SAMPLE, SPECULATIVE, CONTRASTIVE)),
            flag="--top-k", export=frozenset((SAMPLE,)), dtype="int32", off=(50, 0), refusals=WARPER_REFUSALS,
-           also=lambda cfg: cfg.penalty_alpha is not None),  # contrastive's candidates, even where HF falls back to greedy
+           also=lambda cfg: cfg.penalty_alpha is not None, engine=True),  # contrastive's candidates, even where HF falls back to greedy
     Option("top_p", 1.0, number("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
            "sampling: keep the most likely tokens whose probabilities sum to top_p (1.0 = off)", TENSOR,
            strategies=SAMPLING_ONLY, flag="--top-p", export=frozenset((SAMPLE,)), dtype="float32",
-           refusals=WARPER_REFUSALS),
+           refusals=WARPER_REFUSALS, engine=True),
     Option("min_p", None, optional(number("a number in [0, 1]", lambda v: (v >= 0) & (v <= 1), "in [0, 1]")),
            "sampling: drop tokens less likely than min_p x the most likely one's probability (None = off)", TENSOR,
            strategies=SAMPLING_ONLY, flag="--min-p", export=frozenset((SAMPLE,)), dtype="float32",
-           refusals=WARPER_REFUSALS),
+           refusals=WARPER_REFUSALS, engine=True),
     Option("typical_p", 1.0, number("in (0, 1] (1.0 = off)", lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
            "sampling: locally typical sampling's mass (1.0 = off)", TENSOR, strategies=SAMPLING_ONLY,
            flag="--typical-p", export=frozenset((SAMPLE,)), dtype="float32", refusals=WARPER_REFUSALS),
@@ -381,7 +382,7 @@ OPTIONS = (
            strategies=SAMPLING_ONLY, flag="--min-tokens-to-keep", refusals=WARPER_REFUSALS),
     Option("seed", None, seed_pair, "pair of ints for the stateless sampler; same seed, same output. None draws "
            "a fresh one", TENSOR, flag="--seed", cli={"nargs": 2, "metavar": ("A", "B")},
-           export=frozenset((SAMPLE,)), dtype="int32", shape=(2,), normalise=lambda v: None if v is None else tuple(v)),
+           export=frozenset((SAMPLE,)), dtype="int32", shape=(2,), normalise=lambda v: None if v is None else tuple(v), engine=True),
     # -- beam search
     Option("length_penalty", 1.0, number("a finite number"),
            "beam search: hypotheses score sum_logprobs / generated_length ** length_penalty", TENSOR,
@@ -397,7 +398,7 @@ OPTIONS = (
            ids=lambda v: [t for ids, _ in v for t in ids]),
     Option("repetition_penalty", 1.0, number("a finite number > 0 (1.0 = off)", lambda v: v > 0),
            "> 1 discourages tokens already in the row (padding ignored, unlike HF)", TENSOR,
-           strategies=NO_ROW_TOKENS, flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32"),
+           strategies=NO_ROW_TOKENS, flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32", engine=True),
     Option("no_repeat_ngram_size", 0, integer(0),
            "forbid repeating any n-gram of this size (padding ignored, unlike HF)", KEY, strategies=NO_ROW_TOKENS,
            flag="--no-repeat-ngram-size"),
@@ -429,10 +430,10 @@ OPTIONS = (
            "contrastive search does not change)", KEY, flag="--renormalize-logits"),
     # -- stopping
     Option("eos_token_id", None, token_ids(empty=True), "int or list of ints; None uses the model config's", KEY, ids=_ids,
-           flag="--eos-token-id", cli={"nargs": "*", "metavar": "ID"}),
+           flag="--eos-token-id", cli={"nargs": "*", "metavar": "ID"}, engine=True),
     Option("pad_token_id", None, token_id,
            "fills positions after a row's EOS; None uses the config's, else the first EOS id", KEY,
-           ids=_ids, flag="--pad-token-id"),
+           ids=_ids, flag="--pad-token-id", engine=True),
     Option("stop_strings", (), stop_list,
            "a row stops once one of these ends inside its latest token (a str or a list; needs the model's "
            "tokenizer). Matched as bytes over the tokens, inside the compiled loop, as HF's StopStringCriteria: "
@@ -440,7 +441,7 @@ OPTIONS = (
            strategies=frozenset((GREEDY, SAMPLE, CONTRASTIVE)), flag="--stop",
            cli={"action": "append", "metavar": "TEXT"}, normalise=_stops,
            refusals=dict.fromkeys((BEAM, SPECULATIVE), "stop_strings work with greedy search, sampling and "
-                                  "contrastive search, not with num_beams > 1 or speculative decoding")),
+                                  "contrastive search, not with num_beams > 1 or speculative decoding"), engine=True),
     Option("max_time", None, optional(number("a number of seconds > 0", lambda v: v > 0)),
            "seconds: streaming stops after the chunk during which this much time has passed (the loop runs "
            "compiled, so the clock is read between chunks)", HOST, modes=frozenset((STREAM,)), flag="--max-time",
@@ -461,10 +462,10 @@ OPTIONS = (
     # -- shapes and outputs
     Option("pad_to_multiple_of", 16, integer(1),
            "prompts are left-padded to this bucket width so new lengths reuse compiles", HOST,
-           flag="--pad-to-multiple-of"),
+           flag="--pad-to-multiple-of", engine=True),
     Option("return_dict", False, BOOL,
            "return a GenerateOutput instead of a bare array (also implied by the output_* options)", HOST,
-           modes=OUTPUTS),
+           modes=OUTPUTS, engine=True),
     Option("output_scores", False, BOOL,
            "as HF: GenerateOutput.scores, each step's processed scores (what the token was chosen from: log-probs "
            "after the processors for beam search), a tuple of max_new_tokens [rows, vocab] arrays; beam search "
@@ -481,7 +482,7 @@ OPTIONS = (
            "distribution it was chosen from (0 after EOS); cheap (minigen's own option: HF users get it from "
            "compute_transition_scores(..., normalize_logits=True))", KEY, strategies=ALL - {BEAM}, modes=OUTPUTS,
            refusals={BEAM: "output_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 "
-                           "use output_scores and compute_transition_scores(sequences, scores, beam_indices)"}),
+                           "use output_scores and compute_transition_scores(sequences, scores, beam_indices)"}, engine=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -595,9 +596,10 @@ def markdown() -> str:
              " Each option of `generate` once: its default, what it allows, where its value goes (compile key: "
              "a new value compiles anew; tensor: a new value reuses the compiled loop; host: read outside the "
              "loop), the strategies that take a value other than its off value, its `minigen generate` / "
-             "`minigen batch` flag and whether a SavedModel signature takes it.", "",
-             "| option | default | allowed | value goes to | strategies | flag | SavedModel input |",
-             "|---|---|---|---|---|---|---|"]
+             "`minigen batch` flag, whether a SavedModel signature takes it and whether a request of the request "
+             "engine (`generate_many`, [engine.md](engine.md)) may set it.", "",
+             "| option | default | allowed | value goes to | strategies | flag | SavedModel input | per request |",
+             "|---|---|---|---|---|---|---|---|"]
     for o in OPTIONS:
         allowed = getattr(o.check, "allowed", None) or (o.check.__doc__ or "see its check").strip().split("\n")[0]
         strategies = "all" if o.strategies == ALL else ", ".join(s for s in (GREEDY, SAMPLE, BEAM, CONTRASTIVE,
@@ -607,6 +609,6 @@ def markdown() -> str:
         flag = f"`{o.flag}`" if o.flag else "Python only"
         export = ", ".join(s for s in (GREEDY, SAMPLE, BEAM, CONTRASTIVE) if s in o.export) or "-"
         lines.append(f"| `{o.name}` | `{o.default!r}` | {allowed} | {where[o.role]} | {strategies} | {flag} | "
-                     f"{export} |")
+                     f"{export} | {'yes' if o.engine else '-'} |")
     lines += ["", "What each does: `help(minigen.generation.GenerationConfig)`, and [generation.md](generation.md)."]
     return "\n".join(lines) + "\n"
