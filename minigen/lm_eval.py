@@ -25,6 +25,7 @@ from lm_eval.api.registry import register_model
 
 import minigen
 
+from . import engine as engines
 from . import scoring
 from .generation.options import BY_NAME
 
@@ -86,19 +87,39 @@ class MinigenLM(LM):
             if not options.get("do_sample"):
                 options.pop("temperature", None)  # the harness sends temperature 0 with greedy decoding
                 options["do_sample"] = False
+            contexts = [requests[i].args[0] for i in indices]
+            if not engines.unsupported(self.model, options):  # each request a request of the engine
+                for i, text in zip(indices, self._generate_many(contexts, until, limit, options)):
+                    results[i] = text
+                continue
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start:start + self.batch_size]
                 for i, text in zip(batch, self._generate([requests[i].args[0] for i in batch], until, limit, options)):
                     results[i] = text
         return results
 
+    def _contexts(self, contexts: list[str], limit: int) -> list[list[int]]:
+        """Each context's ids, keeping its last max_length - limit tokens (the hf backend's truncation)."""
+        room = self.max_length - limit
+        if room < 1:
+            raise ValueError(f"max_gen_toks ({limit}) must be below the model's max_length ({self.max_length})")
+        return [(self.model.tokenizer.encode(c) or [self.model.config.eos_token_id])[-room:] for c in contexts]
+
+    def _generate_many(self, contexts: list[str], until: list[str], limit: int, options: dict) -> list[str]:
+        """As _generate, on the request engine (batch_size slots): no request waits for a longer one."""
+        stops = [s for s in until if s]
+        requests = [dict(options, input_ids=ids, max_new_tokens=limit, stop_strings=stops)
+                    for ids in self._contexts(contexts, limit)]
+        texts = [r.text for r in self.model.generate_many(requests, slots=self.batch_size, progress=False)]
+        for stop in stops:
+            texts = [t.split(stop)[0] for t in texts]
+        return texts
+
     def _generate(self, contexts: list[str], until: list[str], limit: int, options: dict) -> list[str]:
         """Greedy (or sampled) continuations of `contexts`, each cut at its first `until` string; a
         context keeps its last max_length - limit tokens, as the harness's hf backend truncates."""
-        tokenizer, room = self.model.tokenizer, self.max_length - limit
-        if room < 1:
-            raise ValueError(f"max_gen_toks ({limit}) must be below the model's max_length ({self.max_length})")
-        rows = [(tokenizer.encode(c) or [self.model.config.eos_token_id])[-room:] for c in contexts]
+        tokenizer = self.model.tokenizer
+        rows = self._contexts(contexts, limit)
         width = max(len(r) for r in rows)
         ids = [[tokenizer.pad_id] * (width - len(r)) + r for r in rows]
         mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]

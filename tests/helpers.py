@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
@@ -57,3 +58,23 @@ README = ROOT / "README.md"
 DOC_PAGES = [README] + [ROOT / "docs" / name for name in (
     "generation.md", "options.md", "strategies.md", "engine.md", "scoring.md", "parity.md", "cli.md", "convert.md", "serving.md", "speed.md",
     "how-it-works.md", "troubleshooting.md")]
+
+
+# -- batch generation inputs (tests/test_pipeline.py, tests/test_batch_command.py) --
+
+
+def corpus_prompts(n: int) -> list[str]:
+    """n prompts of 1 to ~40 words: several buckets of 16 tokens."""
+    words = ("the old man said that it was a dark and stormy night when the ship came into the harbour "
+             "and nobody on the shore could see her lights until she was very near").split()
+    rng = np.random.default_rng(7)
+    return [" ".join(words[s:s + k]) for s, k in zip(rng.integers(0, 10, n), rng.integers(1, 30, n))]
+
+
+def write_input(path, prompts, invalid):
+    lines = []
+    for i, p in enumerate(prompts):  # a mix of ids given and ids from line numbers, objects and strings
+        lines.append(json.dumps({"id": f"p{i}", "prompt": p}) if i % 3 else json.dumps(p))
+    lines[10:10] = invalid
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines

@@ -53,7 +53,8 @@ GROUPS = [
     (["test_compile.py", "test_segments.py"], 1.65),
     (["test_cli_safety.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess
     (["test_sampling.py", "test_train.py", "test_converter.py"], 1.6),
-    (["test_pipeline.py"], 1.85),  # + a real `minigen batch` interrupted by SIGINT
+    (["test_pipeline.py"], 1.95),  # the pipeline's worker model and the handler's, each with its engine
+    (["test_batch_command.py"], 1.75),  # + a real `minigen batch` interrupted by SIGINT
     (["test_cli.py", "test_loops.py", "test_structure.py", "test_bookkeeping.py"], 1.5),
     (["test_trust.py"], 1.8),  # ~60 small compiles in one process: 1.8 GB RSS alone
     (["test_processors.py", "test_scoring.py"], 1.5),

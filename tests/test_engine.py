@@ -124,6 +124,8 @@ def test_no_compile_after_warm_up_over_many_requests(hf_and_minigen):
     engine = model.engine(slots=6, max_length=100)
     for r in [dict(input_ids=[1] * n, max_new_tokens=2) for n in (1, 20, 40)]:  # every prefill width
         engine.submit(r)
+    list(engine)  # the decode step with greedy rows only, and (below) with a sampling row
+    engine.submit(dict(input_ids=[1], max_new_tokens=2, do_sample=True, seed=[0, 0]))
     list(engine)
     before = model.trace_count
     batch = requests(120)

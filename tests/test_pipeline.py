@@ -1,25 +1,18 @@
 """Batch generation on Apache Beam (DirectRunner): one result per valid prompt, equal to generate_text;
-error records for invalid prompts; one request engine per worker; the `minigen batch` command."""
+error records for invalid prompts; one request engine per worker (the command: tests/test_batch_command.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
 import pytest
+
+from helpers import corpus_prompts, write_input
 
 pytest.importorskip("apache_beam", reason="Apache Beam is not installed (pip install -e .[beam])")
 
 MAX_NEW = 6
-
-
-def corpus_prompts(n: int) -> list[str]:
-    """n prompts of 1 to ~40 words: several buckets of 16 tokens."""
-    words = ("the old man said that it was a dark and stormy night when the ship came into the harbour "
-             "and nobody on the shore could see her lights until she was very near").split()
-    rng = np.random.default_rng(7)
-    return [" ".join(words[s:s + k]) for s, k in zip(rng.integers(0, 10, n), rng.integers(1, 30, n))]
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +20,6 @@ def lm():
     import minigen
 
     return minigen.load()
-
-
-def write_input(path, prompts, invalid):
-    lines = []
-    for i, p in enumerate(prompts):  # a mix of ids given and ids from line numbers, objects and strings
-        lines.append(json.dumps({"id": f"p{i}", "prompt": p}) if i % 3 else json.dumps(p))
-    lines[10:10] = invalid
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return lines
 
 
 def test_direct_runner_pipeline(tmp_path, lm):
@@ -109,78 +93,3 @@ def test_handler_max_time_cuts_each_generate_call(lm):
         assert full["text"].startswith(short["text"])
     with pytest.raises(ValueError, match="streaming supports greedy search, sampling and contrastive search"):
         MinigenModelHandler(num_beams=2, max_time=5.0)
-
-
-def test_minigen_batch_command(tmp_path, cli):
-    import glob
-    import tempfile
-
-    beam_temp = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "beam-temp*")))  # noqa: E731
-    temp_before = beam_temp()
-    write_input(tmp_path / "in.jsonl", corpus_prompts(3), [])
-    out = tmp_path / "out.jsonl"
-    run = lambda *extra: cli("batch", "--input", tmp_path / "in.jsonl", "--output", out,  # noqa: E731
-                             "--max-new-tokens", "4", *extra)
-    done = run("--direct_num_workers=1")  # a Beam pipeline option passes through
-    assert done.returncode == 0, done.stderr
-    assert len(out.read_text().splitlines()) == 3
-    assert "3 prompts generated, 0 invalid" in done.stderr
-    again = run()  # never overwrites without being asked
-    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    missing = cli("batch", "--input", tmp_path / "nope.jsonl", "--output", tmp_path / "o2.jsonl")
-    assert missing.returncode == 2 and "no input file matches" in missing.stderr
-    typo = cli("batch", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o3.jsonl", "--max-new-tokns", "8")
-    assert typo.returncode == 2 and "unrecognized option --max-new-tokns; did you mean --max-new-tokens?" in typo.stderr
-    assert not (tmp_path / "o3.jsonl").exists()
-    # the pipeline leaves no Beam temporary directories behind, beside the output or in the temp directory
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.errors.jsonl", "out.jsonl"]
-    assert beam_temp() <= temp_before
-
-
-def test_batch_refuses_a_bad_tokenizer_before_the_pipeline_and_nan_lines(tmp_path, cli, text_model_dir):
-    import shutil
-
-    path, _ = text_model_dir
-    broken = tmp_path / "m"
-    shutil.copytree(path, broken)
-    (broken / "tokenizer.json").write_text("{ not json")
-    (tmp_path / "in.jsonl").write_text('{"id": NaN, "prompt": "The quick"}\n"To be"\n', encoding="utf-8")
-    bad = cli("batch", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o.jsonl", "--model", broken)
-    assert bad.returncode == 1 and "could not load its tokenizer" in bad.stderr
-    assert "minigen batch: " not in bad.stderr and "Traceback" not in bad.stderr  # no pipeline was started
-    done = cli("batch", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o.jsonl", "--model", path,
-               "--max-new-tokens", "2")
-    assert done.returncode == 0, done.stderr
-    assert "1 prompt generated, 1 invalid" in done.stderr
-    (record,) = [json.loads(line) for line in (tmp_path / "o.errors.jsonl").read_text().splitlines()]
-    assert record["id"] == 0 and "NaN is not a JSON value" in record["error"]
-
-
-def test_batch_ctrl_c_exits_130_says_what_finished_and_cleans_up(tmp_path, text_model_dir):
-    """A real SIGINT to a real `minigen batch` once its worker has generated a batch: Beam would wrap
-    it in a RuntimeError with a traceback; the command says it was interrupted, exits 130 and leaves
-    no Beam temporary directory beside the output."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    path, _ = text_model_dir
-    with open(tmp_path / "in.jsonl", "w", encoding="utf-8") as f:
-        for i in range(3000):
-            f.write(json.dumps({"id": i, "prompt": f"The quick brown fox {i}"}) + "\n")
-    child = subprocess.Popen([sys.executable, "-m", "minigen.cli", "batch", "--input", str(tmp_path / "in.jsonl"),
-                              "--output", str(tmp_path / "out.jsonl"), "--model", str(path), "--max-new-tokens", "8",
-                              "--rows", "2"], stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines, deadline = [], time.time() + 240
-    for line in child.stderr:
-        lines.append(line)
-        if "generated by this worker" in line or time.time() > deadline:
-            break
-    child.send_signal(signal.SIGINT)
-    _, rest = child.communicate(timeout=120)
-    err = "".join(lines) + rest
-    assert child.returncode == 130, err[-2000:]
-    assert "minigen: interrupted: " in err and "prompts had been generated" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

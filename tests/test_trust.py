@@ -389,9 +389,17 @@ def test_cli_status_lines_are_whole_lines_in_files(text_model_dir, cli, tmp_path
                "--batch-size", 2, "--max-new-tokens", 5, "--top-k", 50, "--verbose", "--repetition-penalty", "1.01")
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr
-    assert "minigen: compiling greedy for 2 rows x bucket 16 (+5 new) ...\n" in done.stderr
-    assert re.search(r"minigen: compiling greedy for 2 rows x bucket 16 \(\+5 new\) \.\.\. \d+\.\d s\n", done.stderr)
+    # the request engine (these options are its): each compile announced, then done with its time
+    assert "minigen: compiling the engine's prefill (1 x 16 tokens) ...\n" in done.stderr
+    assert re.search(r"minigen: compiling the engine's decode step \(2 slots x 16 tokens\) \.\.\. \d+\.\d s\n",
+                     done.stderr)
     assert "minigen: 4/4 prompts" in done.stderr
+    assert "minigen: 4 prompts over 2 slots of the request engine in " in done.stderr
+    # generate calls (beam search is not the engine's): the calls that compiled kept apart from the steady speed
+    done = cli("generate", "--model", path, "--input", tmp_path / "in.txt", "--batch-size", 2, "--max-new-tokens", 5,
+               "--num-beams", 2, "--verbose", "--output", tmp_path / "beams.jsonl")
+    assert done.returncode == 0 and "\r" not in done.stderr, done.stderr
+    assert re.search(r"minigen: compiling beam for 4 rows x bucket 16 \(\+5 new\) \.\.\. \d+\.\d s\n", done.stderr)
     assert "minigen: 2 generate calls: " in done.stderr and "s in calls that compiled (compile + their run); " \
         in done.stderr and "tok/s over the calls that compiled nothing" in done.stderr
     mode = stat.S_IMODE(os.stat(tmp_path / "out.jsonl").st_mode)
