@@ -78,3 +78,23 @@ def write_input(path, prompts, invalid):
     lines[10:10] = invalid
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return lines
+
+
+# -- the request engine (tests/test_engine.py, tests/test_engine_api.py) --
+
+
+def alone(model, request):
+    """generate on the request's prompt alone with its options: (new tokens, log-probs or None)."""
+    options = {k: v for k, v in request.items() if k not in ("input_ids", "prompt")}
+    ids = np.array([request["input_ids"]])
+    out = model.generate(ids, return_dict=True, pad_token_id=0, **options)
+    return out.sequences[0, ids.shape[1]:], out.logprobs
+
+
+def until_end(tokens, eos):
+    """tokens through the first EOS (generate pads after it)."""
+    tokens = list(tokens)
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i + 1]
+    return tokens

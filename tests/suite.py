@@ -45,10 +45,11 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
 # to meet light partners. Measured with this runner. A module not listed joins the last group, so a
 # new test file is never skipped (measure it and give it a place).
 GROUPS = [
-    (["test_readme.py"], 2.0),  # every Python block of the README and docs/ in one process
+    (["test_readme.py"], 2.5),  # every Python block of the README and docs/ in one process
     (["test_lm_eval.py"], 1.45),  # the harness with both backends (early: it is long), and its command
     (["test_text.py"], 1.55),
-    (["test_engine.py"], 1.4),  # the request engine against generate alone and the reference
+    (["test_engine.py"], 2.3),  # the request engine against generate alone and the reference (~20 compiles)
+    (["test_engine_api.py"], 2.3),  # its incremental API, refusals, shared prefixes
     (["test_export.py", "test_input_errors.py"], 1.4),
     (["test_compile.py", "test_segments.py"], 1.65),
     (["test_cli_safety.py", "test_contrastive.py"], 1.8),  # + the reference's subprocess
