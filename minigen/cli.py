@@ -25,7 +25,7 @@ from minigen.config import GPT2Config
 from minigen.export_options import check_export_options
 from minigen.generation.config import GenerationConfig
 from minigen.generation.options import BOOL, NOT_SUPPORTED, OPTIONS
-from minigen.weights import LoadError, check_model_dir, load_tokenizer
+from minigen.weights import DTYPES, LoadError, check_model_dir, load_tokenizer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -66,8 +66,9 @@ def add_generation_arguments(p) -> None:
         default = "" if settings.get("action") == "store_true" or shown is None else f" (default {shown})"
         settings["help"] = flag_spelling(option.doc) + default
         p.add_argument(option.flag, **settings)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="weights' dtype in memory (default float32)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="what the weights are held and multiplied in (default: the file's own, int8 for a file "
+                        "converted with --dtype int8, else float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

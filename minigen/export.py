@@ -65,7 +65,7 @@ class Exported(tf.Module):
 
     def __init__(self, model, batch_size, bucket, max_new_tokens, strategies, num_beams, top_k):
         super().__init__()
-        self.weights = [v for v in _variables(model)]
+        self.weights = [v for v in model.network.variables()]
         self.functions = {}
         for strategy in strategies:
             cfg = _config(strategy, max_new_tokens, num_beams, top_k)
@@ -81,18 +81,6 @@ class Exported(tf.Module):
             self.functions[strategy] = tf.function(
                 _checked(compiled, batch_size, bucket, model.config.vocab_size, strategy),
                 input_signature=spec, autograph=False)
-
-
-def _variables(model):
-    net = model.network
-    yield net.wte
-    yield net.wpe
-    for block in net.blocks:
-        yield from block
-    yield net.ln_f_scale
-    yield net.ln_f_bias
-    if net.lm_head_weight is not net.wte:
-        yield net.lm_head_weight
 
 
 def _knob_checks(knobs: dict) -> list:

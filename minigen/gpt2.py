@@ -46,6 +46,7 @@ class GPT2:
             `compile_cache.maxsize` (default 16; `minigen.load(..., compile_cache_size=)`);
             `compile_cache.clear()` drops them all.
         trace_count: how many times a function of this model was traced (each trace precedes a compile).
+        dtype: what the weight matrices compute in (`minigen.load(..., dtype=)`).
     """
 
     def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32",
@@ -59,6 +60,12 @@ class GPT2:
     @property
     def trace_count(self) -> int:
         return self.compile_cache.traces
+
+    @property
+    def dtype(self) -> str:
+        """What the weight matrices are held and multiplied in: "float32", "bfloat16", "float16"
+        (storage only) or "int8" (minigen/precision.py)."""
+        return self.network.dtype
 
     def logits(self, input_ids, attention_mask=None, output_hidden_states: bool = False,
                output_attentions: bool = False):

@@ -60,3 +60,14 @@ def hf_names(config: GPT2Config) -> dict[str, str]:
     """minigen tensor name -> Hugging Face name without the "transformer." prefix, for every tensor
     a GPT-2 of this config may have (lm_head included: a checkpoint may hold one even when tied)."""
     return {name: hf for name, hf, _ in _layout(config, with_head=True)}
+
+
+# int8 files (`weights_tools convert --dtype int8`) hold each matrix a dot reads as int8 [in, out]
+# (wte and lm_head [vocab, d]) plus its per-output-channel scales under the name + this suffix,
+# float32 [out]. wpe is only gathered, never multiplied: it stays floating point.
+SCALE_SUFFIX = ".quant_scale"
+
+
+def quantized(name: str) -> bool:
+    """Whether int8 holds tensor `name` quantized: the block kernels, wte and lm_head."""
+    return name.endswith(".kernel") or name in ("wte", "lm_head")

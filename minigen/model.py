@@ -22,11 +22,11 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
 
 from . import cache as kv
+from . import precision
 from .config import GPT2Config
-from .layout import BLOCK_TENSORS, tensor_shapes
+from .layout import BLOCK_TENSORS, SCALE_SUFFIX, quantized, tensor_shapes
 from .positions import positions_from_mask
 
 MASKED = float(np.finfo(np.float32).min)  # score given to a key a query may not attend to
@@ -37,15 +37,15 @@ class Block(NamedTuple):
 
     ln_1_scale: tf.Variable  # [d]
     ln_1_bias: tf.Variable  # [d]
-    qkv_kernel: tf.Variable  # [3d, d]: q | k | v, each head-major
+    qkv_kernel: precision.Matrix  # [3d, d]: q | k | v, each head-major
     qkv_bias: tf.Variable  # [3d]
-    out_kernel: tf.Variable  # [d, d]
+    out_kernel: precision.Matrix  # [d, d]
     out_bias: tf.Variable  # [d]
     ln_2_scale: tf.Variable  # [d]
     ln_2_bias: tf.Variable  # [d]
-    up_kernel: tf.Variable  # [inner, d]
+    up_kernel: precision.Matrix  # [inner, d]
     up_bias: tf.Variable  # [inner]
-    down_kernel: tf.Variable  # [d, inner]
+    down_kernel: precision.Matrix  # [d, inner]
     down_bias: tf.Variable  # [d]
 
 
@@ -155,8 +155,8 @@ def activation(name: str):
 PLAIN_FROM = 192
 
 
-def linear(x, kernel, bias):
-    """x [..., in] @ kernel^T + bias, with kernel held [out, in].
+def linear(x, kernel: precision.Matrix, bias):
+    """x [..., in] @ kernel^T + bias, with kernel held [out, in] (in its compute dtype: precision.py).
 
     For a few tokens per row (decode steps, verify blocks, short prompts) computed as (kernel @ x^T)^T:
     XLA's CPU dot streams a weight matrix fastest as the left operand with the few token rows on the
@@ -170,13 +170,9 @@ def linear(x, kernel, bias):
     """
     lead = tf.shape(x)[:-1]
     flat = tf.reshape(x, [-1, x.shape[-1]])  # [tokens, in]
-    kernel = tf.cast(kernel, x.dtype)
-    if x.shape.rank >= 2 and x.shape[-2] is not None and x.shape[-2] >= PLAIN_FROM:
-        y = tf.matmul(flat, kernel, transpose_b=True) + tf.cast(bias, x.dtype)
-    else:
-        y_t = tf.matmul(kernel, flat, transpose_b=True)  # [out, tokens]
-        y = tf.transpose(xla.optimization_barrier(y_t)[0]) + tf.cast(bias, x.dtype)
-    return tf.reshape(y, tf.concat([lead, [kernel.shape[0]]], 0))
+    plain = x.shape.rank >= 2 and x.shape[-2] is not None and x.shape[-2] >= PLAIN_FROM
+    y = precision.matmul(flat, kernel, weight_left=not plain) + tf.cast(bias, x.dtype)  # [tokens, out]
+    return tf.reshape(y, tf.concat([lead, [kernel.values.shape[0]]], 0))
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -189,28 +185,46 @@ class Transformer:
     """
 
     def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], dtype="float32"):
+        """params: minigen's tensors by name (the file layout); an int8 file's matrices come with
+        their scales under name + SCALE_SUFFIX. dtype: one of precision.DTYPES."""
         self.config = config
+        self.dtype = dtype
         self.weight_dtype = tf.as_dtype(dtype)
 
-        def var(name, transpose=False):
-            # Matrices take the storage dtype; vectors (layer norms, biases) stay float32: they are tiny.
-            dtype = self.weight_dtype if params[name].ndim == 2 else tf.float32
-            value = np.asarray(params[name], np.float32) if params[name].dtype != dtype.as_numpy_dtype else params[name]
+        def mat(name, transpose=False):  # a matrix a dot reads: [out, in]
+            value, scale = params[name], params.get(name + SCALE_SUFFIX)
             if transpose:
                 value = np.ascontiguousarray(value.T)
+            return precision.matrix(value, dtype, name, scale)
+
+        def var(name):
+            # wpe (only gathered) takes the storage dtype, int8 models keep it float32; vectors (layer
+            # norms, biases) stay float32: they are tiny.
+            dtype = tf.float32 if params[name].ndim == 1 or self.dtype == "int8" else self.weight_dtype
+            value = np.asarray(params[name], np.float32) if params[name].dtype != dtype.as_numpy_dtype else params[name]
             return tf.Variable(value, dtype=dtype, trainable=False, name=name.replace(".", "/"))
 
-        self.wte = var("wte")  # [vocab, d]
+        self.wte = mat("wte")  # [vocab, d]
         self.wpe = var("wpe")  # [n_positions, d]
         self.blocks = [
             # kernels: [in, out] in the file -> [out, in] here, for `linear`
-            Block(**{field: var(f"h.{i}.{name}", field.endswith("_kernel")) for field, name in BLOCK_TENSORS.items()})
+            Block(**{field: mat(f"h.{i}.{name}", True) if quantized(name) else var(f"h.{i}.{name}")
+                     for field, name in BLOCK_TENSORS.items()})
             for i in range(config.n_layer)
         ]
         self.ln_f_scale = var("ln_f.scale")
         self.ln_f_bias = var("ln_f.bias")
-        self.lm_head_weight = self.wte if config.tie_word_embeddings else var("lm_head")  # [vocab, d]
+        self.lm_head_weight = self.wte if config.tie_word_embeddings else mat("lm_head")  # [vocab, d]
         self._act = activation(config.activation_function)
+
+    def variables(self):
+        """Every tf.Variable of the network (each once): what a SavedModel must track."""
+        seen = []
+        for leaf in tf.nest.flatten([self.wte, self.wpe, self.blocks, self.ln_f_scale, self.ln_f_bias,
+                                     self.lm_head_weight]):
+            if leaf is not None and not any(leaf is v for v in seen):
+                seen.append(leaf)
+        return seen
 
     # -- phases --
 
@@ -229,7 +243,7 @@ class Transformer:
         """
         cfg = self.config
         s = tokens.shape[1]
-        x = tf.cast(tf.gather(self.wte, tokens), tf.float32) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
+        x = precision.embed(self.wte, tokens) + tf.cast(tf.gather(self.wpe, positions), tf.float32)
         # x: [batch, s, d]
         mask = attention_mask(view, s)  # [batch, 1, s, cache_len] (see there for beams)
         keys, values, inputs, probs = [], [], [], []
@@ -303,7 +317,7 @@ class Transformer:
         """Logits [..., vocab] (float32) from final hidden states [..., d]; the head is tied to wte."""
         lead = tf.shape(hidden)[:-1]
         flat = tf.reshape(hidden, [-1, self.config.n_embd])
-        logits = tf.matmul(flat, tf.cast(self.lm_head_weight, flat.dtype), transpose_b=True)
+        logits = precision.matmul(flat, self.lm_head_weight, weight_left=False)  # [tokens, vocab]
         return tf.reshape(logits, tf.concat([lead, [self.config.vocab_size]], 0))
 
     def new_cache(self, batch: int, cache_len: int, group: int = 1) -> kv.KVCache:

@@ -155,7 +155,7 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
         model: a minigen model directory or shipped model name (None: the default shipped model).
         rows: prompts per generate call; every call is padded to this many rows so the compiled
             function depends on the bucket alone.
-        dtype: weight storage dtype.
+        dtype: what the weights are held and multiplied in (minigen.load; None: the file's own).
         **options: `generate` options (max_new_tokens, do_sample, temperature, top_k, top_p,
             num_beams, num_return_sequences, repetition_penalty, seed, pad_to_multiple_of, ...).
             max_time: seconds per generate call (of `rows` prompts): the call streams its tokens and
@@ -163,7 +163,7 @@ class MinigenModelHandler(ModelHandler[dict, PredictionResult, Any]):
             fewer than max_new_tokens new tokens). Greedy search, sampling, contrastive search.
     """
 
-    def __init__(self, model: str | None = None, rows: int = 8, dtype: str = "float32", **options):
+    def __init__(self, model: str | None = None, rows: int = 8, dtype: str | None = None, **options):
         super().__init__()
         if not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows must be an int >= 1, got {rows!r}")
@@ -293,7 +293,7 @@ def build(pipeline: beam.Pipeline, input_pattern: str, output: str, errors_outpu
 
 
 def run_pipeline(input_pattern: str, output: str, errors_output: str | None = None, model: str | None = None,
-                 rows: int = 8, dtype: str = "float32", pipeline_args: Sequence[str] = (), **options) -> dict:
+                 rows: int = 8, dtype: str | None = None, pipeline_args: Sequence[str] = (), **options) -> dict:
     """Run `minigen batch`'s pipeline and wait for it; returns its counters.
 
     input_pattern: a JSONL file or a file pattern; output / errors_output: JSONL files to write

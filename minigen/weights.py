@@ -12,18 +12,23 @@ A minigen model directory holds:
 from __future__ import annotations
 
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
 
 from .config import ConfigError, GPT2Config
-from .layout import tensor_shapes
+from .layout import SCALE_SUFFIX, quantized, tensor_shapes
+from .quantize import channels_first
 from .tokenizer import Tokenizer
 
 FORMAT_METADATA = {"format": "minigen", "minigen_format_version": "1"}
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "int8")  # what `load` computes in (minigen/precision.py)
+INT8_METADATA = {"minigen_dtype": "int8"}  # added to FORMAT_METADATA in files whose matrices are int8
+# The instructions that make a dtype fast on a CPU (/proc/cpuinfo flags): without any, `load` says so.
+FAST_ON = {"bfloat16": ("avx512_bf16", "amx_bf16"), "int8": ("avx512_vnni", "amx_int8", "avx_vnni")}
 
 
 class LoadError(ValueError):
@@ -159,6 +164,74 @@ def check_values(tensors: dict[str, np.ndarray], source: str) -> None:
             raise LoadError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s)")
 
 
+def split_scales(tensors: dict, source: str) -> dict:
+    """Remove and return an int8 file's scale entries (name + SCALE_SUFFIX -> tensor) from `tensors`;
+    LoadError for a scale whose matrix the file does not hold quantized."""
+    scales = {name: tensors.pop(name) for name in [n for n in tensors if n.endswith(SCALE_SUFFIX)]}
+    for name in scales:
+        owner = name[: -len(SCALE_SUFFIX)]
+        if owner not in tensors or not quantized(owner):
+            raise LoadError(f"{source}: tensor {name!r} is a scale of no int8 matrix")
+    return scales
+
+
+def check_int8(tensors: dict, scales: dict, source: str) -> None:
+    """LoadError naming the first matrix of an int8 file that is not int8 or lacks a float32
+    scale of one value per output channel (columns of a [in, out] kernel, rows of wte/lm_head)."""
+    for name, value in tensors.items():
+        if not quantized(name):
+            continue
+        if str(value.dtype) != "int8":
+            raise LoadError(f"{source}: tensor {name!r} has dtype {value.dtype}; an int8 file holds it as int8")
+        out = value.shape[0] if channels_first(name) else value.shape[1]
+        scale = scales.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise LoadError(f"{source}: int8 tensor {name!r} has no scales ({name + SCALE_SUFFIX!r} is missing)")
+        if tuple(scale.shape) != (out,) or str(scale.dtype) != "float32":
+            raise LoadError(f"{source}: tensor {name + SCALE_SUFFIX!r} has shape {tuple(scale.shape)} and dtype "
+                            f"{scale.dtype}; the scales of {name!r} are float32 ({out},)")
+
+
+def check_scale_values(scales: dict[str, np.ndarray], source: str) -> None:
+    """LoadError naming the first scale that is not a finite positive number (a zero or NaN scale
+    would silently zero or poison its channel)."""
+    for name, value in scales.items():
+        if not (np.isfinite(value).all() and (value > 0).all()):
+            raise LoadError(f"{source}: tensor {name!r} holds scales that are not finite and > 0")
+
+
+def is_int8_file(metadata: dict) -> bool:
+    """Whether a minigen file's metadata says its matrices are int8 (quantize_tensors' output)."""
+    return metadata.get("minigen_dtype") == INT8_METADATA["minigen_dtype"]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_WARNED = set()
+
+
+def warn_slow_dtype(dtype: str) -> None:
+    """Say once per process on stderr when this CPU lacks the instructions that make `dtype` fast
+    (it still works, through slower kernels)."""
+    wanted = FAST_ON.get(dtype)
+    flags = cpu_flags()
+    if not wanted or dtype in _WARNED or not flags or flags & set(wanted):
+        return
+    _WARNED.add(dtype)
+    print(f"minigen: this CPU has none of {', '.join(wanted)}; dtype={dtype!r} works but may not be faster "
+          "than float32 here", file=sys.stderr)
+
+
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 DEFAULT_MODEL = "gutenberg-6l"  # the shipped target model (weights_tools/TRAINING.md)
 
@@ -206,15 +279,19 @@ def check_model_dir(path: str | os.PathLike | None) -> str:
     return path
 
 
-def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_cache_size: int = 16):
+def load(path: str | os.PathLike | None = None, dtype: str | None = None, compile_cache_size: int = 16):
     """Load a minigen model directory and return a `minigen.GPT2` ready for `logits()`/`generate()`.
 
     path: a directory made by `minigen convert`, the name of a shipped model (`shipped_models()`),
     or None for the default shipped model (DEFAULT_MODEL, a small GPT-2 trained by us on
     public-domain novels; see weights_tools/TRAINING.md).
 
-    dtype: the weights' storage type in memory ("float32", "bfloat16" or "float16");
-    activations and the KV cache stay float32.
+    dtype: what the weight matrices are held and multiplied in (minigen/precision.py):
+    "float32"; "bfloat16" (bfloat16 dots, float32 accumulation); "float16" (storage only, the
+    dots read float32); "int8" (CTranslate2-style W8A8: per-channel int8 weights, activations
+    quantized per token in the step, int32 accumulation; a float file is quantized at load).
+    None (the default): the file's own, "int8" for an int8 file (`weights_tools convert --dtype
+    int8`), else "float32". Layer norms, attention, the KV cache and sampling stay float32.
 
     compile_cache_size: how many compiled functions (one per strategy, batch rows, bucket,
     max_new_tokens, ...) the model keeps; the least recently used is dropped beyond it
@@ -223,7 +300,7 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
     # imported here, not at the top: `import minigen` (and the CLI's argument checks) must not load TensorFlow
     from .gpt2 import GPT2
 
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise LoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not isinstance(compile_cache_size, int) or isinstance(compile_cache_size, bool) or compile_cache_size < 1:
         raise LoadError(f"compile_cache_size must be an int >= 1, got {compile_cache_size!r}")
@@ -240,14 +317,22 @@ def load(path: str | os.PathLike | None = None, dtype: str = "float32", compile_
             f"{weights} is not in minigen's format (a Hugging Face checkpoint?); "
             "convert it with `python -m weights_tools convert SRC DST`"
         )
+    int8_file = is_int8_file(metadata)
+    dtype = dtype or ("int8" if int8_file else "float32")
+    scale_info = split_scales(header, weights) if int8_file else {}
     check_layer_count(header, config.n_layer, weights)
     check_shapes(header, tensor_shapes(config), weights)
-    check_dtypes(header, weights)
+    if int8_file:
+        check_int8(header, scale_info, weights)
+    check_dtypes({n: t for n, t in header.items() if not (int8_file and quantized(n))}, weights)
     tokenizer = load_tokenizer(path, config)
     defaults = load_generation_config(path)
     tensors, _ = read_safetensors(weights)
-    check_values(tensors, weights)
-    model = GPT2(config, tensors, dtype=dtype, compile_cache_size=compile_cache_size)
+    scales = split_scales(tensors, weights) if int8_file else {}
+    check_values({n: t for n, t in tensors.items() if not (int8_file and quantized(n))}, weights)
+    check_scale_values(scales, weights)
+    warn_slow_dtype(dtype)
+    model = GPT2(config, {**tensors, **scales}, dtype=dtype, compile_cache_size=compile_cache_size)
     model.tokenizer = tokenizer
     model.generation_config = defaults
     return model

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "minigen"
 
 # what the network module (model.py) may import from minigen: nothing about generation, text,
 # export, the CLI or the public facade
-MODEL_MAY_IMPORT = {"minigen.cache", "minigen.config", "minigen.layout", "minigen.positions"}
+MODEL_MAY_IMPORT = {"minigen.cache", "minigen.config", "minigen.layout", "minigen.positions", "minigen.precision"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -100,10 +100,11 @@ def variables_by_name(model) -> dict:
     """minigen tensor name -> the model's tf.Variable (kernels are held [out, in] in memory)."""
     from minigen.layout import BLOCK_TENSORS
 
-    out = {"wte": model.wte, "wpe": model.wpe, "ln_f.scale": model.ln_f_scale, "ln_f.bias": model.ln_f_bias}
+    out = {"wte": model.wte.values, "wpe": model.wpe, "ln_f.scale": model.ln_f_scale, "ln_f.bias": model.ln_f_bias}
     for i, block in enumerate(model.blocks):
         for field, name in BLOCK_TENSORS.items():
-            out[f"h.{i}.{name}"] = getattr(block, field)
+            value = getattr(block, field)
+            out[f"h.{i}.{name}"] = value.values if field.endswith("_kernel") else value  # a float32 Matrix's values
     return out
 
 
