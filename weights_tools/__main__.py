@@ -31,7 +31,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action="store_true",
                    help="compare logits with the source before DST is put in place (a failure leaves DST as it was)")
     p.add_argument(
-        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="storage dtype (default float32)"
+        "--dtype", default="float32", choices=("float32", "float16", "bfloat16", "int8"),
+        help="storage dtype (default float32; int8: per-channel int8 matrices with their scales, run in int8)"
     )
 
 

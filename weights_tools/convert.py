@@ -18,9 +18,10 @@ import tempfile
 
 import numpy as np
 
-from minigen.layout import tensor_shapes
-from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, WEIGHTS_FILE, LoadError, check_layer_count, check_shapes,
-                             check_values, read_metadata)
+from minigen.layout import hf_names, tensor_shapes
+from minigen.quantize import dequantize_tensors, quantize_tensors
+from minigen.weights import (CONFIG_FILE, FORMAT_METADATA, INT8_METADATA, WEIGHTS_FILE, LoadError, check_layer_count,
+                             check_shapes, check_values, is_int8_file, read_metadata)
 
 from .hf_checkpoint import (CheckpointError, has_own_head, hf_header_names, read_config, read_hf_tensors,
                             to_minigen_names)
@@ -33,12 +34,20 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "generation_config.json",
 )
-STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16", "int8")  # int8: minigen.weights.quantize_tensors
 
 
 def _say(message: str, quiet: bool) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def stored_tensors(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """The float32 tensors as DST holds them at `dtype`: cast (float16/bfloat16), or int8 matrices
+    with their per-channel scales (int8; the vectors and wpe stay float32)."""
+    if dtype == "int8":
+        return {name: np.ascontiguousarray(value) for name, value in sorted(quantize_tensors(tensors).items())}
+    return {name: _storage_array(value, dtype) for name, value in sorted(tensors.items())}
 
 
 def _storage_array(value: np.ndarray, dtype: str) -> np.ndarray:
@@ -55,7 +64,9 @@ def convert(src: str, dst: str, force: bool = False, dtype: str = "float32", qui
             verify_with_source: bool = False, tolerance: float = 1e-3) -> str:
     """Convert the HF GPT-2 checkpoint at `src` into a minigen directory at `dst`; returns dst.
 
-    dtype: storage type of the tensors in dst ("float32", "float16" or "bfloat16").
+    dtype: storage type of the tensors in dst ("float32", "float16", "bfloat16", or "int8": each
+        matrix a dot reads as int8 per output channel with its float32 scales; such a directory
+        loads as dtype="int8" by default and computes in int8, see minigen/precision.py).
     force: replace an existing dst, which must itself be a minigen model directory (see
         `check_replaceable`); anything else is refused, whatever `force` says.
     verify_with_source: run `verify` on the new directory before it is moved into place, so a
@@ -118,14 +129,15 @@ def _convert_into(tmp, src, dst, config, raw_config, copies, dtype, quiet, verif
         check_values(tensors, src)
     except LoadError as e:
         raise CheckpointError(str(e)) from None
-    stored = {name: _storage_array(value, dtype) for name, value in sorted(tensors.items())}
+    stored = stored_tensors(tensors, dtype)
     overflow = [name for name, value in stored.items() if not np.isfinite(value).all()]
     if overflow:
         raise CheckpointError(f"tensor {overflow[0]!r} has values too large for {dtype} (they would become inf); "
                               "convert with --dtype float32 or bfloat16")
 
     _say(f"writing {len(tensors)} tensors ({dtype})", quiet)
-    save_file(stored, os.path.join(tmp, WEIGHTS_FILE), metadata=dict(FORMAT_METADATA))
+    metadata = {**FORMAT_METADATA, **(INT8_METADATA if dtype == "int8" else {})}
+    save_file(stored, os.path.join(tmp, WEIGHTS_FILE), metadata=metadata)
     with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(raw_config, f, indent=2, sort_keys=True)
     _usual_permissions(tmp, _mode(os.path.join(src, WEIGHTS_FILE)) if os.path.isfile(os.path.join(src, WEIGHTS_FILE))
@@ -236,7 +248,10 @@ def verify(dst: str, src: str, tolerance: float = 1e-3, quiet: bool = False) -> 
     """Compare minigen's logits for DST with an independent NumPy forward over SRC's tensors.
 
     The source tensors are rounded to DST's storage dtype first, so the check isolates the
-    conversion and the forward pass from the precision chosen for storage. Returns the max abs
+    conversion and the forward pass from the precision chosen for storage; an int8 DST is read
+    back at float32 (its matrices times their scales) against the source quantized and
+    dequantized the same way, so the file's contents are what is checked, not int8 compute's own
+    rounding of activations. Returns the max abs
     difference over non-pad positions; raises CheckpointError if it exceeds `tolerance`.
     """
     import minigen
@@ -244,14 +259,19 @@ def verify(dst: str, src: str, tolerance: float = 1e-3, quiet: bool = False) -> 
 
     from .reference import reference_logits
 
-    model = minigen.load(dst)
+    int8 = is_int8_file(read_metadata(os.path.join(dst, WEIGHTS_FILE)))
+    model = minigen.load(dst, dtype="float32")
     config, _ = read_config(src)
     hf = read_hf_tensors(src)
     if config.tie_word_embeddings and has_own_head(hf, config):
         config = dataclasses.replace(config, tie_word_embeddings=False)  # as the reference (and convert) do
     with safe_open(os.path.join(dst, WEIGHTS_FILE), framework="numpy") as f:
         stored = str(f.get_tensor("wte").dtype)
-    if stored != "float32":
+    if int8:
+        names = hf_names(config)  # ours -> HF's
+        rounded = dequantize_tensors(quantize_tensors(to_minigen_names(hf, config, src)))
+        hf = {names[name]: value for name, value in rounded.items()}
+    elif stored != "float32":
         hf = {k: _storage_array(v, stored).astype(np.float32) for k, v in hf.items()}
     ids, mask = probe_batch(config)
     ours = model.logits(ids, mask)

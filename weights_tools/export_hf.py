@@ -2,7 +2,9 @@
 
 Used to check a shipped minigen model against `transformers` (which reads only HF's format), and
 handy for anyone who wants to take a minigen model elsewhere. Tensors are written in float32 with
-HF's names; no tensor is transposed (both formats keep GPT-2's Conv1D `[in, out]` layout).
+HF's names; no tensor is transposed (both formats keep GPT-2's Conv1D `[in, out]` layout). An
+int8 directory is written dequantized (each int8 matrix times its scales): the float32 model that
+int8 file stands for.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 
-import numpy as np
 
 from minigen.config import GPT2Config
+from minigen.quantize import dequantize_tensors
 from minigen.weights import CONFIG_FILE, WEIGHTS_FILE, read_safetensors
 
 from minigen.layout import hf_names as model_hf_names
@@ -34,7 +36,7 @@ def export_hf(src: str, dst: str) -> str:
     config = GPT2Config.from_json_file(os.path.join(src, CONFIG_FILE))
     tensors, _ = read_safetensors(os.path.join(src, WEIGHTS_FILE))
     names = hf_names(config)
-    out = {names[n]: np.asarray(t, np.float32) for n, t in tensors.items()}
+    out = {names[n]: t for n, t in dequantize_tensors(tensors).items()}
     os.makedirs(dst)
     save_file(out, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
     shutil.copy2(os.path.join(src, CONFIG_FILE), os.path.join(dst, "config.json"))
