@@ -17,7 +17,6 @@ and the CPU flags found.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.compiler.tf2xla.python import xla  # noqa: E402
 from tensorflow.compiler.xla import xla_data_pb2  # noqa: E402
+
+from probe_matmul import ms_per_step  # noqa: E402
 
 D, INNER, LAYERS, STEPS = 768, 3072, 12, 30
 
@@ -120,17 +121,7 @@ def main():
                 for pad in ((False, True) if rows == 1 else (False,)):
                     step = blocks(layers, linear(dtype, orient), pad)
 
-                    @tf.function(jit_compile=True, autograph=False)
-                    def loop(x, step=step):
-                        return tf.while_loop(lambda i, x: i < STEPS, lambda i, x: (i + 1, step(x)), (0, x))[1]
-
-                    x = tf.ones([rows, D]) * 0.01
-                    loop(x)
-                    best = float("inf")
-                    for _ in range(3):
-                        start = time.perf_counter()
-                        loop(x).numpy()
-                        best = min(best, (time.perf_counter() - start) / STEPS * 1000)
+                    best = ms_per_step(step, rows)
                     name = ("x @ W^T" if orient == "xw" else "(W @ x^T)^T") + (" +pad" if pad else "")
                     print(f"{dtype:9s} rows={rows:<4d} {name:17s} {best:7.2f} ms/step", flush=True)
 
