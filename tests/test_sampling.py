@@ -207,3 +207,33 @@ def test_top_h_equals_reference(hf_and_minigen, value, spread):
     mine = model.generate(prompt, pad_token_id=1, output_scores=True, seed=(0, 1), **options).scores[0]
     np.testing.assert_array_equal(np.isfinite(mine), np.isfinite(theirs))
     np.testing.assert_allclose(mine[np.isfinite(mine)], theirs[np.isfinite(theirs)], rtol=1e-4, atol=1e-5)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def our_lookup(logits, uniform):
+    return P.inverse_cdf(logits, uniform)
+
+
+def test_the_draw_is_the_inverse_cdf_of_the_softmax_alone_or_in_a_batch():
+    """sample_token's lookup against NumPy's float64 softmax: the token where each uniform falls in the
+    cumulative distribution (away from a boundary by more than the integer weights' rounding), never a
+    -inf entry, the same token for a row alone as in a batch, and token 0 for a row of -inf."""
+    rng = np.random.default_rng(5)
+    vocab = 1000  # not a multiple of the lookup's block
+    logits = rng.normal(0, 3, [4, vocab]).astype(np.float32)
+    logits[1, rng.choice(vocab, 900, replace=False)] = -np.inf
+    logits[2, :] = -np.inf
+    logits[2, [17, 999]] = [0.0, 2.0]
+    uniform = np.concatenate([[0.0, 1 - 1e-12], rng.uniform(size=2000)])
+    for row in (0, 1, 2):
+        p = np.exp(logits[row].astype(np.float64) - logits[row].max())
+        cumulative = np.cumsum(p / p.sum())
+        expected = np.minimum(np.searchsorted(cumulative, uniform, side="right"), vocab - 1)
+        got = our_lookup(np.repeat(logits[row:row + 1], len(uniform), 0), uniform).numpy()
+        clear = np.abs(cumulative[expected] - uniform) > 1e-6  # not at a boundary
+        clear &= np.abs(np.concatenate([[0], cumulative])[expected] - uniform) > 1e-6
+        np.testing.assert_array_equal(got[clear], expected[clear])
+        assert np.isfinite(logits[row, got]).all()
+    alone = [our_lookup(logits[r:r + 1], uniform[5 + r:6 + r]).numpy()[0] for r in range(4)]
+    np.testing.assert_array_equal(our_lookup(logits, uniform[5:9]).numpy(), alone)
+    assert our_lookup(np.full([1, vocab], -np.inf, np.float32), np.array([0.3])).numpy()[0] == 0

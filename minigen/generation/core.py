@@ -156,7 +156,7 @@ def choose_token(scores, key: CompileKey, rng):
     sampling a draw with the stateless key `rng`."""
     if key.strategy != "sample":
         return tf.argmax(scores, axis=-1, output_type=tf.int32)
-    return P.gumbel_argmax(scores, rng)
+    return P.sample_token(scores, rng)
 
 
 def token_logprob(logits, token):

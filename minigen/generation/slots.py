@@ -18,8 +18,8 @@ of the same shapes share one compiled function.
 
 A row's token is chosen exactly as `generate` chooses it for that request alone: the same
 processors in the same order (repetition_penalty, min_new_tokens), the same warpers when it
-samples (temperature, top-k, top-p, min-p), and a draw from its own seed and step (core.rng_key)
-over a [1, vocab] row, as a batch of one draws.
+samples (temperature, top-k, top-p, min-p), and a draw from its own seed and step (core.rng_key),
+as a batch of one draws.
 """
 
 from __future__ import annotations
@@ -198,9 +198,10 @@ def warped(scores, rows: RowOptions):
 
 def draws(scores, seed, generated):
     """Each row's sampled token [S]: a draw over its own [1, vocab] row with its own seed and step,
-    exactly what generate draws for that request alone (core.rng_key, processors.gumbel_argmax)."""
-    return tf.concat([P.gumbel_argmax(scores[r:r + 1], core.rng_key(seed[r], generated[r]))
-                      for r in range(scores.shape[0])], axis=0)
+    exactly what generate draws for that request alone (core.rng_key, processors.sample_token): each
+    row's uniform from its own key, one lookup for all rows (the lookup is exact in any batch)."""
+    uniform = tf.concat([P.uniforms(1, core.rng_key(seed[r], generated[r])) for r in range(scores.shape[0])], axis=0)
+    return P.inverse_cdf(scores, uniform)
 
 
 def choose(logits, tokens, valid, generated, rows: RowOptions, is_eos, sampling: bool):

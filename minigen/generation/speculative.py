@@ -116,7 +116,7 @@ def accept_sampled(scores, candidates, q, seed, iteration):
     redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
     empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
     redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
-    token = P.gumbel_argmax(tf.math.log(redraw_from), core.rng_key(seed, iteration))
+    token = P.sample_token(tf.math.log(redraw_from), core.rng_key(seed, iteration))
     padded = tf.concat([candidates, candidates[:, :1]], axis=1)
     return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
 
