@@ -265,3 +265,28 @@ def test_custom_logits_processor_errors_name_the_function(hf_and_minigen):
         model.generate([[1, 2, 3]], max_new_tokens=2, logits_processor=[3])
     with pytest.raises(ValueError, match="does not support logits_processor"):
         model.generate([[1, 2, 3]], max_new_tokens=2, logits_processor=[wrong_shape], prompt_lookup_num_tokens=2)
+
+
+def test_presence_and_frequency_penalties_follow_their_definition(hf_and_minigen):
+    """OpenAI's definition, written here in NumPy: each step's scores are the model's logits minus
+    presence_penalty for every token generated so far and frequency_penalty per time it was (the prompt
+    and its padding not counted); greedy takes their argmax."""
+    _, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(41), 512, [5, 9, 3], pad_id=3)
+    presence, frequency, new = 0.7, 0.4, 24
+    out = model.generate(ids, mask, max_new_tokens=new, eos_token_id=[], pad_token_id=PAD, output_scores=True,
+                         output_logits=True, presence_penalty=presence, frequency_penalty=frequency)
+    width = ids.shape[1]
+    for t in range(new):
+        counts = np.stack([np.bincount(row, minlength=512) for row in out.sequences[:, width:width + t]]) \
+            if t else np.zeros((3, 512), int)
+        expected = out.logits[t] - presence * (counts > 0) - frequency * counts
+        np.testing.assert_allclose(out.scores[t], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out.sequences[:, width + t], expected.argmax(-1))
+    plain = greedy_without_eos(model, ids, mask, new)
+    assert not np.array_equal(plain, out.sequences)  # the penalties changed something
+    with pytest.raises(ValueError, match="presence_penalty.*in \\[-2, 2\\]"):
+        model.generate(ids, mask, max_new_tokens=2, presence_penalty=2.5)
+    with pytest.raises(ValueError, match="frequency_penalty"):
+        model.generate(ids, mask, max_new_tokens=2, frequency_penalty=0.5, prompt_lookup_num_tokens=2)
+

@@ -237,3 +237,42 @@ def test_the_draw_is_the_inverse_cdf_of_the_softmax_alone_or_in_a_batch():
     alone = [our_lookup(logits[r:r + 1], uniform[5 + r:6 + r]).numpy()[0] for r in range(4)]
     np.testing.assert_array_equal(our_lookup(logits, uniform[5:9]).numpy(), alone)
     assert our_lookup(np.full([1, vocab], -np.inf, np.float32), np.array([0.3])).numpy()[0] == 0
+
+
+def numpy_top_n_sigma(logits, n, keep):
+    """Top-nσ as published (keep logits >= max - n * std, std over the finite logits), with the warpers'
+    min_tokens_to_keep."""
+    out = logits.copy()
+    for row in out:
+        finite = row[np.isfinite(row)]
+        cut = finite.max() - n * finite.std()
+        best = np.sort(row)[::-1][keep - 1]
+        row[(row < cut) & (row < best)] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("n, keep", [(0.5, 1), (1.5, 1), (0.1, 4), (3.0, 1)])
+def test_top_n_sigma_follows_its_definition(hf_and_minigen, n, keep):
+    """top_n_sigma against the NumPy definition above on random rows (some entries already -inf), and
+    through generate: the first step's sampled-from scores are the definition applied to its logits
+    divided by the temperature."""
+    rng = np.random.default_rng(43)
+    logits = (rng.standard_normal((6, 3000)) * rng.uniform(0.5, 4, (6, 1))).astype(np.float32)
+    logits[:, rng.choice(3000, 500, replace=False)] = -np.inf
+    on = (("top_n_sigma", True), ("min_tokens_to_keep", keep))
+    ours = tf.function(lambda x: P.warp(x, tf.constant(1.0), tf.constant(0), tf.constant(1.0), on,
+                                        {"top_n_sigma": tf.constant(n)}), jit_compile=True)(logits).numpy()
+    expected = numpy_top_n_sigma(logits, n, keep)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
+    np.testing.assert_array_equal(ours[np.isfinite(ours)], expected[np.isfinite(expected)])
+    assert (np.isfinite(ours).sum(1) < np.isfinite(logits).sum(1)).all()
+
+    _, _, model = hf_and_minigen("tiny", initializer_range=0.05)
+    out = model.generate([[3, 7, 4, 8, 5], [9, 2, 6, 5, 3]], max_new_tokens=1, do_sample=True, temperature=0.8,
+                         top_k=0, top_n_sigma=n, min_tokens_to_keep=keep, seed=(0, 1), output_scores=True,
+                         output_logits=True)
+    expected = numpy_top_n_sigma(out.logits[0] / np.float32(0.8), n, keep)
+    np.testing.assert_array_equal(np.isfinite(out.scores[0]), np.isfinite(expected))
+    np.testing.assert_allclose(out.scores[0][np.isfinite(expected)], expected[np.isfinite(expected)], rtol=1e-6)
+    with pytest.raises(ValueError, match="top_n_sigma"):
+        model.generate([[1, 2, 3]], max_new_tokens=2, top_n_sigma=0.0, do_sample=True)

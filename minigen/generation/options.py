@@ -350,6 +350,10 @@ OPTIONS = (
     Option("temperature", 1.0, number("a finite number > 0", lambda v: v > 0),
            "sampling temperature: the logits are divided by it first", TENSOR, strategies=SAMPLING_ONLY,
            flag="--temperature", export=frozenset((SAMPLE,)), dtype="float32", refusals=WARPER_REFUSALS, engine=True),
+    Option("top_n_sigma", None, optional(number("a number > 0", lambda v: v > 0, "> 0")),
+           "sampling: Top-nσ, keep the tokens whose logit is within top_n_sigma standard deviations of the best "
+           "(None = off)", TENSOR, strategies=SAMPLING_ONLY, flag="--top-n-sigma", dtype="float32",
+           refusals=WARPER_REFUSALS),  # not a SavedModel input (as top_h)
     Option("top_h", None, optional(number("a number in (0, 1]", lambda v: (v > 0) & (v <= 1), "in (0, 1]")),
            "sampling: Top-H, keep the best tokens while their entropy stays within top_h x the entropy of the 100 "
            "best (None = off)", TENSOR, strategies=SAMPLING_ONLY, flag="--top-h", dtype="float32",
@@ -399,6 +403,12 @@ OPTIONS = (
     Option("repetition_penalty", 1.0, number("a finite number > 0 (1.0 = off)", lambda v: v > 0),
            "> 1 discourages tokens already in the row (padding ignored, unlike HF)", TENSOR,
            strategies=NO_ROW_TOKENS, flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32", engine=True),
+    Option("presence_penalty", 0.0, number("a number in [-2, 2] (0 = off)", lambda v: (v >= -2) & (v <= 2), "in [-2, 2]"),
+           "OpenAI's: subtracted from the score of every token generated at least once (the prompt not counted; "
+           "> 0 discourages repeats)", TENSOR, strategies=NO_ROW_TOKENS, flag="--presence-penalty", dtype="float32"),
+    Option("frequency_penalty", 0.0, number("a number in [-2, 2] (0 = off)", lambda v: (v >= -2) & (v <= 2), "in [-2, 2]"),
+           "OpenAI's: subtracted from a token's score once per time it was generated (the prompt not counted)",
+           TENSOR, strategies=NO_ROW_TOKENS, flag="--frequency-penalty", dtype="float32"),
     Option("no_repeat_ngram_size", 0, integer(0),
            "forbid repeating any n-gram of this size (padding ignored, unlike HF)", KEY, strategies=NO_ROW_TOKENS,
            flag="--no-repeat-ngram-size"),

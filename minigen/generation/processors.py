@@ -1,11 +1,12 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
-    processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> no_repeat_ngram -> bad_words_ids
+    processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> presence_penalty
+                                              -> frequency_penalty -> no_repeat_ngram -> bad_words_ids
                                               -> min_new_tokens (and min_length) -> forced_bos -> forced_eos
                                               -> remove_invalid_values -> exponential_decay_length_penalty
                                               -> suppress_tokens -> begin_suppress_tokens -> logits_processor (the
                                               user's functions)
-    warpers (`warp`, sampling only):          temperature -> top_h -> top_k -> top_p -> min_p -> typical_p
+    warpers (`warp`, sampling only):          temperature -> top_n_sigma -> top_h -> top_k -> top_p -> min_p -> typical_p
                                               -> epsilon_cutoff -> eta_cutoff (min_tokens_to_keep: each keeps
                                               at least that many of the best tokens)
     then renormalize_logits (last of all, as the reference's LogitNormalization; see core.scores)
@@ -32,14 +33,26 @@ NEG_INF = float("-inf")
 CANDIDATES = 256  # top-k/top-p look for their cut among this many best tokens before sorting everything
 
 
-def token_presence(sequences, valid, vocab_size: int):
-    """[batch, vocab] bool: which tokens occur (at valid slots) in each row."""
+def token_counts(sequences, valid, vocab_size: int):
+    """[batch, vocab] int32: how often each token occurs (at valid slots) in each row."""
     batch, width = tf.shape(sequences)[0], sequences.shape[1]
     tokens = tf.where(valid, sequences, vocab_size)  # invalid slots land in a spare column
     rows = tf.repeat(tf.range(batch), width)
     index = tf.stack([rows, tf.reshape(tokens, [-1])], axis=1)
-    seen = tf.scatter_nd(index, tf.ones([batch * width], tf.int32), [batch, vocab_size + 1])
-    return seen[:, :vocab_size] > 0
+    return tf.scatter_nd(index, tf.ones([batch * width], tf.int32), [batch, vocab_size + 1])[:, :vocab_size]
+
+
+def token_presence(sequences, valid, vocab_size: int):
+    """[batch, vocab] bool: which tokens occur (at valid slots) in each row."""
+    return token_counts(sequences, valid, vocab_size) > 0
+
+
+def generated_counts(step: "Step", vocab_size: int):
+    """[batch, vocab] int32: how often each token was generated so far (the prompt not counted): the
+    `generated` slots just before next_slot."""
+    column = tf.range(step.sequences.shape[1])[None, :]
+    new = step.valid & (column >= step.next_slot - step.generated) & (column < step.next_slot)
+    return token_counts(step.sequences, new, vocab_size)
 
 
 def repetition_penalty(logits, sequences, valid, penalty):
@@ -47,6 +60,17 @@ def repetition_penalty(logits, sequences, valid, penalty):
     seen = token_presence(sequences, valid, logits.shape[-1])
     penalized = tf.where(logits < 0, logits * penalty, logits / penalty)
     return tf.where(seen, penalized, logits)
+
+
+def presence_penalty(logits, counts, penalty):
+    """OpenAI's (and vLLM's) presence penalty: `penalty` off the score of every token generated at
+    least once. counts [batch, vocab] int32 (generated_counts)."""
+    return logits - penalty * tf.cast(counts > 0, logits.dtype)
+
+
+def frequency_penalty(logits, counts, penalty):
+    """OpenAI's (and vLLM's) frequency penalty: `penalty` off a token's score per time it was generated."""
+    return logits - penalty * tf.cast(counts, logits.dtype)
 
 
 def no_repeat_ngram(logits, sequences, valid, next_slot, n: int):
@@ -296,6 +320,18 @@ def entropy(logp):
 TOP_H_CANDIDATES = 100  # HF's TopHLogitsWarper looks among the 100 most likely tokens only
 
 
+def top_n_sigma(logits, n, keep: int):
+    """Top-nσ (Tang et al. 2024, arXiv 2411.07641): keep the tokens whose logit is within n standard
+    deviations of the best one, the deviation over the row's finite logits (a population deviation,
+    as llama.cpp's sampler); temperature scales both sides alike, so it does not move the cut."""
+    finite = tf.math.is_finite(logits)
+    count = tf.reduce_sum(tf.cast(finite, tf.float32), axis=1, keepdims=True)
+    mean = tf.reduce_sum(tf.where(finite, logits, 0.0), axis=1, keepdims=True) / count
+    spread = tf.sqrt(tf.reduce_sum(tf.where(finite, tf.square(logits - mean), 0.0), axis=1, keepdims=True) / count)
+    cut = tf.reduce_max(logits, axis=1, keepdims=True) - n * spread
+    return tf.where((logits < cut) & ~_keeps(logits, keep), NEG_INF, logits)
+
+
 def top_h(logits, h, keep: int):
     """HF's TopHLogitsWarper (Top-H, arXiv 2509.02510): among the row's 100 best tokens, renormalised,
     keep the best ones while the entropy they add up to stays within h x that distribution's entropy
@@ -461,6 +497,10 @@ PROCESSORS = (
               lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table),
     Processor("repetition_penalty", 1.0, False, tf.float32,
               lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
+    Processor("presence_penalty", 0.0, False, tf.float32,
+              lambda logits, s, value: presence_penalty(logits, generated_counts(s, logits.shape[-1]), value)),
+    Processor("frequency_penalty", 0.0, False, tf.float32,
+              lambda logits, s, value: frequency_penalty(logits, generated_counts(s, logits.shape[-1]), value)),
     Processor("no_repeat_ngram_size", 0, True, None,
               lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
     Processor("bad_words_ids", (), True, None,
@@ -501,6 +541,7 @@ class Warper(NamedTuple):
 # key, their values are tensors; min_tokens_to_keep is a setting every warper reads.
 WARPERS = (
     Warper("min_tokens_to_keep", 1, True, None, None),
+    Warper("top_n_sigma", None, False, tf.float32, top_n_sigma, before_top_k=True),
     Warper("top_h", None, False, tf.float32, top_h, before_top_k=True),
     Warper("min_p", None, False, tf.float32, min_p),
     Warper("typical_p", 1.0, False, tf.float32, typical),
