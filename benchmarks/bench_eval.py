@@ -112,7 +112,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=None, help="documents per task (default 100, quick 8)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated, of {', '.join(TASKS)} (a subset is written to eval-subset.md)")
     args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    if not set(tasks) <= set(TASKS):
+        raise SystemExit(f"--tasks: unknown {', '.join(sorted(set(tasks) - set(TASKS)))}; choose from {', '.join(TASKS)}")
     if not (DATA / "gpt2-tokenizer" / "tokenizer.json").exists():
         raise SystemExit(f"needs the GPT-2 tokenizer and the novels of {DATA} (see its SOURCE.md files)")
     shape = SHAPES["quick" if args.quick else "small"]
@@ -130,7 +135,7 @@ def main() -> None:
     rows = {}
     for name, model_args in backends.items():
         run(name, model_args, "warmup", work, args.batch_size)
-        for task in TASKS:
+        for task in tasks:
             took, requests = run(name, model_args, task, work, args.batch_size)
             rows[(name, task)] = (took, requests)
             print(f"{name:8s} {task:9s} {requests:5d} requests in {took:7.1f} s = {requests / took:7.2f} req/s", flush=True)
@@ -138,15 +143,16 @@ def main() -> None:
              f"float32), the real GPT-2 tokenizer, {n} documents per task from the novels of ../shared/data, "
              f"batch size {args.batch_size}, each task once after a warm-up task. Command: "
              f"`python benchmarks/bench_eval.py{' --quick' if args.quick else ''}"
-             f"{f' --docs {args.docs}' if args.docs else ''}`.", "",
+             f"{f' --docs {args.docs}' if args.docs else ''}{f' --tasks {args.tasks}' if tasks != list(TASKS) else ''}`.",
+             "",
              "| request type (task) | requests | minigen (s) | hf backend (s) | minigen req/s | hf req/s | speed-up |",
              "|---|---|---|---|---|---|---|"]
-    for task in TASKS:
+    for task in tasks:
         (ours, count), (theirs, _) = rows[("minigen", task)], rows[("hf", task)]
         lines.append(f"| {TASKS[task]['output_type']} | {count} | {ours:.1f} | {theirs:.1f} | {count / ours:.2f} | "
                      f"{count / theirs:.2f} | {theirs / ours:.2f}x |")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    target = Path(args.out) / ("eval-quick.md" if args.quick else "eval.md")
+    target = Path(args.out) / ("eval-quick.md" if args.quick else "eval.md" if tasks == list(TASKS) else "eval-subset.md")
     target.write_text("\n".join(lines) + "\n")
     print(f"wrote {target}")
 

@@ -35,6 +35,7 @@ OPTIONS = [
     ("output_logprobs", SEARCH, dict(output_logprobs=True)),
     ("output_scores (each step's [1, vocab] kept)", SEARCH, dict(output_scores=True)),
     ("output_scores + output_logits", SEARCH, dict(output_scores=True, output_logits=True)),
+    ("top_logprobs 5", SEARCH, dict(top_logprobs=5)),
     ("repetition_penalty 1.3", SEARCH, dict(repetition_penalty=1.3)),
     ("presence_penalty 0.5 + frequency_penalty 0.3", SEARCH, dict(presence_penalty=0.5, frequency_penalty=0.3)),
     ("no_repeat_ngram_size 3", SEARCH, dict(no_repeat_ngram_size=3)),

@@ -376,8 +376,8 @@ def generate_with_engine(lm, prompts: list[str], options: dict, args, out) -> No
         engine = lm.engine(slots=args.batch_size,
                            max_length=max(2, max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked)))
         began, traces = time.perf_counter(), lm.trace_count
-        for i, r in enumerate(requests):
-            engine.submit(r, request_id=i)
+        for c in checked:  # checked and tokenised once, above
+            engine.enqueue(c)
     except ValueError as e:
         raise UsageError(flag_spelling(str(e).replace("request ", "prompt ", 1))) from None
     done, written, printed, tokens = {}, 0, 0, 0

@@ -62,6 +62,8 @@ class Result:
     finish_reason: str  # "eos" | "stop_string" | "length" | "cancelled"
     text: str | None = None  # the new tokens decoded, when the model has a tokenizer
     logprobs: list | None = None  # each new token's log-prob, when the request asked (output_logprobs)
+    top_tokens: list | None = None  # per new token its top_logprobs=k most likely tokens, best first (when asked)
+    top_logprobs: list | None = None  # and their log-probs under the distribution the token was chosen from
 
 
 @dataclasses.dataclass
@@ -164,6 +166,19 @@ def _as_ids(ids, index, vocab: int) -> list:
     return [int(t) for t in array]
 
 
+def cache_width(max_length: int) -> int:
+    """Cache slots per slot row for max_length tokens: a power of two up to 128, then a multiple of
+    128. A multiple of 16, so every prefill piece fits (pieces); coarse, so engines of nearby lengths
+    (generate_many calls, the harness's tasks) share their compiled functions: each new width
+    compiles a new decode step and prefill pieces (GPT-2 small, 16 slots, AMD EPYC Zen4: a first call
+    ~11 s longer greedy, ~16 s sampling), while a step's attention reads 38 MB more per 32 slots of
+    width (16 rows: ~1.4 ms at the 27 GB/s measured there). Slots past max_length hold only a last
+    piece's padding."""
+    if max_length <= 128:
+        return max(16, 1 << (max_length - 1).bit_length())
+    return -(-max_length // 128) * 128
+
+
 PIECE_WIDTHS = (16, 32, 64, 128, 256)  # prefill widths (a compile each, times the rows it takes)
 # Padding a last piece may carry rather than split it: about what one more call costs (GPT-2 small:
 # a read of the block weights, ~14 ms, against ~0.5-0.75 ms of prefill per prompt token, 2-core EPYC)
@@ -247,19 +262,19 @@ class Engine:
     """Continuous batching over `slots` slots of `max_length` tokens each (prompt + new); see the module."""
 
     def __init__(self, model, slots: int = 16, max_length: int | None = None, chunk_size: int = DEFAULT_CHUNK,
-                 prefix_cache: int = 4):
+                 prefix_cache: int = 4, top_logprobs: int = 0):
         for name, value, least in (("slots", slots, 1), ("chunk_size", chunk_size, 1), ("prefix_cache", prefix_cache, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        BY_NAME["top_logprobs"].check("top_logprobs", top_logprobs)
         limit = model.config.n_positions
         max_length = limit if max_length is None else max_length
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= limit:
             raise ValueError(f"max_length must be an int in [2, {limit}] (the model's n_positions), got {max_length!r}")
         self.model, self.slots, self.max_length, self.chunk_size = model, slots, max_length, chunk_size
-        # cache slots per row: a multiple of 16, so every prefill piece fits (engine.pieces); slots past
-        # max_length hold only a last piece's padding
-        self.width = -(-max_length // 16) * 16
-        self.state = S.new_state(model.network, slots, self.width)
+        self.width = cache_width(max_length)
+        self.top = top_logprobs  # the most likely tokens kept per step, the most a request may ask (top_logprobs)
+        self.state = S.new_state(model.network, slots, self.width, self.top)
         self.prefixes = Prefixes(model.network, prefix_cache, self.width)
         self.seconds = {"prefill": 0.0, "decode": 0.0}  # wall time in each kind of call (compiles included)
         self.queue: deque[Request] = deque()
@@ -282,6 +297,9 @@ class Engine:
 
     def enqueue(self, checked: Request) -> None:
         """Queue a request already checked (check_request with this engine's max_length)."""
+        if checked.cfg.top_logprobs > self.top:
+            raise _refusal(checked.request_id, f"top_logprobs={checked.cfg.top_logprobs} is more than this engine keeps "
+                                               f"(top_logprobs={self.top}: give lm.engine(..., top_logprobs=k))")
         for s in checked.cfg.stop_strings:
             if s not in self._stop_strings:
                 self._stop_strings.append(s)
@@ -328,7 +346,7 @@ class Engine:
             return updates
         stop_key, table, lengths = self._stop_table()
         sampling = any(r.cfg.do_sample for r in self.running.values())
-        fn = self._compiled(("engine-decode", self.slots, self.width, EOS_BUDGET, stop_key, sampling),
+        fn = self._compiled(("engine-decode", self.slots, self.width, self.top, EOS_BUDGET, stop_key, sampling),
                             lambda state, rows, table, lengths, steps, refill: S.decode_chunk(
                                 self.model.network, state, rows, table, lengths, steps, refill, stop_key, sampling),
                             f"the engine's decode step ({self.slots} slots x {self.width} tokens)")
@@ -442,7 +460,7 @@ class Engine:
             piece = r.prompt_ids[first:first + w]
             ids[i, :len(piece)] = piece
             start[i], lengths[i], at[i] = first, len(piece), slot
-        fn = self._compiled(("engine-prefill", self.slots, self.width, k, w),
+        fn = self._compiled(("engine-prefill", self.slots, self.width, self.top, k, w),
                             lambda state, ids, start, lengths, at: S.prefill_into(self.model.network, state, ids,
                                                                                   start, lengths, at),
                             f"the engine's prefill ({k} x {w} tokens)")
@@ -453,7 +471,7 @@ class Engine:
         self.prefixes.use(entry, filled)
         tokens = np.zeros([self.width], np.int32)
         tokens[:len(r.prompt_ids)] = r.prompt_ids
-        fn = self._compiled(("engine-load-prefix", self.slots, self.width, self.prefixes.entries),
+        fn = self._compiled(("engine-load-prefix", self.slots, self.width, self.top, self.prefixes.entries),
                             lambda state, store, entry, slot, tokens, filled: S.load_prefix(
                                 self.model.network, state, store, entry, slot, tokens, filled),
                             "the engine's prefix copy")
@@ -461,7 +479,7 @@ class Engine:
                 tf.constant(filled))
 
     def _save_prefix(self, slot: int, entry: int) -> None:
-        fn = self._compiled(("engine-save-prefix", self.slots, self.width, self.prefixes.entries),
+        fn = self._compiled(("engine-save-prefix", self.slots, self.width, self.top, self.prefixes.entries),
                             lambda state, store, slot, entry: S.save_prefix(self.model.network, state, store, slot,
                                                                             entry),
                             "the engine's prefix keeping")
@@ -475,7 +493,7 @@ class Engine:
                 "decode_seconds": self.seconds["decode"]}
 
     def _release(self, slots: list) -> None:
-        fn = self._compiled(("engine-release", self.slots, self.width), S.release, "the engine's release")
+        fn = self._compiled(("engine-release", self.slots, self.width, self.top), S.release, "the engine's release")
         fn.call(self.state, tf.constant(slots, tf.int32))
 
     def _collect(self) -> list[Update]:
@@ -484,6 +502,8 @@ class Engine:
         finished, reason = st.finished.numpy(), st.reason.numpy()
         generated, tokens = st.generated.numpy(), st.tokens.numpy()
         logprobs = st.logprobs.numpy() if any(r.cfg.output_logprobs for r in self.running.values()) else None
+        top = (st.top_tokens.numpy(), st.top_logprobs.numpy()) if any(r.cfg.top_logprobs for r in
+                                                                       self.running.values()) else None
         updates = []
         for slot, r in sorted(self.running.items(), key=lambda item: item[1].request_id):
             p, g = len(r.prompt_ids), int(generated[slot])
@@ -492,15 +512,20 @@ class Engine:
             result = None
             if finished[slot]:
                 result = self._result(r, tokens[slot, p:p + g].tolist(), S.REASONS[int(reason[slot])],
-                                      None if logprobs is None else logprobs[slot, p:p + g])
+                                      None if logprobs is None else logprobs[slot, p:p + g],
+                                      None if top is None else (top[0][slot, p:p + g], top[1][slot, p:p + g]))
                 del self.running[slot]
             updates.append(Update(r.request_id, new, result))
         return updates
 
-    def _result(self, r: Request, new: list, reason: str, logprobs) -> Result:
+    def _result(self, r: Request, new: list, reason: str, logprobs, top) -> Result:
         text = self.model.tokenizer.decode(new) if r.wants_text else None
         kept = [float(x) for x in logprobs] if r.cfg.output_logprobs and logprobs is not None else None
-        return Result(r.request_id, r.prompt_ids, new, reason, text, kept)
+        result = Result(r.request_id, r.prompt_ids, new, reason, text, kept)
+        if r.cfg.top_logprobs and top is not None:
+            k = r.cfg.top_logprobs
+            result.top_tokens, result.top_logprobs = top[0][:, :k].tolist(), top[1][:, :k].tolist()
+        return result
 
 
 class _Fn:
@@ -523,7 +548,7 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
 
     requests: dicts with input_ids (a list of ids) or prompt (text), plus any of PER_REQUEST
     (max_new_tokens, do_sample, temperature, top_k, top_p, min_p, seed, repetition_penalty,
-    min_new_tokens, eos_token_id, stop_strings, output_logprobs). Every request is checked before
+    min_new_tokens, eos_token_id, stop_strings, output_logprobs, top_logprobs). Every request is checked before
     anything runs (ValueError naming its index and the option). max_length: tokens per slot (prompt
     + new; default: the longest request's, so the cache is no wider than needed). progress: a
     progress line on stderr (default: when stderr is a terminal and there are more requests than slots).
@@ -541,7 +566,8 @@ def generate_many(model, requests, slots: int = 16, max_length: int | None = Non
     checked = [check_request(model, r, i, limit) for i, r in enumerate(requests)]
     if max_length is None:  # the longest request decides the width
         max_length = max(2, max(len(c.prompt_ids) + c.cfg.max_new_tokens for c in checked))
-    engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size, prefix_cache=prefix_cache)
+    engine = Engine(model, slots=slots, max_length=max_length, chunk_size=chunk_size, prefix_cache=prefix_cache,
+                    top_logprobs=max(c.cfg.top_logprobs for c in checked))
     # longest first: the long requests start early and the last ones to run are short, so the slots
     # stay full to the end (in input order, a long request submitted late runs nearly alone)
     for r in sorted(checked, key=lambda c: -c.cfg.max_new_tokens):

@@ -142,9 +142,10 @@ class GPT2:
         return engines.generate_many(self, requests, slots, max_length, chunk_size, progress, prefix_cache)
 
     def engine(self, slots: int = 16, max_length: int | None = None, chunk_size: int = 16,
-               prefix_cache: int = 4) -> "engines.Engine":
-        """An incremental request engine (submit, cancel, iterate over results); see `minigen.engine`."""
-        return engines.Engine(self, slots, max_length, chunk_size, prefix_cache)
+               prefix_cache: int = 4, top_logprobs: int = 0) -> "engines.Engine":
+        """An incremental request engine (submit, cancel, iterate over results); see `minigen.engine`.
+        top_logprobs: the most likely tokens kept per step, the most a request may ask for."""
+        return engines.Engine(self, slots, max_length, chunk_size, prefix_cache, top_logprobs)
 
     def loglikelihood(self, requests, batch_size: int = 16, progress: bool | None = None) -> list[tuple[float, bool]]:
         """Per (context, continuation) request, text or ids: (the continuation's summed log-prob, whether

@@ -27,8 +27,10 @@ def mixed_requests(model, rng, n: int):
                      top_k=int(rng.choice([0, 5, 50])), top_p=float(rng.choice([1.0, 0.8])))
             if i % 2:
                 r.update(min_p=0.05, output_logprobs=True)
+            else:
+                r.update(top_logprobs=3)
         elif i % 4 == 2:
-            r.update(repetition_penalty=1.4, min_new_tokens=3)
+            r.update(repetition_penalty=1.4, min_new_tokens=3, top_logprobs=int(rng.choice([1, 5])))
         elif i % 5 == 0 and r["max_new_tokens"] > 10:
             free, _ = alone(model, r)
             r["eos_token_id"] = [int(free[4])]  # a token its greedy output reaches at step 4 (or earlier)
@@ -55,6 +57,15 @@ def test_requests_equal_generate_alone_and_the_reference(hf_and_minigen):
             np.testing.assert_allclose(result.logprobs, logprobs[0, :len(expected)], atol=1e-4)
         else:
             assert result.logprobs is None
+        if request.get("top_logprobs"):  # each step's best tokens and log-probs, as generate alone keeps them
+            options = {k: v for k, v in request.items() if k != "input_ids"}
+            out = model.generate([request["input_ids"]], pad_token_id=0, **options)
+            n, k = len(expected), request["top_logprobs"]
+            assert np.shape(result.top_tokens) == np.shape(result.top_logprobs) == (n, k), f"request {i}"
+            np.testing.assert_array_equal(result.top_tokens, out.top_tokens[0, :n])
+            np.testing.assert_allclose(result.top_logprobs, out.top_logprobs[0, :n], atol=1e-4)
+        else:
+            assert result.top_tokens is None and result.top_logprobs is None
         plain = {"input_ids", "max_new_tokens", "eos_token_id"}
         if set(request) <= plain:  # greedy: the reference on the same weights
             ids = np.array([request["input_ids"]])

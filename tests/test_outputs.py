@@ -150,3 +150,48 @@ def test_output_options_errors(hf_and_minigen, options, message):
         model.generate([[1, 2, 3]], max_new_tokens=2, **options)
     with pytest.raises(ValueError, match="streaming yields token ids only; output_scores needs generate"):
         next(model.stream_tokens([[1, 2, 3]], max_new_tokens=2, output_scores=True))
+
+
+def test_top_logprobs_equal_the_reference_scores_top_k(hf_and_minigen):
+    """top_logprobs=k: each step's k best tokens and log-probs equal top-k of log-softmax of the
+    reference's output_scores (greedy, a left-padded batch whose rows stop at different steps; after a
+    row's EOS: tokens -1, log-probs 0); sampling: top-k of log-softmax of the warped scores minigen
+    drew from, -inf where a warper left fewer than k; contrastive search too; refused with beams."""
+    hf, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(62), 512, [4, 9, 2], pad_id=PAD)
+    max_new, k = 12, 5
+    eos = stopping_eos(hf, ids, mask, max_new)
+    options = dict(max_new_tokens=max_new, eos_token_id=eos, suppress_tokens=[7, 11])
+    seq, ref = hf_generate(hf, ids, mask, ids.shape[1] + max_new, output_scores=True, return_dict_in_generate=True,
+                           **options)
+    ours = model.generate(ids, mask, pad_token_id=PAD, top_logprobs=k, output_logprobs=True, **options)
+    np.testing.assert_array_equal(ours.sequences, seq)
+    assert ours.top_tokens.shape == ours.top_logprobs.shape == (3, max_new, k)
+    ends = [int(np.isin(row[ids.shape[1]:], eos).argmax()) for row in seq]
+    for step in range(len(ref.scores)):
+        values, index = torch.log_softmax(ref.scores[step], -1).topk(k)
+        for r in range(3):
+            if step > ends[r]:
+                continue
+            np.testing.assert_array_equal(ours.top_tokens[r, step], index[r].numpy(), err_msg=f"row {r} step {step}")
+            np.testing.assert_allclose(ours.top_logprobs[r, step], values[r].numpy(), atol=1e-5)
+    for r in range(3):
+        assert (ours.top_tokens[r, ends[r] + 1:] == -1).all() and (ours.top_logprobs[r, ends[r] + 1:] == 0).all()
+        # greedy's token is the best, and its log-prob is output_logprobs'
+        np.testing.assert_array_equal(ours.top_tokens[r, :ends[r] + 1, 0], seq[r, ids.shape[1]:][:ends[r] + 1])
+        np.testing.assert_allclose(ours.top_logprobs[r, :ends[r] + 1, 0], ours.logprobs[r, :ends[r] + 1], atol=1e-6)
+
+    sampled = model.generate(ids, mask, pad_token_id=PAD, max_new_tokens=6, eos_token_id=[], do_sample=True, top_k=3,
+                             seed=(5, 6), top_logprobs=k, output_scores=True)
+    for step in range(6):
+        values, index = torch.log_softmax(torch.tensor(sampled.scores[step]), -1).topk(k)
+        np.testing.assert_allclose(sampled.top_logprobs[:, step], values.numpy(), rtol=1e-6)
+        assert np.isneginf(sampled.top_logprobs[:, step, 3:]).all()  # top_k=3 left three
+        np.testing.assert_array_equal(sampled.top_tokens[:, step, :3], index[:, :3].numpy())
+    contrastive = model.generate(ids, mask, pad_token_id=PAD, max_new_tokens=4, penalty_alpha=0.6, top_k=4,
+                                 top_logprobs=2, eos_token_id=[])
+    assert contrastive.top_tokens.shape == (3, 4, 2) and (contrastive.top_logprobs[..., 0] <= 0).all()
+    with pytest.raises(ValueError, match="top_logprobs"):
+        model.generate(ids, mask, max_new_tokens=2, num_beams=2, top_logprobs=2)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        model.generate(ids, mask, max_new_tokens=2, top_logprobs=300)

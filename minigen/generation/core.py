@@ -58,6 +58,7 @@ class CompileKey(NamedTuple):
     logprobs: bool = False  # keep each chosen token's log-prob (output_logprobs): [rows, max_new]
     scores: bool = False  # keep each step's processed scores (output_scores): [max_new, rows, vocab]
     logits: bool = False  # keep each step's raw logits (output_logits): [max_new, rows, vocab]
+    top_logprobs: int = 0  # keep each step's k most likely tokens and log-probs (top_logprobs): [rows, max_new, k]
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
     stop: tuple = ()  # stop strings: the check's shapes (stop_strings.StopTable.shape_key), () = off
@@ -93,6 +94,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         logprobs=cfg.output_logprobs,
         scores=cfg.output_scores,
         logits=cfg.output_logits,
+        top_logprobs=cfg.top_logprobs,
         beam=beam,
         speculation=spec,
         stop=stop,
@@ -159,6 +161,12 @@ def choose_token(scores, key: CompileKey, rng):
     return P.sample_token(scores, rng)
 
 
+def most_likely(logits, k: int):
+    """(log-probs [..., k], token ids [..., k]): the k most likely tokens of log softmax(logits), best first."""
+    values, ids = tf.math.top_k(tf.nn.log_softmax(logits), k)
+    return values, ids
+
+
 def token_logprob(logits, token):
     """log softmax(logits)[token] per row: logits [..., vocab], token [...] -> [...]"""
     return tf.gather(tf.nn.log_softmax(logits), token[..., None], batch_dims=token.shape.rank)[..., 0]
@@ -172,6 +180,8 @@ class Record(NamedTuple):
     scores: tf.Tensor  # [max_new, rows, vocab] float32: each step's processed scores ([0, rows, vocab] when off)
     logits: tf.Tensor  # [max_new, rows, vocab] float32: each step's raw logits ([0, rows, vocab] when off)
     invalid: tf.Tensor  # [rows] bool: a step's processed scores held NaN (only with a user processor, else [0])
+    top_tokens: tf.Tensor  # [rows, max_new, k] int32: each step's k most likely tokens, -1 after EOS ([rows, 0, 0] off)
+    top_logprobs: tf.Tensor  # [rows, max_new, k] float32: their log-probs, 0 after EOS ([rows, 0, 0] when off)
 
 
 def checks_scores(key: CompileKey) -> bool:
@@ -183,22 +193,30 @@ def checks_scores(key: CompileKey) -> bool:
 def new_record(key: CompileKey, rows, vocab: int) -> Record:
     """Zeros for what `key` asks to keep; step-major scores so each step writes one contiguous slab.
     Memory when on: rows x max_new x vocab x 4 bytes each for scores and logits."""
-    steps = key.max_new_tokens
+    steps, k = key.max_new_tokens, key.top_logprobs
     return Record(
         logprobs=tf.zeros([rows, steps if key.logprobs else 0], tf.float32),
         scores=tf.zeros([steps if key.scores else 0, rows, vocab], tf.float32),
         logits=tf.zeros([steps if key.logits else 0, rows, vocab], tf.float32),
         invalid=tf.zeros([rows if checks_scores(key) else 0], tf.bool),
+        top_tokens=tf.fill([rows, steps if k else 0, k], -1),  # -1 where no step is written (after every EOS)
+        top_logprobs=tf.zeros([rows, steps if k else 0, k], tf.float32),
     )
 
 
 def record(rec: Record, key: CompileKey, step, logits, scores, token, finished) -> Record:
     """rec with step `step` written: logits, scores [rows, vocab] as the token was chosen from them,
     token [rows] and finished [rows] (rows done before this step: log-prob 0)."""
-    logprobs, kept_scores, kept_logits, invalid = rec
+    logprobs, kept_scores, kept_logits, invalid, top_tokens, top_logprobs = rec
     at = tf.stack([step, 0, 0])
     if key.logprobs:
         logprobs = write_column(logprobs, step, tf.where(finished, 0.0, token_logprob(scores, token)))
+    if key.top_logprobs:
+        best, ids = most_likely(scores, key.top_logprobs)  # [rows, k] each
+        done = tf.zeros_like(token, tf.bool) if finished is None else finished
+        top_tokens = xla.dynamic_update_slice(top_tokens, tf.where(done[:, None], -1, ids)[:, None], tf.stack([0, step, 0]))
+        top_logprobs = xla.dynamic_update_slice(top_logprobs, tf.where(done[:, None], 0.0, best)[:, None],
+                                                tf.stack([0, step, 0]))
     if key.scores:
         kept_scores = xla.dynamic_update_slice(kept_scores, scores[None], at)
     if key.logits:
@@ -206,7 +224,7 @@ def record(rec: Record, key: CompileKey, step, logits, scores, token, finished) 
     if checks_scores(key):
         nan = tf.reduce_any(tf.math.is_nan(scores), axis=-1)
         invalid |= nan if finished is None else nan & ~finished
-    return Record(logprobs, kept_scores, kept_logits, invalid)
+    return Record(logprobs, kept_scores, kept_logits, invalid, top_tokens, top_logprobs)
 
 
 class Outputs(NamedTuple):

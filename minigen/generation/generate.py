@@ -286,7 +286,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
             num_beams, num_return_sequences, length_penalty, early_stopping, repetition_penalty,
             no_repeat_ngram_size, min_new_tokens, penalty_alpha (contrastive search), eos_token_id,
             pad_token_id, seed,
-            pad_to_multiple_of, return_dict, output_scores, output_logits, output_logprobs,
+            pad_to_multiple_of, return_dict, output_scores, output_logits, output_logprobs, top_logprobs,
             prompt_lookup_num_tokens, max_matching_ngram_size, num_assistant_tokens; see GenerationConfig).
 
     Returns:
@@ -331,7 +331,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
     # the prompt part exactly as given, pad ids included (the model saw valid ids in pad slots)
     sequences[:, :width] = np.repeat(given_ids(input_ids), len(sequences) // batch, axis=0)
-    if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or return_state):
+    if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or cfg.top_logprobs
+            or return_state):
         return sequences
     steps = int(result.steps)
     output = GenerateOutput(sequences=sequences, state=state, speculation=speculation_stats)
@@ -341,6 +342,9 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         output.logits = per_step(result.record.logits.numpy(), steps, key.pad_id)
     if cfg.output_logprobs:
         output.logprobs = result.record.logprobs.numpy()
+    if cfg.top_logprobs:
+        output.top_tokens = result.record.top_tokens.numpy()
+        output.top_logprobs = result.record.top_logprobs.numpy()
     if key.beam and cfg.output_scores:
         output.sequences_scores = result.sequences_scores.numpy().reshape(-1)
         output.beam_indices = result.beam_indices.numpy().reshape(len(sequences), -1)

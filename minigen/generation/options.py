@@ -493,6 +493,15 @@ OPTIONS = (
            "compute_transition_scores(..., normalize_logits=True))", KEY, strategies=ALL - {BEAM}, modes=OUTPUTS,
            refusals={BEAM: "output_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 "
                            "use output_scores and compute_transition_scores(sequences, scores, beam_indices)"}, engine=True),
+    Option("top_logprobs", 0, integer(0, 256),
+           "GenerateOutput.top_logprobs and .top_tokens [rows, max_new_tokens, k]: each step's k most likely tokens "
+           "and their log-probs under the distribution the token was chosen from, best first (0 = off; after EOS "
+           "tokens -1, log-probs 0; -inf for tokens a warper ruled out); minigen's own, as OpenAI's top_logprobs",
+           KEY, strategies=ALL - {BEAM, SPECULATIVE}, modes=OUTPUTS,
+           refusals={BEAM: "top_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 use "
+                           "output_scores",
+                     SPECULATIVE: "{via} (speculative decoding) does not return {name}; use output_logprobs for the "
+                                  "chosen tokens' log-probs"}, engine=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -31,6 +31,9 @@ class GenerateOutput:
         gives [max_new_tokens, rows, vocab].
     logits: output_logits: the raw logits, same layout.
     logprobs: output_logprobs: [rows, max_new_tokens] the log-prob of each chosen token (0 after EOS).
+    top_logprobs, top_tokens: top_logprobs=k: [rows, max_new_tokens, k] float32 / int32, each step's k
+        most likely tokens and their log-probs under the distribution the token was chosen from, best
+        first (after EOS: log-probs 0, tokens -1).
     sequences_scores: beam search with output_scores: [rows] length-penalised hypothesis scores.
     beam_indices: beam search with output_scores: [rows, max_new_tokens] int32, the beam row (of
         `scores`' rows) each token was chosen in, -1 past the hypothesis' end.
@@ -43,6 +46,8 @@ class GenerateOutput:
     scores: tuple | None = None
     logits: tuple | None = None
     logprobs: np.ndarray | None = None
+    top_logprobs: np.ndarray | None = None
+    top_tokens: np.ndarray | None = None
     sequences_scores: np.ndarray | None = None
     beam_indices: np.ndarray | None = None
     state: "GenerationState | None" = None

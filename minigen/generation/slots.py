@@ -51,10 +51,13 @@ class SlotState(NamedTuple):
     finished: tf.Variable  # [S] bool: done, or free
     reason: tf.Variable  # [S] int32: why it finished (REASONS), RUNNING while it runs
     logprobs: tf.Variable  # [S, W] float32: each generated token's log-prob, at its slot
+    top_tokens: tf.Variable  # [S, W, K] int32: each step's K most likely tokens, at the chosen token's slot
+    top_logprobs: tf.Variable  # [S, W, K] float32: their log-probs (K = the engine's top_logprobs, 0 = off)
 
 
-def new_state(net, slots: int, width: int) -> SlotState:
-    """Zeroed variables for `slots` slots of `width` cache slots each, every slot free."""
+def new_state(net, slots: int, width: int, top: int = 0) -> SlotState:
+    """Zeroed variables for `slots` slots of `width` cache slots each, every slot free; `top`: the
+    most likely tokens kept per step (top_logprobs)."""
     cfg = net.config
     cache = net.new_cache(slots, width)
     var = lambda value: tf.Variable(value, trainable=False)  # noqa: E731
@@ -67,6 +70,8 @@ def new_state(net, slots: int, width: int) -> SlotState:
         finished=var(tf.ones([slots], tf.bool)),
         reason=var(tf.zeros([slots], tf.int32)),
         logprobs=var(tf.zeros([slots, width], tf.float32)),
+        top_tokens=var(tf.zeros([slots, width, top], tf.int32)),
+        top_logprobs=var(tf.zeros([slots, width, top], tf.float32)),
     )
 
 
@@ -235,6 +240,11 @@ class Chunk(NamedTuple):
     finished: tf.Tensor
     reason: tf.Tensor
     logprobs: tf.Tensor
+    top_tokens: tf.Tensor
+    top_logprobs: tf.Tensor
+
+
+KEPT = Chunk._fields[3:]  # the SlotState variables a chunk reads and assigns back (after step, freed, cache)
 
 
 def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengths, steps, refill, stop_key: tuple,
@@ -244,7 +254,7 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
     stop_table, stop_lengths: the engine's stop strings (stop_strings.StopTable; stop_key its
     shape_key, () for none); sampling: whether a running row samples (see `choose`). Returns the
     steps taken; the variables hold the new state."""
-    width, vocab = state.tokens.shape[1], state.logits.shape[1]
+    width, vocab, top = state.tokens.shape[1], state.logits.shape[1], state.top_tokens.shape[2]
     is_eos = eos_table(rows.eos, vocab)  # [S, vocab]
     columns = tf.range(width)[None, :]
     key_mask = tf.ones_like(state.tokens, tf.bool)  # the causal part hides what is not yet written
@@ -256,6 +266,11 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
         tokens = tf.where(here, token[:, None], c.tokens)
         logprobs = tf.cond(rows.logprobs, lambda: tf.where(here, core.token_logprob(scores, token)[:, None],
                                                            c.logprobs), lambda: c.logprobs)
+        top_tokens, top_logprobs = c.top_tokens, c.top_logprobs
+        if top:
+            best, ids = core.most_likely(scores, top)  # [S, K] each
+            top_tokens = tf.where(here[:, :, None], ids[:, None, :], top_tokens)
+            top_logprobs = tf.where(here[:, :, None], best[:, None, :], top_logprobs)
         eos = tf.reduce_any(token[:, None] == rows.eos, axis=1)
         stop = tf.zeros_like(eos)
         if stop_key:
@@ -266,19 +281,18 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
         reason = tf.where(done, tf.where(eos, EOS, tf.where(stop, STOP_STRING, LENGTH)), c.reason)
         logits, cache = net.decode_one_token(token, c.length, c.cache, kv.View(key_mask, c.length))
         return Chunk(c.step + 1, c.freed | tf.reduce_any(done), cache, logits, tokens,
-                     c.length + tf.cast(active, tf.int32), generated, c.finished | done, reason, logprobs)
+                     c.length + tf.cast(active, tf.int32), generated, c.finished | done, reason, logprobs,
+                     top_tokens, top_logprobs)
 
     def going(c: Chunk):
         return (c.step < steps) & ~tf.reduce_all(c.finished) & ~(refill & c.freed)
 
     start = Chunk(tf.constant(0), tf.constant(False),
                   kv.KVCache(tuple(v.read_value() for v in state.keys), tuple(v.read_value() for v in state.values)),
-                  state.logits.read_value(), state.tokens.read_value(), state.length.read_value(),
-                  state.generated.read_value(), state.finished.read_value(), state.reason.read_value(),
-                  state.logprobs.read_value())
+                  *(getattr(state, name).read_value() for name in KEPT))
     end = tf.while_loop(going, lambda c: (step(c),), (start,))[0]
     for var, value in zip(state.keys + state.values, end.cache.keys + end.cache.values):
         var.assign(value)
-    for name in ("logits", "tokens", "length", "generated", "finished", "reason", "logprobs"):
+    for name in KEPT:
         getattr(state, name).assign(getattr(end, name))
     return end.step

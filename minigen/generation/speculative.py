@@ -247,5 +247,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     )[0]
     stats = tf.stack([state.iteration, state.accepted, state.row_steps])
     vocab = net.config.vocab_size
-    record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]), tf.zeros([0], tf.bool))  # scores: refused (config)
+    none = tf.zeros([rows, 0, 0])  # scores, logits, top_logprobs: refused (config)
+    record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]), tf.zeros([0], tf.bool),
+                         tf.cast(none, tf.int32), none)
     return core.Outputs(state.sequences, record, tf.reduce_max(state.lengths) - bucket, speculation=stats)
