@@ -251,7 +251,9 @@ def numpy_top_n_sigma(logits, n, keep):
     return out
 
 
-@pytest.mark.parametrize("n, keep", [(0.5, 1), (1.5, 1), (0.1, 4), (3.0, 1)])
+# two cases in the default run (a tight cut with min_tokens_to_keep above it, a loose one), all under `make soak`
+@pytest.mark.parametrize("n, keep", [(0.5, 1), pytest.param(1.5, 1, marks=pytest.mark.slow), (0.1, 4),
+                                     pytest.param(3.0, 1, marks=pytest.mark.slow)])
 def test_top_n_sigma_follows_its_definition(hf_and_minigen, n, keep):
     """top_n_sigma against the NumPy definition above on random rows (some entries already -inf), and
     through generate: the first step's sampled-from scores are the definition applied to its logits
