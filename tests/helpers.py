@@ -56,7 +56,7 @@ README = ROOT / "README.md"
 # the documentation pages in the order their Python blocks run (a later page may use a name an earlier
 # one defined): tests/test_readme.py and tests/test_docs_commands.py read them
 DOC_PAGES = [README] + [ROOT / "docs" / name for name in (
-    "generation.md", "options.md", "strategies.md", "engine.md", "scoring.md", "parity.md", "cli.md", "convert.md", "serving.md", "speed.md", "precision.md",
+    "generation.md", "options.md", "strategies.md", "structured.md", "engine.md", "scoring.md", "parity.md", "cli.md", "convert.md", "serving.md", "speed.md", "precision.md",
     "how-it-works.md", "troubleshooting.md")]
 
 

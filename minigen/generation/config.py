@@ -7,7 +7,8 @@ import dataclasses
 import difflib
 import typing
 
-from .options import (ALIASES, BY_NAME, CONTINUE, GENERATE, IGNORED, INT32_MAX, NOT_SUPPORTED, OPTIONS, STREAM, _is_int,
+from .options import (ALIASES, BY_NAME, CONSTRAINT_OPTIONS, CONTINUE, GENERATE, IGNORED, INT32_MAX, NOT_SUPPORTED,
+                      OPTIONS, STREAM, _is_int,
                       check_combination, check_value, doc_lines)
 
 def normalise_names(options: dict) -> dict:
@@ -108,6 +109,9 @@ class _Methods:
             setattr(self, option.name, check_value(option, getattr(self, option.name)))
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
+        given = [name for name in CONSTRAINT_OPTIONS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of regex, json_schema and choices, got {' and '.join(given)}")
         self._check_ids(model_config)
         if model_config is not None:
             self._check_model(model_config)
@@ -158,6 +162,19 @@ class _Methods:
             self, max_new_tokens=20 if max_new is None else max_new,
             min_new_tokens=max(self.min_new_tokens, self.min_length - width),
             forced_bos_token_id=self.forced_bos_token_id if width == 1 else None)
+
+    @property
+    def constraint(self) -> tuple | None:
+        """Structured output's (option, value): ("regex" | "json_schema" | "choices", value), or None."""
+        for name in CONSTRAINT_OPTIONS:
+            if getattr(self, name) is not None:
+                return name, getattr(self, name)
+        return None
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the structured-output mask is in the graph (its table travels as tensors)."""
+        return self.constraint is not None
 
     @property
     def forced_eos_ids(self) -> tuple[int, ...]:

@@ -44,6 +44,7 @@ class ContrastiveState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
     prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
     finished: tf.Tensor  # [rows] bool
+    automaton: tf.Tensor  # [rows] int32: structured output's state (not taken by contrastive search yet)
     record: core.Record  # what is kept of each step when asked
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from . import constraints
 from . import processors as P
 from .config import GenerationConfig
 from .stop_strings import stop_hit
@@ -62,18 +63,21 @@ class CompileKey(NamedTuple):
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
     stop: tuple = ()  # stop strings: the check's shapes (stop_strings.StopTable.shape_key), () = off
+    constraint: tuple = ()  # structured output: (state bucket, class bucket) of its tables, () = off
     candidates: int = 0  # contrastive search: top_k tokens scored per step (the block's width)
     prefix: int = 0  # continuing: cache slots [0, prefix) come from the previous call's cache
     return_cache: bool = False  # also return the final cache (for a later continuation)
 
 
 def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: int, *, prefix: int = 0,
-                return_cache: bool = False, speculation: str = "", runtime: tuple = (), stop: tuple = ()) -> CompileKey:
+                return_cache: bool = False, speculation: str = "", runtime: tuple = (), stop: tuple = (),
+                constraint: tuple = ()) -> CompileKey:
     """The compile key of a checked config for `batch` prompts padded to `bucket`.
 
     speculation: "" | "lookup" | "draft"; runtime: processor options given at run time whatever
     their value (the SavedModel's inputs), so they are in the graph even when off in `cfg`;
-    stop: the stop-string table's shape_key when cfg.stop_strings (the table itself is a Knobs tensor).
+    stop: the stop-string table's shape_key when cfg.stop_strings (the table itself is a Knobs tensor);
+    constraint: the structured-output tables' shape_key when cfg.constraint (likewise).
     """
     strategy = cfg.strategy
     expand = cfg.num_beams if strategy == "beam" else cfg.num_return_sequences
@@ -98,6 +102,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         beam=beam,
         speculation=spec,
         stop=stop,
+        constraint=constraint,
         candidates=cfg.top_k if strategy == "contrastive" else 0,
         prefix=prefix,
         return_cache=return_cache,
@@ -118,6 +123,9 @@ class Knobs(NamedTuple):
     seed: tf.Tensor  # int32 [2]
     stop_table: tf.Tensor  # int32 [vocab + 1, n]: stop strings (stop_strings.StopTable), [1, 1] when off
     stop_lengths: tf.Tensor  # int32 [strings]: their lengths in bytes
+    fsm_allowed: tf.Tensor  # int32 [states, vocab / 32]: structured output's allowed bits (constraints.Tables)
+    fsm_next: tf.Tensor  # int32 [states, classes]: its transitions by token class
+    fsm_class: tf.Tensor  # int32 [vocab]: each token's class ([1, 1], [1, 1], [1] when off)
     processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
 
 
@@ -133,6 +141,9 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
         seed=tf.constant(np.asarray(seed, np.int64).astype(np.int32), tf.int32),
         stop_table=tf.zeros([1, 1], tf.int32),
         stop_lengths=tf.zeros([0], tf.int32),
+        fsm_allowed=tf.zeros([1, 1], tf.int32),
+        fsm_next=tf.zeros([1, 1], tf.int32),
+        fsm_class=tf.zeros([1], tf.int32),
         processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
     )
     return knobs._replace(**{k: v for k, v in given.items() if k in Knobs._fields})
@@ -329,6 +340,28 @@ def stops(sequences, mask, step, slot, knobs: Knobs, key: CompileKey):
         return tf.zeros([tf.shape(sequences)[0]], tf.bool)
     valid = written_slots(mask, step + 1, key.max_new_tokens)
     return stop_hit(knobs.stop_table, knobs.stop_lengths, key.stop, sequences, valid, slot)
+
+
+# -- structured output: each row's automaton state (constraints.py), [rows] int32 --------------------
+
+
+def start_automaton(rows):
+    """[rows] int32: every row at the automaton's start (constraints.build numbers it 1)."""
+    return tf.fill([rows], constraints.START)
+
+
+def allowed_next(state, knobs: Knobs, key: CompileKey, vocab: int):
+    """[rows, vocab] bool: what each row's automaton state allows next, or None without a constraint."""
+    return constraints.allowed_tokens(knobs.fsm_allowed, state, vocab) if key.constraint else None
+
+
+def follow(state, token, finished, knobs: Knobs, key: CompileKey):
+    """(each row's state after its token [rows], [rows] bool: the new state allows nothing, so the
+    row ends). Finished rows keep their state; without a constraint nothing moves or ends."""
+    if not key.constraint:
+        return state, tf.zeros_like(finished)
+    moved = tf.where(finished, state, constraints.advance(knobs.fsm_next, knobs.fsm_class, state, token))
+    return moved, ~finished & constraints.stranded(knobs.fsm_allowed, moved)
 
 
 def is_eos(tokens, eos_ids):

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import time
+import warnings
 import weakref
 from typing import Callable, NamedTuple
 
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from ..status import compile_notice
 from ..model import Transformer
-from . import contrastive
+from . import constraints, contrastive
 from .beam_search import beam_search
 from .config import GenerationConfig
 from . import core
@@ -103,6 +104,37 @@ def stop_inputs(model, cfg: GenerationConfig) -> tuple[tuple, dict]:
                          "(or vocab.json + merges.txt)")
     table = _stop_table(model.tokenizer, cfg.stop_strings)
     return table.shape_key, {"stop_table": tf.constant(table.table), "stop_lengths": tf.constant(table.lengths)}
+
+
+def constraint_inputs(model, cfg: GenerationConfig) -> tuple[tuple, dict, object]:
+    """(the compile key's constraint part, the Knobs tensors, the host Automaton) for cfg.constraint
+    (regex / json_schema / choices), built over the model's tokenizer; ((), {}, None) without one."""
+    if cfg.constraint is None:
+        return (), {}, None
+    kind, value = cfg.constraint
+    if model.tokenizer is None:
+        raise ValueError(f"{kind} (structured output) needs the model's tokenizer: load a model directory that holds "
+                         "tokenizer.json (or vocab.json + merges.txt)")
+    automaton = constraints.automaton(model.tokenizer, kind, value)
+    tables = constraints.tables(automaton, cfg.eos_ids(model.config), model.config.vocab_size, kind)
+    knobs = {"fsm_allowed": tf.constant(tables.allowed), "fsm_next": tf.constant(tables.next_state),
+             "fsm_class": tf.constant(tables.token_class)}
+    return tables.shape_key, knobs, automaton
+
+
+def incomplete_rows(automaton, new_tokens: np.ndarray, eos_ids: tuple) -> np.ndarray:
+    """[rows] bool: the row's new tokens [rows, n] do not complete its constraint (max_new_tokens ran out
+    first, or a stop string ended it early)."""
+    return np.array([not constraints.walk(automaton, row.tolist(), eos_ids) for row in new_tokens], bool)
+
+
+def warn_incomplete(incomplete: np.ndarray, cfg: GenerationConfig) -> None:
+    """Say which rows' structured output is incomplete: never return them silently."""
+    rows = np.nonzero(incomplete)[0].tolist()
+    if rows:
+        warnings.warn(f"row(s) {rows[:10]}{' ...' if len(rows) > 10 else ''} did not complete their {cfg.constraint[0]} "
+                      f"within max_new_tokens={cfg.max_new_tokens}: their text is a prefix of a match, not a match; "
+                      "raise max_new_tokens (return_dict=True gives GenerateOutput.incomplete)", stacklevel=3)
 
 
 def as_config(generation_config, options, defaults: GenerationConfig | None = None) -> GenerationConfig:
@@ -239,6 +271,7 @@ class Call(NamedTuple):
     width: int  # their width as given
     knobs: core.Knobs
     prefix_cache: tuple  # (the continued state's KVCache,) or ()
+    automaton: object = None  # structured output's constraints.Automaton (the host's check of each row)
 
 
 def plan(model, input_ids, attention_mask, generation_config, options: dict, *, streaming: bool = False,
@@ -260,12 +293,14 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
         mask = np.concatenate([cache.mask, mask], axis=1).astype(np.int32)
         bucket, prefix, prefix_cache = ids.shape[1], cache.width - 1, (cache.cache,)
     stop, stop_knobs = stop_inputs(model, cfg)
+    constraint, constraint_knobs, automaton = constraint_inputs(model, cfg)
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
-                      speculation=speculation, stop=stop)
+                      speculation=speculation, stop=stop, constraint=constraint)
     ids, mask = expand_rows(ids, mask, key)
     check_record_memory(key, model.config.vocab_size)
     check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
-    return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs), prefix_cache)
+    return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs), prefix_cache,
+                automaton)
 
 
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
@@ -331,11 +366,15 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
     # the prompt part exactly as given, pad ids included (the model saw valid ids in pad slots)
     sequences[:, :width] = np.repeat(given_ids(input_ids), len(sequences) // batch, axis=0)
+    incomplete = None if call.automaton is None else \
+        incomplete_rows(call.automaton, sequences[:, width:], key.eos_ids)
     if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or cfg.top_logprobs
             or return_state):
+        if incomplete is not None:
+            warn_incomplete(incomplete, cfg)
         return sequences
     steps = int(result.steps)
-    output = GenerateOutput(sequences=sequences, state=state, speculation=speculation_stats)
+    output = GenerateOutput(sequences=sequences, state=state, speculation=speculation_stats, incomplete=incomplete)
     if cfg.output_scores:
         output.scores = per_step(result.record.scores.numpy(), steps, key.pad_id)
     if cfg.output_logits:
@@ -431,4 +470,7 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     elapsed = time.perf_counter() - began
     logger.info("streamed %d x %d tokens in %.3fs (%.1f tok/s%s)", batch, done, elapsed, batch * done / elapsed,
                 ", incl. the compile" if model.trace_count != traces else "")
+    if call.automaton is not None and stopped is None:
+        warn_incomplete(incomplete_rows(call.automaton, state.sequences[:, bucket:bucket + done].numpy(), key.eos_ids),
+                        cfg)
     return stopped

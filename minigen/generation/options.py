@@ -217,6 +217,40 @@ def stop_list(name: str, value) -> None:
                          f"{len(stops)} of {size} bytes (each string is a table checked inside the compiled loop)")
 
 
+MAX_CHOICES = 4096  # choices=: each is a path of the automaton, built on the host
+
+
+def regex_text(name: str, value) -> None:
+    """None or a regex (a non-empty str, outlines-core's syntax)"""
+    if value is not None and (not isinstance(value, str) or not value or not _is_text(value)):
+        raise ValueError(f"{name} must be a non-empty regex string (valid Unicode text), got {value!r}")
+
+
+def schema_text(name: str, value) -> None:
+    """None or a JSON schema: a dict, or its JSON text"""
+    import json  # noqa: PLC0415
+
+    if value is None:
+        return
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a JSON schema: a dict of JSON values or its JSON text ({e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON schema object (a dict or its JSON text), got {value!r}")
+
+
+def choice_list(name: str, value) -> None:
+    """None or a non-empty list of non-empty strings (at most 4096)"""
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c and _is_text(c)
+                                                                    for c in value):
+        raise ValueError(f"{name} must be a non-empty list of non-empty strings, got {value!r}")
+    if len(value) > MAX_CHOICES:
+        raise ValueError(f"{name}: at most {MAX_CHOICES} strings, got {len(value)}")
+
+
 def functions(name: str, value) -> None:
     """a list of functions fn(sequences, valid, generated, logits) -> logits"""
     if not isinstance(value, (list, tuple)) or not all(callable(f) for f in value):
@@ -283,6 +317,15 @@ WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, CONTRASTIVE: WARPER}
 NO_ROW_TOKENS = ALL - {SPECULATIVE}  # speculative verify blocks do not carry the rows' tokens
 OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) cannot return
 IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
+# structured output's options (constraints.py): at most one per call
+CONSTRAINT_OPTIONS = ("regex", "json_schema", "choices")
+# it runs in greedy search and sampling so far
+CONSTRAINED = frozenset((GREEDY, SAMPLE))
+CONSTRAINED_MODES = frozenset((GENERATE, STREAM))
+CONSTRAINT_REFUSALS = {
+    **dict.fromkeys((BEAM, CONTRASTIVE, SPECULATIVE), "{name} (structured output) works with greedy search and "
+                    "sampling so far, not with num_beams > 1, penalty_alpha or speculative decoding"),
+    CONTINUE: "{name} (structured output) does not combine with cache/return_state (continuing a generation)"}
 
 
 def _words(value) -> tuple:
@@ -295,6 +338,26 @@ def _bias(value) -> tuple:
 
 def _stops(value) -> tuple:
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def schema_argument(text: str) -> str:
+    """--json-schema's value: JSON text as it is, else the path of a file holding it."""
+    import argparse  # noqa: PLC0415 - the command's type function
+
+    if text.lstrip().startswith("{"):
+        return text
+    try:
+        with open(text, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"not JSON text (it does not start with '{{') and not a readable file: "
+                                         f"{e.strerror}: {text!r}") from None
+
+
+def _schema(value) -> str:
+    import json  # noqa: PLC0415
+
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def _keyed(value) -> tuple:
@@ -438,6 +501,24 @@ OPTIONS = (
     Option("renormalize_logits", False, BOOL,
            "log-softmax the processed scores (matters for beam scores; the choice of greedy, sampling and "
            "contrastive search does not change)", KEY, flag="--renormalize-logits"),
+    # -- structured output (constraints.py): one of them; the automaton's table travels as tensors, its size
+    # buckets shape the graph; the mask applies with the processors (after min_new_tokens, as HF's
+    # PrefixConstrainedLogitsProcessor), before the warpers
+    Option("regex", None, regex_text,
+           "the new text must match this regex (outlines-core's syntax, matched whole; needs the model's "
+           "tokenizer and minigen[structured]); EOS only where the match is complete", KEY,
+           strategies=CONSTRAINED, modes=CONSTRAINED_MODES, flag="--regex", cli={"metavar": "REGEX", "type": str},
+           refusals=CONSTRAINT_REFUSALS),
+    Option("json_schema", None, schema_text,
+           "the new text must be JSON valid against this schema (a dict or its JSON text; via outlines-core's "
+           "schema-to-regex, keywords it would ignore refused)", KEY, strategies=CONSTRAINED,
+           modes=CONSTRAINED_MODES, flag="--json-schema", cli={"metavar": "FILE|JSON", "type": schema_argument},
+           normalise=_schema,
+           refusals=CONSTRAINT_REFUSALS),
+    Option("choices", None, choice_list,
+           "the new text must be one of these strings", KEY, strategies=CONSTRAINED, modes=CONSTRAINED_MODES,
+           flag="--choice", cli={"action": "append", "metavar": "TEXT"},
+           normalise=lambda v: None if v is None else tuple(v), refusals=CONSTRAINT_REFUSALS),
     # -- stopping
     Option("eos_token_id", None, token_ids(empty=True), "int or list of ints; None uses the model config's", KEY, ids=_ids,
            flag="--eos-token-id", cli={"nargs": "*", "metavar": "ID"}, engine=True),

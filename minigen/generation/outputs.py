@@ -40,6 +40,8 @@ class GenerateOutput:
     state: with return_state=True: pass as generate(..., cache=state).
     speculation: speculative decoding: verify_steps, mean_accepted_tokens (candidates accepted per row
         and verify step), tokens_per_step (mean_accepted_tokens + 1: the target adds one of its own).
+    incomplete: structured output (regex / json_schema / choices): [rows] bool, the row's text is only a
+        prefix of a match (max_new_tokens ran out first, or a stop string ended it).
     """
 
     sequences: np.ndarray
@@ -52,6 +54,7 @@ class GenerateOutput:
     beam_indices: np.ndarray | None = None
     state: "GenerationState | None" = None
     speculation: dict | None = None
+    incomplete: np.ndarray | None = None
 
     # as the reference's ModelOutput: out["sequences"], out[0] (the fields that are set, in order), keys()
     def keys(self) -> list[str]:

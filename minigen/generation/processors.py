@@ -2,7 +2,8 @@
 
     processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> presence_penalty
                                               -> frequency_penalty -> no_repeat_ngram -> bad_words_ids
-                                              -> min_new_tokens (and min_length) -> forced_bos -> forced_eos
+                                              -> min_new_tokens (and min_length) -> structured output's
+                                              mask -> forced_bos -> forced_eos
                                               -> remove_invalid_values -> exponential_decay_length_penalty
                                               -> suppress_tokens -> begin_suppress_tokens -> logits_processor (the
                                               user's functions)
@@ -476,6 +477,7 @@ class Step(NamedTuple):
     next_slot: tf.Tensor | None  # int32 scalar: the slot of `sequences` the next token goes to
     generated: tf.Tensor  # int32: tokens generated before this one, [] or one per position ([rows, s])
     eos_ids: tuple
+    allowed: tf.Tensor | None = None  # [rows, vocab] bool: what each row's structured-output automaton allows
 
 
 ALWAYS = "always"  # a Processor's `off` for one that is always in the graph (cheap, value at run time)
@@ -508,6 +510,8 @@ PROCESSORS = (
               lambda words: word_table((w, 0.0) for w in words)),
     Processor("min_new_tokens", ALWAYS, False, tf.int32,  # min_length is folded in (GenerationConfig.for_prompt)
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n)),
+    Processor("constrained", False, True, None,  # structured output (constraints.py): the automaton's mask
+              lambda logits, s, on: tf.where(s.allowed, logits, NEG_INF)),
     Processor("forced_bos_token_id", None, True, None,
               lambda logits, s, token: force_tokens(logits, (token,), s.generated == 0)),
     Processor("forced_eos", (), True, None,  # ((ids), the last step)

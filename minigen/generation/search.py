@@ -32,6 +32,7 @@ class DecodeState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
     prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
     finished: tf.Tensor  # [rows] bool
+    automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow; unused without a constraint)
     record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
 
 
@@ -55,6 +56,7 @@ def first_state(ids, mask, key: CompileKey, cache, logits) -> DecodeState:
         sequences=core.new_sequences(ids, key.max_new_tokens, key.pad_id),
         prompt_len=tf.reduce_sum(mask, axis=1),
         finished=tf.zeros([rows], tf.bool),
+        automaton=core.start_automaton(rows),
         record=core.new_record(key, rows, logits.shape[-1]),
     )
 
@@ -71,14 +73,18 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
     def choose(state: DecodeState) -> DecodeState:
         """Pick the next token from state.logits and write it (pad for rows already finished)."""
         slot = bucket + state.step
-        step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids)
+        allowed = core.allowed_next(state.automaton, knobs, key, state.logits.shape[-1])
+        step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids,
+                    allowed)
         scores = core.scores(state.logits, step, knobs, key)
         token = core.choose_token(scores, key, core.rng_key(knobs.seed, state.step))
         token = tf.where(state.finished, key.pad_id, token)
         record = core.record(state.record, key, state.step, state.logits, scores, token, state.finished)
         sequences = core.write_column(state.sequences, slot, token)
-        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
-        return state._replace(step=state.step + 1, sequences=sequences, finished=state.finished | ended, record=record)
+        automaton, stranded = core.follow(state.automaton, token, state.finished, knobs, key)
+        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key) | stranded
+        return state._replace(step=state.step + 1, sequences=sequences, finished=state.finished | ended,
+                              automaton=automaton, record=record)
 
     def step(state: DecodeState) -> DecodeState:
         """Choose a token, then run it through the model for the next token's logits."""
