@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import status
+from .generation import constraints
 from .generation import slots as S
 from .generation.config import GenerationConfig, normalise_names
 from .generation.generate import _stop_table, as_config, model_defaults
@@ -64,6 +65,7 @@ class Result:
     logprobs: list | None = None  # each new token's log-prob, when the request asked (output_logprobs)
     top_tokens: list | None = None  # per new token its top_logprobs=k most likely tokens, best first (when asked)
     top_logprobs: list | None = None  # and their log-probs under the distribution the token was chosen from
+    incomplete: bool | None = None  # structured output: the text is only a prefix of a match (None: no constraint)
 
 
 @dataclasses.dataclass
@@ -85,6 +87,7 @@ class Request:
     eos: tuple
     seed: np.ndarray  # [2] int32
     wants_text: bool
+    automaton: object = None  # structured output's constraints.Automaton (regex / json_schema / choices)
 
 
 def unsupported(model, options: dict) -> list[str]:
@@ -148,7 +151,17 @@ def check_request(model, request, index, max_length: int) -> Request:
         raise _refusal(index, f"eos_token_id has {len(eos)} ids; the engine takes at most {EOS_BUDGET} per request")
     seed = cfg.seed if cfg.seed is not None else np.random.randint(-(2**31), 2**31 - 1, size=2)
     seed = np.asarray(seed, np.int64).astype(np.int32)
-    return Request(index, ids, cfg, eos, seed, model.tokenizer is not None)
+    automaton = None
+    if cfg.constraint is not None:
+        kind, value = cfg.constraint
+        if model.tokenizer is None:
+            raise _refusal(index, f"{kind} (structured output) needs the model's tokenizer")
+        try:
+            automaton = constraints.automaton(model.tokenizer, kind, value)
+            constraints.tables(automaton, (), model.config.vocab_size, kind)  # refuses one too large
+        except ValueError as e:
+            raise _refusal(index, str(e)) from None
+    return Request(index, ids, cfg, eos, seed, model.tokenizer is not None, automaton)
 
 
 def _as_ids(ids, index, vocab: int) -> list:
@@ -283,6 +296,8 @@ class Engine:
         self._ids = itertools.count()
         self._stop_strings: list[str] = []
         self._stop = ((), tf.zeros([1, 1], tf.int32), tf.zeros([0], tf.int32))
+        self._constraints: list = []  # the running requests' distinct constraints, in the Automata's order
+        self._fsm = ((), automata([], model.config.vocab_size))
         self._rows = self._empty_rows()  # each slot's options (numpy), as slots.RowOptions
         self._rows_t = None  # the same as tensors, made when the running set changes
         self.cancelled: list[int] = []
@@ -345,14 +360,16 @@ class Engine:
         if not self.running:
             return updates
         stop_key, table, lengths = self._stop_table()
+        fsm_key, fsm = self._fsm
         sampling = any(r.cfg.do_sample for r in self.running.values())
-        fn = self._compiled(("engine-decode", self.slots, self.width, self.top, EOS_BUDGET, stop_key, sampling),
-                            lambda state, rows, table, lengths, steps, refill: S.decode_chunk(
-                                self.model.network, state, rows, table, lengths, steps, refill, stop_key, sampling),
+        fn = self._compiled(("engine-decode", self.slots, self.width, self.top, EOS_BUDGET, stop_key, fsm_key, sampling),
+                            lambda state, rows, table, lengths, fsm, steps, refill: S.decode_chunk(
+                                self.model.network, state, rows, table, lengths, fsm, steps, refill, stop_key, fsm_key,
+                                sampling),
                             f"the engine's decode step ({self.slots} slots x {self.width} tokens)")
         began = time.perf_counter()
         with status.compile_notice(fn.what, fn.fresh):
-            fn.call(self.state, self._rows_t, table, lengths, tf.constant(self.chunk_size, tf.int32),
+            fn.call(self.state, self._rows_t, table, lengths, fsm, tf.constant(self.chunk_size, tf.int32),
                     tf.constant(bool(self.queue)))
         updates += self._collect()
         self.seconds["decode"] += time.perf_counter() - began
@@ -372,7 +389,8 @@ class Engine:
             top_p=np.ones(n, np.float32), min_p=np.zeros(n, np.float32),
             repetition_penalty=np.ones(n, np.float32), min_new_tokens=np.zeros(n, np.int32),
             max_new_tokens=np.ones(n, np.int32), seed=np.zeros([n, 2], np.int32),
-            eos=np.full([n, EOS_BUDGET], -1, np.int32), stops=np.zeros([n, 0], bool), logprobs=np.array(False))
+            eos=np.full([n, EOS_BUDGET], -1, np.int32), stops=np.zeros([n, 0], bool), logprobs=np.array(False),
+            constraint=np.full(n, -1, np.int32))
 
     def _set_row(self, slot: int, r: Request) -> None:
         rows, cfg = self._rows, r.cfg
@@ -395,7 +413,25 @@ class Engine:
             for s in r.cfg.stop_strings:
                 stops[slot, self._stop_strings.index(s)] = True
         wants = any(r.cfg.output_logprobs for r in self.running.values())
-        return S.RowOptions(*(tf.constant(v) for v in rows._replace(stops=stops, logprobs=np.array(wants))))
+        which = np.full(self.slots, -1, np.int32)
+        for slot, r in self.running.items():
+            if r.cfg.constraint is not None:
+                which[slot] = self._constraints.index(r.cfg.constraint)
+        return S.RowOptions(*(tf.constant(v) for v in rows._replace(stops=stops, logprobs=np.array(wants),
+                                                                       constraint=which)))
+
+    def _automata(self) -> None:
+        """The Automata of the running requests' constraints, rebuilt when that set changes (a compile
+        when its buckets grow); a row's state is local to its constraint's block, so rows keep theirs."""
+        running = {}
+        for r in self.running.values():
+            if r.cfg.constraint is not None:
+                running.setdefault(_frozen(r.cfg.constraint), r)
+        wanted = [r.cfg.constraint for r in running.values()]
+        if [_frozen(c) for c in wanted] != [_frozen(c) for c in self._constraints]:
+            self._constraints = wanted
+            fsm = automata([r.automaton for r in running.values()], self.model.config.vocab_size)
+            self._fsm = (fsm.shape_key if wanted else (), fsm)
 
     def _stop_table(self):
         if self._stop is None:
@@ -424,6 +460,7 @@ class Engine:
             self._prefill_wave(wave)
             admitted = later
         self.seconds["prefill"] += time.perf_counter() - began
+        self._automata()
         self._rows_t = self._row_tensors() if self.running else None
 
     def _prefill_wave(self, admitted: list) -> None:
@@ -522,10 +559,37 @@ class Engine:
         text = self.model.tokenizer.decode(new) if r.wants_text else None
         kept = [float(x) for x in logprobs] if r.cfg.output_logprobs and logprobs is not None else None
         result = Result(r.request_id, r.prompt_ids, new, reason, text, kept)
+        if r.automaton is not None:
+            result.incomplete = reason != "constraint" and not constraints.walk(r.automaton, new, r.eos)
         if r.cfg.top_logprobs and top is not None:
             k = r.cfg.top_logprobs
             result.top_tokens, result.top_logprobs = top[0][:, :k].tolist(), top[1][:, :k].tolist()
         return result
+
+
+def _frozen(constraint) -> tuple:
+    """A constraint (kind, value) as a hashable key (choices come as a tuple, a schema as its JSON text)."""
+    kind, value = constraint
+    return kind, tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def automata(autos: list, vocab: int) -> S.Automata:
+    """The engine's tensors for these constraints' automata, padded to common buckets (states,
+    classes: constraints.bucket; constraints: a power of two); one all-zero block when there are none."""
+    states = max([constraints.bucket(a.allowed.shape[0]) for a in autos], default=1)
+    classes = max([constraints.bucket(a.next_state.shape[1]) for a in autos], default=1)
+    k = 1 << max(len(autos) - 1, 0).bit_length()
+    allowed = np.zeros([k, states, constraints.words(vocab)], np.int32)
+    accepting = np.zeros([k, states], bool)
+    next_state = np.zeros([k, states, classes], np.int32)
+    token_class = np.zeros([k, vocab], np.int32)
+    for i, a in enumerate(autos):
+        n, c, v = a.allowed.shape[0], a.next_state.shape[1], min(a.token_class.shape[0], vocab)
+        allowed[i, :n] = constraints.packed_for(a, vocab)
+        accepting[i, :n] = a.accepting
+        next_state[i, :n, :c] = a.next_state
+        token_class[i, :v] = a.token_class[:v]
+    return S.Automata(tf.constant(allowed), tf.constant(accepting), tf.constant(next_state), tf.constant(token_class))
 
 
 class _Fn:

@@ -45,7 +45,7 @@ def reference_allowed(tokenizer, regex: str, eos: int, start: int):
     def allowed(batch_id, input_ids):
         state = first
         for token in input_ids[start:].tolist():
-            if token == eos:
+            if token == eos or token not in transitions.get(state, {}):  # ended, or a beam already at -inf
                 return [eos]
             state = transitions[state][token]
         return sorted(transitions.get(state, {}))
@@ -95,6 +95,105 @@ def test_greedy_matches_the_reference_with_the_same_index(text_model_dir, kind, 
             if kind == "choices":
                 assert text in value
     assert not out.incomplete.all(), "no row completed: the test would check nothing"
+
+
+@pytest.mark.parametrize("kind, value, regex", [PARITY[0], PARITY[2]], ids=["regex", "json_schema"])
+def test_beam_search_matches_the_reference_with_the_same_index(text_model_dir, kind, value, regex):
+    """One automaton state per beam, inherited from the parent beam: sequences and sequences_scores
+    equal transformers' beam search with the same prefix_allowed_tokens_fn."""
+    import torch
+
+    path, model = text_model_dir
+    tok = model.tokenizer
+    regex = regex or (value if kind == "regex" else constraints.schema_regex(value))
+    ids, mask = padded(tok, ["The quick brown", "A journey of a thousand"])
+    new = 100 if kind == "json_schema" else 30
+    out = model.generate(ids, mask, max_new_tokens=new, num_beams=3, num_return_sequences=2, output_scores=True,
+                         **{kind: value})
+    fn = reference_allowed(tok, regex, tok.eos_id, ids.shape[1])
+    with torch.no_grad():
+        ref = hf_of(path).generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new,
+                                   num_beams=3, num_return_sequences=2, do_sample=False, prefix_allowed_tokens_fn=fn,
+                                   pad_token_id=tok.eos_id, output_scores=True, return_dict_in_generate=True)
+    sequences = np.pad(ref.sequences.numpy(), [(0, 0), (0, out.sequences.shape[1] - ref.sequences.shape[1])],
+                       constant_values=tok.eos_id)
+    np.testing.assert_array_equal(out.sequences, sequences)
+    np.testing.assert_allclose(out.sequences_scores, ref.sequences_scores.numpy(), rtol=1e-4, atol=1e-4)
+    for row, incomplete in zip(out.sequences[:, ids.shape[1]:], out.incomplete):
+        if not incomplete:
+            assert re.fullmatch(regex, tok.decode([t for t in row if t != tok.eos_id]))
+    assert not out.incomplete.all()
+
+
+def test_contrastive_search_texts_match(text_model_dir):
+    """Contrastive search under a constraint: among the top_k candidates a forbidden one (probability 0
+    once masked) never wins, so every completed text matches; where fewer than top_k tokens are allowed
+    the reference could pick a forbidden one, so its tokens are not the yardstick here."""
+    _, model = text_model_dir
+    tok = model.tokenizer
+    regex = r"[a-z]{2,5}-[0-9]{2}"
+    ids, mask = padded(tok, ["The quick brown", "To be", "A journey of a thousand"])
+    out = model.generate(ids, mask, max_new_tokens=30, penalty_alpha=0.6, top_k=4, regex=regex, return_dict=True)
+    for row, incomplete in zip(out.sequences[:, ids.shape[1]:], out.incomplete):
+        assert not incomplete
+        assert re.fullmatch(regex, tok.decode([t for t in row if t != tok.eos_id]))
+
+
+def test_speculative_decoding_accepts_only_what_the_automaton_allows(text_model_dir):
+    """Prompt lookup and a draft model (the same weights, loaded again) propose unconstrained tokens; the
+    verify block masks each position by the automaton state its candidates lead to, so greedy output
+    equals plain greedy with the constraint, and sampled texts match."""
+    import minigen
+
+    path, model = text_model_dir
+    tok = model.tokenizer
+    ids, mask = padded(tok, ["The quick brown fox jumps over the lazy", "To be, or not to be"])
+    regex = r"( [a-z]{1,8}){2,6}[.,]"
+    plain = model.generate(ids, mask, max_new_tokens=30, regex=regex)
+    lookup = model.generate(ids, mask, max_new_tokens=30, regex=regex, prompt_lookup_num_tokens=3)
+    drafted = model.generate(ids, mask, max_new_tokens=30, regex=regex, assistant_model=minigen.load(path),
+                             num_assistant_tokens=3)
+    np.testing.assert_array_equal(lookup, plain)
+    np.testing.assert_array_equal(drafted, plain)
+    sampled = model.generate(ids, mask, max_new_tokens=30, regex=regex, prompt_lookup_num_tokens=3, do_sample=True,
+                             seed=(5, 6), return_dict=True)
+    for row, incomplete in zip(sampled.sequences[:, ids.shape[1]:], sampled.incomplete):
+        if not incomplete:
+            assert re.fullmatch(regex, tok.decode([t for t in row if t != tok.eos_id]))
+
+
+def test_engine_requests_each_with_its_own_constraint_equal_generate_alone(text_model_dir):
+    """The request engine: each request its own constraint (or none) over 2 slots refilled as requests
+    finish, the running set of constraints changing between chunks; each request's tokens, and whether
+    it is incomplete, equal generate on its prompt alone with the same options."""
+    _, model = text_model_dir
+    tok = model.tokenizer
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "maxDigits": 2}},
+              "required": ["ok", "n"]}
+    requests = [
+        {"prompt": "The quick brown", "max_new_tokens": 20, "regex": r"[a-z]{2,5}-[0-9]{2}"},
+        {"prompt": "To be", "max_new_tokens": 12, "choices": ["north", "north-east", "south"]},
+        {"prompt": "A journey of a thousand", "max_new_tokens": 40, "json_schema": schema},
+        {"prompt": "All that", "max_new_tokens": 10},
+        {"prompt": "The quick", "max_new_tokens": 20, "regex": r"( [a-z]{1,6}){2,4}\.", "do_sample": True,
+         "seed": [1, 2], "top_k": 0},
+        {"prompt": "To be", "max_new_tokens": 3, "regex": "[a-z]{20}"},
+        {"prompt": "All that glitters", "max_new_tokens": 12, "choices": ["north", "north-east", "south"],
+         "repetition_penalty": 1.5},
+    ]
+    results = model.generate_many(requests, slots=2)
+    assert sum(r.incomplete is None for r in results) == 1 and results[5].incomplete
+    for request, result in zip(requests, results):
+        ids, mask = padded(tok, [request["prompt"]])
+        options = {k: v for k, v in request.items() if k != "prompt"}
+        alone = model.generate(ids, mask, return_dict=True, **options)
+        row = alone.sequences[0, ids.shape[1]:].tolist()
+        expected = row[:row.index(tok.eos_id) + 1] if tok.eos_id in row else row
+        assert result.new_tokens == expected, (request, result)
+        if alone.incomplete is not None:
+            assert result.incomplete == bool(alone.incomplete[0])
+            if not result.incomplete:
+                assert result.finish_reason == "eos"
 
 
 def test_every_sampled_text_matches_and_accepting_states_go_on(text_model_dir):
@@ -182,9 +281,9 @@ def test_incomplete_output_is_never_silent(text_model_dir):
     (dict(json_schema={"type": "object", "properties": {"n": {"type": "number", "maxDigitsFraction": 2}}}),
      "maxDigitsFraction"),
     (dict(regex="a", choices=["a"]), "give one of regex, json_schema and choices"),
-    (dict(regex="a", num_beams=2), "regex \\(structured output\\) works with greedy search and sampling"),
-    (dict(regex="a", penalty_alpha=0.5, top_k=4), "regex \\(structured output\\)"),
-    (dict(choices=["a"], prompt_lookup_num_tokens=2), "choices \\(structured output\\)"),
+    (dict(choices=["a"] * 5000), "choices: at most 4096"),
+    (dict(choices=["a"], return_state=True), "choices \\(structured output\\) does not combine with "
+                                             "cache/return_state"),
 ])
 def test_bad_constraints_are_named(text_model_dir, options, message):
     _, model = text_model_dir
@@ -216,4 +315,4 @@ def test_gpt2_vocabulary_tables_are_compact():
     assert constraints.walk(auto, tok.encode('{"name": "ab", "age": 31, "mood": "sad", "tags": [true], '
                                              '"home": {"x": 10.5}}') + [tok.eos_id], (tok.eos_id,))
     with pytest.raises(ValueError, match="MiB"):
-        constraints.tables(auto._replace(allowed=np.zeros([40000, 50257], bool)), (tok.eos_id,), 50257)
+        constraints.tables(auto._replace(allowed=np.zeros([40000, 1571], np.int32)), (tok.eos_id,), 50257)

@@ -37,6 +37,7 @@ class BeamState(NamedTuple):
     finished: tf.Tensor  # [batch, num_beams, width] int32: best finished hypotheses
     finished_scores: tf.Tensor  # [batch, num_beams] float32: length-penalised scores
     is_finished: tf.Tensor  # [batch, num_beams] bool: slot holds a real finished hypothesis
+    automaton: tf.Tensor  # [rows] int32: each running beam's structured-output state (core.follow)
     running_beams: tf.Tensor  # [batch, num_beams, max_new] int32: the flat beam row of each token, -1 after
     finished_beams: tf.Tensor  # [batch, num_beams, max_new] int32: the same for finished hypotheses
     record: core.Record  # each step's processed log-probs / raw logits when asked ([0, ...] otherwise)
@@ -161,6 +162,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         finished=sequences,
         finished_scores=tf.fill([batch, nb], -BIG),
         is_finished=tf.zeros([batch, nb], tf.bool),
+        automaton=core.start_automaton(rows),
         running_beams=no_beams,
         finished_beams=no_beams,
         record=core.new_record(key, rows, vocab),
@@ -171,7 +173,8 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     def body(s: BeamState, key_mask) -> BeamState:
         slot = bucket + s.step
         flat = tf.reshape(s.running, [rows, width])
-        step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids)
+        allowed = core.allowed_next(s.automaton, knobs, key, vocab)
+        step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids, allowed)
         logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
         record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
         top = top_continuations(tf.reshape(logprobs, [batch, nb, vocab]), s.running_scores, s.running,
@@ -191,6 +194,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         # that writes each beam's new key/value into its own row at `slot`
         lineage = core.write_column(gather_beams(s.lineage, parents), slot, own_row)
         next_tokens = tf.reshape(running[:, :, bucket + s.step], [rows])
+        # each new beam's automaton: its parent's, moved by its token (a beam never finishes here)
+        inherited = tf.reshape(gather_beams(tf.reshape(s.automaton, [batch, nb]), parents), [rows])
+        automaton, _ = core.follow(inherited, next_tokens, tf.zeros([rows], tf.bool), knobs, key)
 
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
         position = generated_position(prompt_len, s.step)
@@ -205,6 +211,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
             finished=finished,
             finished_scores=finished_scores,
             is_finished=is_finished,
+            automaton=automaton,
             running_beams=running_beams,
             finished_beams=finished_beams,
             record=record,

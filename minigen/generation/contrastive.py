@@ -44,7 +44,7 @@ class ContrastiveState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, then generated tokens, pad after EOS
     prompt_len: tf.Tensor  # [rows] int32: real prompt tokens (the position rule's origin)
     finished: tf.Tensor  # [rows] bool
-    automaton: tf.Tensor  # [rows] int32: structured output's state (not taken by contrastive search yet)
+    automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow)
     record: core.Record  # what is kept of each step when asked
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 
@@ -89,12 +89,17 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
     def step(state: ContrastiveState) -> ContrastiveState:
         slot = bucket + state.step
         valid = core.written_slots(mask, state.step, max_new)  # [rows, bucket + max_new]
-        scores = core.scores(state.logits, Step(state.sequences, valid, slot, state.step, key.eos_ids), knobs, key)
+        allowed = core.allowed_next(state.automaton, knobs, key, state.logits.shape[-1])
+        scores = core.scores(state.logits, Step(state.sequences, valid, slot, state.step, key.eos_ids, allowed), knobs,
+                             key)
         probs, candidates = tf.math.top_k(tf.nn.softmax(scores), k)  # [rows, k]
         position = generated_position(state.prompt_len, state.step)[:, None] + tf.zeros_like(candidates)
         hidden, cache = net.forward(candidates, position, state.cache, kv.View(key_mask, slot, alternatives=True))
         directions = unit(hidden)  # [rows, k, d]
-        choice = rank(probs, degeneration_penalty(state.context, valid, directions), knobs.penalty_alpha)  # [rows]
+        penalty = degeneration_penalty(state.context, valid, directions)
+        if key.constraint:  # fewer allowed tokens than candidates: a forbidden one (probability 0) never wins
+            penalty = tf.where(probs > 0, penalty, float("inf"))
+        choice = rank(probs, penalty, knobs.penalty_alpha)  # [rows]
         token = tf.where(state.finished, key.pad_id, tf.gather(candidates, choice, batch_dims=1))
         cache = kv.KVCache(keys=tuple(kv.keep_one(c, slot, choice, k, heads) for c in cache.keys),
                            values=tuple(kv.keep_one(c, slot, choice, k, heads) for c in cache.values))
@@ -103,10 +108,11 @@ def decode_until(net, state: ContrastiveState, mask, key_mask, knobs: Knobs, key
         next_logits = net.lm_head(tf.gather(hidden, choice, batch_dims=1))
         record = core.record(state.record, key, state.step, state.logits, scores, token, state.finished)
         sequences = core.write_column(state.sequences, slot, token)
-        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key)
+        automaton, stranded = core.follow(state.automaton, token, state.finished, knobs, key)
+        ended = core.is_eos(token, key.eos_ids) | core.stops(sequences, mask, state.step, slot, knobs, key) | stranded
         return state._replace(
             step=state.step + 1, cache=cache, logits=next_logits, sequences=sequences,
-            finished=state.finished | ended, record=record,
+            finished=state.finished | ended, automaton=automaton, record=record,
             context=xla.dynamic_update_slice(state.context, chosen, tf.stack([0, slot, 0])))
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new)

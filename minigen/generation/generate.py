@@ -115,11 +115,9 @@ def constraint_inputs(model, cfg: GenerationConfig) -> tuple[tuple, dict, object
     if model.tokenizer is None:
         raise ValueError(f"{kind} (structured output) needs the model's tokenizer: load a model directory that holds "
                          "tokenizer.json (or vocab.json + merges.txt)")
-    automaton = constraints.automaton(model.tokenizer, kind, value)
-    tables = constraints.tables(automaton, cfg.eos_ids(model.config), model.config.vocab_size, kind)
-    knobs = {"fsm_allowed": tf.constant(tables.allowed), "fsm_next": tf.constant(tables.next_state),
-             "fsm_class": tf.constant(tables.token_class)}
-    return tables.shape_key, knobs, automaton
+    automaton, shape_key, knobs = constraints.loop_inputs(model.tokenizer, kind, value, cfg.eos_ids(model.config),
+                                                          model.config.vocab_size)
+    return shape_key, knobs, automaton
 
 
 def incomplete_rows(automaton, new_tokens: np.ndarray, eos_ids: tuple) -> np.ndarray:

@@ -319,12 +319,9 @@ OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) can
 IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
 # structured output's options (constraints.py): at most one per call
 CONSTRAINT_OPTIONS = ("regex", "json_schema", "choices")
-# it runs in greedy search and sampling so far
-CONSTRAINED = frozenset((GREEDY, SAMPLE))
+CONSTRAINED = ALL
 CONSTRAINED_MODES = frozenset((GENERATE, STREAM))
 CONSTRAINT_REFUSALS = {
-    **dict.fromkeys((BEAM, CONTRASTIVE, SPECULATIVE), "{name} (structured output) works with greedy search and "
-                    "sampling so far, not with num_beams > 1, penalty_alpha or speculative decoding"),
     CONTINUE: "{name} (structured output) does not combine with cache/return_state (continuing a generation)"}
 
 
@@ -508,17 +505,16 @@ OPTIONS = (
            "the new text must match this regex (outlines-core's syntax, matched whole; needs the model's "
            "tokenizer and minigen[structured]); EOS only where the match is complete", KEY,
            strategies=CONSTRAINED, modes=CONSTRAINED_MODES, flag="--regex", cli={"metavar": "REGEX", "type": str},
-           refusals=CONSTRAINT_REFUSALS),
+           refusals=CONSTRAINT_REFUSALS, engine=True),
     Option("json_schema", None, schema_text,
            "the new text must be JSON valid against this schema (a dict or its JSON text; via outlines-core's "
            "schema-to-regex, keywords it would ignore refused)", KEY, strategies=CONSTRAINED,
            modes=CONSTRAINED_MODES, flag="--json-schema", cli={"metavar": "FILE|JSON", "type": schema_argument},
-           normalise=_schema,
-           refusals=CONSTRAINT_REFUSALS),
+           normalise=_schema, refusals=CONSTRAINT_REFUSALS, engine=True),
     Option("choices", None, choice_list,
            "the new text must be one of these strings", KEY, strategies=CONSTRAINED, modes=CONSTRAINED_MODES,
            flag="--choice", cli={"action": "append", "metavar": "TEXT"},
-           normalise=lambda v: None if v is None else tuple(v), refusals=CONSTRAINT_REFUSALS),
+           normalise=lambda v: None if v is None else tuple(v), refusals=CONSTRAINT_REFUSALS, engine=True),
     # -- stopping
     Option("eos_token_id", None, token_ids(empty=True), "int or list of ints; None uses the model config's", KEY, ids=_ids,
            flag="--eos-token-id", cli={"nargs": "*", "metavar": "ID"}, engine=True),

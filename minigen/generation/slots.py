@@ -30,13 +30,15 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from .. import cache as kv
+from . import constraints
 from . import core
 from . import processors as P
 from .stop_strings import stops_reached
 
-# finish reasons, as the slots record them ([slots] int32)
-RUNNING, EOS, STOP_STRING, LENGTH = 0, 1, 2, 3
-REASONS = {EOS: "eos", STOP_STRING: "stop_string", LENGTH: "length"}
+# finish reasons, as the slots record them ([slots] int32); CONSTRAINT: the request's structured-output
+# match is complete and cannot go on, and it has no EOS id to end with
+RUNNING, EOS, STOP_STRING, LENGTH, CONSTRAINT = 0, 1, 2, 3, 4
+REASONS = {EOS: "eos", STOP_STRING: "stop_string", LENGTH: "length", CONSTRAINT: "constraint"}
 
 
 class SlotState(NamedTuple):
@@ -53,6 +55,7 @@ class SlotState(NamedTuple):
     logprobs: tf.Variable  # [S, W] float32: each generated token's log-prob, at its slot
     top_tokens: tf.Variable  # [S, W, K] int32: each step's K most likely tokens, at the chosen token's slot
     top_logprobs: tf.Variable  # [S, W, K] float32: their log-probs (K = the engine's top_logprobs, 0 = off)
+    automaton: tf.Variable  # [S] int32: structured output's state in the slot's constraint (Automata)
 
 
 def new_state(net, slots: int, width: int, top: int = 0) -> SlotState:
@@ -72,7 +75,42 @@ def new_state(net, slots: int, width: int, top: int = 0) -> SlotState:
         logprobs=var(tf.zeros([slots, width], tf.float32)),
         top_tokens=var(tf.zeros([slots, width, top], tf.int32)),
         top_logprobs=var(tf.zeros([slots, width, top], tf.float32)),
+        automaton=var(tf.zeros([slots], tf.int32)),
     )
+
+
+class Automata(NamedTuple):
+    """The structured-output constraints of the running requests, one block each (constraints.Automaton
+    padded to common buckets; EOS is not in `allowed`: each row's own EOS ids are allowed where
+    `accepting`). A row's constraint is RowOptions.constraint; its state is local to that block."""
+
+    allowed: tf.Tensor  # int32 [K, states, vocab / 32]: packed bits
+    accepting: tf.Tensor  # bool [K, states]
+    next_state: tf.Tensor  # int32 [K, states, classes]
+    token_class: tf.Tensor  # int32 [K, vocab]
+
+    @property
+    def shape_key(self) -> tuple:
+        return tuple(self.next_state.shape)
+
+
+def allowed_rows(fsm: Automata, which, state, is_eos):
+    """[S, vocab] bool: what each row's constraint allows next (its EOS ids where its text is a complete
+    match); which [S] int32 the row's constraint, -1 for none (everything allowed)."""
+    at = tf.stack([tf.maximum(which, 0), state], axis=1)
+    vocab = is_eos.shape[1]
+    words = tf.gather_nd(fsm.allowed, at)  # [S, vocab / 32]
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, :, None], tf.range(32)[None, None, :]), 1)
+    allowed = (tf.reshape(bits, [tf.shape(state)[0], -1])[:, :vocab] > 0) | \
+        (is_eos & tf.gather_nd(fsm.accepting, at)[:, None])
+    return allowed | (which < 0)[:, None]
+
+
+def moved(fsm: Automata, which, state, token):
+    """[S] int32: each row's state after its token (rows without a constraint stay at 0)."""
+    k = tf.maximum(which, 0)
+    cls = tf.gather_nd(fsm.token_class, tf.stack([k, token], axis=1))
+    return tf.where(which < 0, 0, tf.gather_nd(fsm.next_state, tf.stack([k, state, cls], axis=1)))
 
 
 class RowOptions(NamedTuple):
@@ -90,6 +128,7 @@ class RowOptions(NamedTuple):
     eos: tf.Tensor  # [S, E] int32: the row's EOS ids, -1 for none
     stops: tf.Tensor  # [S, strings] bool: which of the engine's stop strings the row stops at
     logprobs: tf.Tensor  # bool: keep each chosen token's log-prob
+    constraint: tf.Tensor  # int32: the row's structured-output constraint in the engine's Automata, -1 for none
 
 
 # -- prefill: new requests into free slots -----------------------------------------------------------
@@ -128,6 +167,7 @@ def prefill_into(net, state: SlotState, ids, start, lengths, slots):
     state.generated.scatter_nd_update(at, tf.zeros([k], tf.int32))
     state.finished.scatter_nd_update(at, tf.zeros([k], tf.bool))
     state.reason.scatter_nd_update(at, tf.fill([k], RUNNING))
+    state.automaton.scatter_nd_update(at, tf.fill([k], constraints.START))
     return tf.constant(0)
 
 
@@ -209,12 +249,15 @@ def draws(scores, seed, generated):
     return P.inverse_cdf(scores, uniform)
 
 
-def choose(logits, tokens, valid, generated, rows: RowOptions, is_eos, sampling: bool):
+def choose(logits, tokens, valid, generated, rows: RowOptions, is_eos, sampling: bool, allowed=None):
     """(token [S], the scores it was chosen from [S, vocab]): argmax of the processed scores, or
     for sampling rows a seeded draw from the warped ones. sampling: whether any row may sample (the
     warpers and draws are in the graph only then: they tripled the decode step's compile memory,
-    +430 MB against +134 MB for the shipped 2-layer model)."""
+    +430 MB against +134 MB for the shipped 2-layer model); allowed: [S, vocab] structured output's
+    mask (after the processors, before the warpers, as generate's), or None."""
     scores = row_scores(logits, tokens, valid, generated, rows, is_eos)
+    if allowed is not None:
+        scores = tf.where(allowed, scores, P.NEG_INF)
     greedy = tf.argmax(scores, axis=-1, output_type=tf.int32)
     if not sampling:
         return greedy, scores
@@ -242,18 +285,20 @@ class Chunk(NamedTuple):
     logprobs: tf.Tensor
     top_tokens: tf.Tensor
     top_logprobs: tf.Tensor
+    automaton: tf.Tensor
 
 
 KEPT = Chunk._fields[3:]  # the SlotState variables a chunk reads and assigns back (after step, freed, cache)
 
 
-def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengths, steps, refill, stop_key: tuple,
-                 sampling: bool):
+def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengths, fsm: Automata, steps, refill,
+                 stop_key: tuple, fsm_key: tuple, sampling: bool):
     """Advance every running slot by up to `steps` tokens (an int32 tensor); with `refill` (bool
     tensor) return as soon as a row finishes, so the host can give its slot to a waiting request.
     stop_table, stop_lengths: the engine's stop strings (stop_strings.StopTable; stop_key its
-    shape_key, () for none); sampling: whether a running row samples (see `choose`). Returns the
-    steps taken; the variables hold the new state."""
+    shape_key, () for none); fsm: the running requests' constraints (fsm_key its shape_key, () for
+    none); sampling: whether a running row samples (see `choose`). Returns the steps taken; the
+    variables hold the new state."""
     width, vocab, top = state.tokens.shape[1], state.logits.shape[1], state.top_tokens.shape[2]
     is_eos = eos_table(rows.eos, vocab)  # [S, vocab]
     columns = tf.range(width)[None, :]
@@ -261,7 +306,9 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
 
     def step(c: Chunk) -> Chunk:
         active = ~c.finished
-        token, scores = choose(c.logits, c.tokens, columns < c.length[:, None], c.generated, rows, is_eos, sampling)
+        allowed = allowed_rows(fsm, rows.constraint, c.automaton, is_eos) if fsm_key else None
+        token, scores = choose(c.logits, c.tokens, columns < c.length[:, None], c.generated, rows, is_eos, sampling,
+                               allowed)
         here = (columns == c.length[:, None]) & active[:, None]  # [S, W]: the new token's slot
         tokens = tf.where(here, token[:, None], c.tokens)
         logprobs = tf.cond(rows.logprobs, lambda: tf.where(here, core.token_logprob(scores, token)[:, None],
@@ -277,12 +324,18 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
             reached = stops_reached(stop_table, stop_lengths, stop_key, tokens, columns <= c.length[:, None], c.length)
             stop = tf.reduce_any(reached & rows.stops, axis=1)
         generated = c.generated + tf.cast(active, tf.int32)
-        done = active & (eos | stop | (generated >= rows.max_new_tokens))
-        reason = tf.where(done, tf.where(eos, EOS, tf.where(stop, STOP_STRING, LENGTH)), c.reason)
+        automaton, complete = c.automaton, tf.zeros_like(eos)
+        if fsm_key:  # the new state; a row whose state allows nothing (no EOS id to end with) ends there
+            automaton = tf.where(active, moved(fsm, rows.constraint, c.automaton, token), c.automaton)
+            complete = (rows.constraint >= 0) & ~eos & ~tf.reduce_any(
+                allowed_rows(fsm, rows.constraint, automaton, is_eos), axis=1)
+        done = active & (eos | stop | complete | (generated >= rows.max_new_tokens))
+        reason = tf.where(done, tf.where(eos, EOS, tf.where(stop, STOP_STRING, tf.where(complete, CONSTRAINT, LENGTH))),
+                          c.reason)
         logits, cache = net.decode_one_token(token, c.length, c.cache, kv.View(key_mask, c.length))
         return Chunk(c.step + 1, c.freed | tf.reduce_any(done), cache, logits, tokens,
                      c.length + tf.cast(active, tf.int32), generated, c.finished | done, reason, logprobs,
-                     top_tokens, top_logprobs)
+                     top_tokens, top_logprobs, automaton)
 
     def going(c: Chunk):
         return (c.step < steps) & ~tf.reduce_all(c.finished) & ~(refill & c.freed)

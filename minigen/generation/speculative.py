@@ -40,6 +40,7 @@ class SpecState(NamedTuple):
     sequences: tf.Tensor  # [rows, bucket + max_new] int32: prompt, accepted tokens, pad after
     lengths: tf.Tensor  # [rows] int32: slots of `sequences` written (bucket + tokens generated)
     finished: tf.Tensor  # [rows] bool: EOS produced or max_new_tokens reached
+    automaton: tf.Tensor  # [rows] int32: structured output's state after the written tokens (core.follow)
     logprobs: tf.Tensor  # [rows, max_new] float32: log-prob of each token (0 after EOS; [rows, 0] when not asked)
     iteration: tf.Tensor  # int32 scalar: verify steps run
     accepted: tf.Tensor  # int32 scalar: candidates accepted, summed over rows and steps
@@ -132,6 +133,28 @@ def kept_count(tokens, accepted, generated, finished, max_new: int, eos_ids: tup
     return tf.where(finished, 0, count), hit
 
 
+def block_automaton(automaton, candidates, knobs: Knobs, key: CompileKey):
+    """Structured output along a verify block: [rows, k+1] states, the row's before the pending
+    token's successor and after each candidate in turn (a forbidden candidate leads to the dead state,
+    where nothing is allowed: it and all after it are rejected)."""
+    states = [automaton]
+    for j in range(candidates.shape[1]):
+        states.append(core.follow(states[-1], candidates[:, j], tf.zeros_like(automaton, tf.bool), knobs, key)[0])
+    return tf.stack(states, axis=1)
+
+
+def kept_automaton(automaton, tokens, count, knobs: Knobs, key: CompileKey):
+    """(count cut after a token whose state allows nothing, the row's state after its kept tokens, [rows]
+    bool: that state allows nothing, so the row ends). tokens [rows, k+1], count [rows]."""
+    stranded = tf.zeros_like(count, tf.bool)
+    for j in range(tokens.shape[1]):
+        past = (j >= count) | stranded  # this token is not kept
+        automaton, ends = core.follow(automaton, tokens[:, j], past, knobs, key)
+        count = tf.where(ends, j + 1, count)
+        stranded |= ends
+    return count, automaton, stranded
+
+
 # ---- proposals -----------------------------------------------------------------------------------
 
 
@@ -187,8 +210,11 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     draft_cache = ()
     if draft is not None:
         _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
-    scores = core.scores(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids), knobs, key)
+    start = core.start_automaton(rows)
+    allowed = core.allowed_next(start, knobs, key, net.config.vocab_size)
+    scores = core.scores(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids, allowed), knobs, key)
     first = core.choose_token(scores, key, core.rng_key(knobs.seed, 0))
+    automaton, stranded = core.follow(start, first, tf.zeros([rows], tf.bool), knobs, key)
     logprobs = core.new_record(key, rows, scores.shape[-1]).logprobs
     if key.logprobs:
         logprobs = core.write_column(logprobs, 0, core.token_logprob(scores, first))
@@ -197,7 +223,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         draft_cache=draft_cache,
         sequences=core.write_column(core.new_sequences(ids, max_new, key.pad_id), bucket, first),
         lengths=tf.fill([rows], bucket + 1),
-        finished=core.is_eos(first, key.eos_ids) | (max_new == 1),
+        finished=core.is_eos(first, key.eos_ids) | (max_new == 1) | stranded,
+        automaton=automaton,
         logprobs=logprobs,
         iteration=tf.constant(0),
         accepted=tf.constant(0),
@@ -222,10 +249,16 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
         positions = generated_position(prompt_len[:, None], number - 1)  # [rows, k+1]: the pending token first
         hidden, cache = net.forward(block, positions, state.cache, kv.View(key_mask, lengths - 1))
-        scores = core.scores(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids), knobs, key)
+        allowed = None
+        if key.constraint:  # each position's states: [rows, k+1] -> its allowed tokens [rows, k+1, vocab]
+            states = block_automaton(state.automaton, candidates, knobs, key)
+            allowed = tf.reshape(core.allowed_next(tf.reshape(states, [-1]), knobs, key, net.config.vocab_size),
+                                 [rows, k + 1, -1])
+        scores = core.scores(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids, allowed), knobs, key)
         tokens, n = accept_sampled(scores, candidates, q, knobs.seed, iteration) if sampling else \
             accept_greedy(scores, candidates)
         count, hit = kept_count(tokens, n, generated, state.finished, max_new, key.eos_ids)
+        count, automaton, stranded = kept_automaton(state.automaton, tokens, count, knobs, key)
         logprobs = state.logprobs
         if key.logprobs:
             logprobs = core.write_runs(logprobs, core.token_logprob(scores, tokens), generated, count)
@@ -235,7 +268,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
             draft_cache=draft_cache,
             sequences=core.write_runs(state.sequences, tokens, lengths, count),
             lengths=lengths + count,
-            finished=state.finished | hit | (generated + count >= max_new),
+            finished=state.finished | hit | stranded | (generated + count >= max_new),
+            automaton=automaton,
             logprobs=logprobs,
             iteration=iteration,
             accepted=state.accepted + tf.reduce_sum(tf.where(active, tf.minimum(n, count), 0)),
