@@ -97,7 +97,7 @@ def test_greedy_matches_the_reference_with_the_same_index(text_model_dir, kind, 
     assert not out.incomplete.all(), "no row completed: the test would check nothing"
 
 
-@pytest.mark.parametrize("kind, value, regex", [PARITY[0], PARITY[2]], ids=["regex", "json_schema"])
+@pytest.mark.parametrize("kind, value, regex", PARITY, ids=[p[0] for p in PARITY])
 def test_beam_search_matches_the_reference_with_the_same_index(text_model_dir, kind, value, regex):
     """One automaton state per beam, inherited from the parent beam: sequences and sequences_scores
     equal transformers' beam search with the same prefix_allowed_tokens_fn."""
@@ -196,6 +196,26 @@ def test_engine_requests_each_with_its_own_constraint_equal_generate_alone(text_
                 assert result.finish_reason == "eos"
 
 
+# make soak: more constraints, greedy against the reference's prefix_allowed_tokens_fn (none with an accepting
+# state that goes on, where outlines-core's own index is not the yardstick: see PARITY)
+SOAK = [
+    ("regex", r"[0-9]{4}-[0-9]{2}-[0-9]{2}", None),
+    ("regex", r"(yes|no|maybe)[.!]", None),
+    ("regex", r"[A-Z][a-z]{1,8}( [A-Z][a-z]{1,8}){0,2}\.", None),
+    ("choices", ["a", "bb", "ccc", "the quick"], "(a|bb|ccc|the quick)"),
+    ("json_schema", {"type": "array", "items": {"enum": ["x", "yy", "zzz"]}, "minItems": 2, "maxItems": 4}, None),
+    ("json_schema", {"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}}, "required": ["id"]},
+     None),
+    ("json_schema", {"anyOf": [{"type": "boolean"}, {"type": "null"}]}, None),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, value, regex", SOAK, ids=[f"{p[0]}-{i}" for i, p in enumerate(SOAK)])
+def test_more_constraints_match_the_reference(text_model_dir, kind, value, regex):
+    test_greedy_matches_the_reference_with_the_same_index(text_model_dir, kind, value, regex)
+
+
 def test_every_sampled_text_matches_and_accepting_states_go_on(text_model_dir):
     """Sampling under a regex whose accepting states continue ("12" and "12.5" both match): outlines-
     core's own index would never let a row past "12"; every completed text must fullmatch."""
@@ -290,6 +310,40 @@ def test_bad_constraints_are_named(text_model_dir, options, message):
     ids, mask = padded(model.tokenizer, ["To be"])
     with pytest.raises(ValueError, match=message):
         model.generate(ids, mask, max_new_tokens=4, **options)
+
+
+def test_a_constraint_no_token_sequence_can_match_is_refused():
+    # outlines-core itself refuses most such regexes; minigen's own check catches the rest
+    with pytest.raises(ValueError, match="regex (: no sequence of this tokenizer's tokens can match it|cannot be "
+                                         "compiled by outlines-core: The vocabulary provided is incompatible)"):
+        constraints.build("c[ab]", (b"a", b"b", None))
+    with pytest.raises(ValueError, match="json_schema cannot be compiled to a regex by outlines-core"):
+        constraints.schema_regex({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})
+
+
+def test_the_command_takes_each_kind(text_model_dir, cli, tmp_path):
+    """--regex, --json-schema (a file or JSON text) and --choice (repeated) give the API's text; with
+    --input the prompts run on the request engine, each its own request, and the texts are the same."""
+    path, model = text_model_dir
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    cases = [(["--regex", "[a-z]{2,5}-[0-9]{2}"], dict(regex="[a-z]{2,5}-[0-9]{2}")),
+             (["--json-schema", tmp_path / "schema.json"], dict(json_schema=schema)),
+             (["--json-schema", json.dumps(schema)], dict(json_schema=schema)),
+             (["--choice", "north", "--choice", "north-east"], dict(choices=["north", "north-east"]))]
+    for flags, options in cases:
+        out = cli("generate", "To be", "--model", path, "--max-new-tokens", "24", *flags)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert model.generate_text("To be", max_new_tokens=24, **options)[0] in out.stdout
+    (tmp_path / "prompts.txt").write_text("To be\nThe quick brown\n")
+    out = cli("generate", "--model", path, "--input", tmp_path / "prompts.txt", "--format", "jsonl",
+              "--max-new-tokens", "24", "--regex", "[a-z]{2,5}-[0-9]{2}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    texts = [json.loads(line)["text"] for line in out.stdout.splitlines() if line.strip()]
+    assert texts == [model.generate_text(p, max_new_tokens=24, regex="[a-z]{2,5}-[0-9]{2}")[0]
+                     for p in ("To be", "The quick brown")]
+    bad = cli("generate", "To be", "--model", path, "--regex", "(open")
+    assert bad.returncode in (1, 2) and "regex cannot be compiled by outlines-core" in bad.stderr, bad.stderr
 
 
 def test_a_model_without_a_tokenizer_is_refused(hf_and_minigen):

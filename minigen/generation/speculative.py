@@ -134,9 +134,10 @@ def kept_count(tokens, accepted, generated, finished, max_new: int, eos_ids: tup
 
 
 def block_automaton(automaton, candidates, knobs: Knobs, key: CompileKey):
-    """Structured output along a verify block: [rows, k+1] states, the row's before the pending
-    token's successor and after each candidate in turn (a forbidden candidate leads to the dead state,
-    where nothing is allowed: it and all after it are rejected)."""
+    """Structured output along a verify block: [rows, k+1], the state each block position chooses
+    from: the row's own (its written tokens, the pending one included), then the state after each
+    candidate in turn. A forbidden candidate scores -inf where it is proposed, so it is rejected, and
+    it leads to the dead state, where nothing after it is allowed."""
     states = [automaton]
     for j in range(candidates.shape[1]):
         states.append(core.follow(states[-1], candidates[:, j], tf.zeros_like(automaton, tf.bool), knobs, key)[0])
