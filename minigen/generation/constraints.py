@@ -381,9 +381,13 @@ def allowed_tokens(allowed, state, vocab: int):
     """[rows, vocab] bool: the tokens each row's state allows. allowed [states, words] int32 packed
     bits, state [rows] int32. One gathered row of words per state (not a [states, vocab] table, and
     not a gather of classes: measured +3.4 vs +18 ms at 32 rows, ../shared/NOTES.md)."""
-    words = tf.gather(allowed, state)  # [rows, words]
+    return unpack(tf.gather(allowed, state), vocab)
+
+
+def unpack(words, vocab: int):
+    """Packed bit rows [rows, words] int32 -> [rows, vocab] bool."""
     bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, :, None], tf.range(32)[None, None, :]), 1)
-    return tf.reshape(bits, [tf.shape(state)[0], -1])[:, :vocab] > 0
+    return tf.reshape(bits, [tf.shape(words)[0], -1])[:, :vocab] > 0
 
 
 def advance(next_state, token_class, state, token):

@@ -98,12 +98,17 @@ def allowed_rows(fsm: Automata, which, state, is_eos):
     """[S, vocab] bool: what each row's constraint allows next (its EOS ids where its text is a complete
     match); which [S] int32 the row's constraint, -1 for none (everything allowed)."""
     at = tf.stack([tf.maximum(which, 0), state], axis=1)
-    vocab = is_eos.shape[1]
-    words = tf.gather_nd(fsm.allowed, at)  # [S, vocab / 32]
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, :, None], tf.range(32)[None, None, :]), 1)
-    allowed = (tf.reshape(bits, [tf.shape(state)[0], -1])[:, :vocab] > 0) | \
+    allowed = constraints.unpack(tf.gather_nd(fsm.allowed, at), is_eos.shape[1]) | \
         (is_eos & tf.gather_nd(fsm.accepting, at)[:, None])
     return allowed | (which < 0)[:, None]
+
+
+def stuck(fsm: Automata, which, state, has_eos):
+    """[S] bool: the row's constraint allows nothing from `state`, not even an EOS id (has_eos [S]):
+    a word-level test, without unpacking the vocabulary."""
+    at = tf.stack([tf.maximum(which, 0), state], axis=1)
+    some = tf.reduce_any(tf.not_equal(tf.gather_nd(fsm.allowed, at), 0), axis=1)
+    return (which >= 0) & ~some & ~(has_eos & tf.gather_nd(fsm.accepting, at))
 
 
 def moved(fsm: Automata, which, state, token):
@@ -327,8 +332,7 @@ def decode_chunk(net, state: SlotState, rows: RowOptions, stop_table, stop_lengt
         automaton, complete = c.automaton, tf.zeros_like(eos)
         if fsm_key:  # the new state; a row whose state allows nothing (no EOS id to end with) ends there
             automaton = tf.where(active, moved(fsm, rows.constraint, c.automaton, token), c.automaton)
-            complete = (rows.constraint >= 0) & ~eos & ~tf.reduce_any(
-                allowed_rows(fsm, rows.constraint, automaton, is_eos), axis=1)
+            complete = ~eos & stuck(fsm, rows.constraint, automaton, tf.reduce_any(rows.eos >= 0, axis=1))
         done = active & (eos | stop | complete | (generated >= rows.max_new_tokens))
         reason = tf.where(done, tf.where(eos, EOS, tf.where(stop, STOP_STRING, tf.where(complete, CONSTRAINT, LENGTH))),
                           c.reason)
