@@ -1,9 +1,11 @@
-"""Beam search as one XLA while loop, with the reference's (transformers 5.x) semantics.
+"""Beam search as one XLA while loop, with the reference's (transformers 5.x) semantics; with
+do_sample=True, beam sampling (its continuations drawn instead of taken, step 2).
 
 Beams are folded into the batch: the model sees `batch * num_beams` rows. Each step:
   1. log_softmax + processors on every beam's next-token scores, plus the beam's running score;
   2. the best `2 * num_beams` (or more with several EOS ids) continuations of each prompt over
-     `num_beams * vocab` candidates;
+     `num_beams * vocab` candidates (beam sampling: as many drawn without replacement from the softmax
+     of their scores, after the warpers, then sorted);
   3. continuations that hit EOS (or the length limit), if among the best `num_beams`, are offered
      to the finished buffer with score `sum_logprobs / generated_len ** length_penalty`;
   4. the best `num_beams` continuations that did not finish become the running beams; each
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from .. import cache as kv
@@ -65,14 +68,31 @@ class Continuations(NamedTuple):
     beams: tf.Tensor  # [batch, keep, max_new] int32: the parent's beam rows with this step's (when kept)
 
 
-def top_continuations(logprobs, running_scores, running, running_beams, slot, step, keep: int) -> Continuations:
+def draw_without_replacement(totals, keep: int, rng):
+    """(scores, index) [batch, keep]: `keep` of each row's totals [batch, n] drawn without replacement
+    with probabilities softmax(totals), as the reference's torch.multinomial(..., replacement=False),
+    then sorted best score first as it sorts them. The Gumbel-top-k trick: the `keep` largest of
+    totals + Gumbel(0, 1) noise are distributed as `keep` draws without replacement. Where fewer than
+    `keep` continuations have a nonzero probability (the reference raises there), the rest are the
+    ones ruled out (score -inf), which never run on."""
+    uniform = tf.random.stateless_uniform(tf.shape(totals), rng, minval=np.finfo(np.float32).tiny, maxval=1.0)
+    _, index = tf.math.top_k(totals - tf.math.log(-tf.math.log(uniform)), keep)
+    scores, order = tf.math.top_k(tf.gather(totals, index, batch_dims=1), keep)
+    return scores, tf.gather(index, order, batch_dims=1)
+
+
+def top_continuations(logprobs, running_scores, running, running_beams, slot, step, keep: int,
+                      rng=None) -> Continuations:
     """The best `keep` of each prompt's num_beams x vocab continuations (the reference's
-    _get_top_k_continuations). logprobs [batch, num_beams, vocab] processed; running_scores
-    [batch, num_beams]; running [batch, num_beams, width]; running_beams [batch, num_beams, max_new]
-    ([.., 0] when beam indices are not kept)."""
+    _get_top_k_continuations), or with `rng` (beam sampling) `keep` of them drawn. logprobs
+    [batch, num_beams, vocab] processed; running_scores [batch, num_beams]; running [batch, num_beams,
+    width]; running_beams [batch, num_beams, max_new] ([.., 0] when beam indices are not kept)."""
     batch, nb, vocab = logprobs.shape[0], logprobs.shape[1], logprobs.shape[2]
-    totals = logprobs + running_scores[:, :, None]
-    scores, index = tf.math.top_k(tf.reshape(totals, [batch, nb * vocab]), keep)  # [batch, keep]
+    totals = tf.reshape(logprobs + running_scores[:, :, None], [batch, nb * vocab])
+    if rng is None:
+        scores, index = tf.math.top_k(totals, keep)  # [batch, keep]
+    else:
+        scores, index = draw_without_replacement(totals, keep, rng)
     parent, token = index // vocab, index % vocab
     sequences = core.write_column(gather_beams(running, parent), slot, token)
     beams = running_beams
@@ -177,8 +197,9 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids, allowed)
         logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
         record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
+        rng = core.rng_key(knobs.seed, s.step) if key.strategy == "beam_sample" else None
         top = top_continuations(tf.reshape(logprobs, [batch, nb, vocab]), s.running_scores, s.running,
-                                s.running_beams, slot, s.step, keep)
+                                s.running_beams, slot, s.step, keep, rng)
         hits = core.is_eos(top.token, key.eos_ids) | (s.step + 1 >= max_new)
         running, running_scores, running_beams, parents = next_running(top, hits, nb)
         generated = s.step + 1

@@ -85,10 +85,10 @@ class _Methods:
 
     @property
     def strategy(self) -> str:
-        """The reference's dispatch: beam search, sampling, contrastive search (penalty_alpha > 0
+        """The reference's dispatch: beam search (beam sampling with do_sample), sampling, contrastive search (penalty_alpha > 0
         and top_k > 1), else greedy search."""
         if self.num_beams > 1:
-            return "beam"
+            return "beam_sample" if self.do_sample else "beam"
         if self.do_sample:
             return "sample"
         return "contrastive" if self.penalty_alpha and self.top_k > 1 else "greedy"

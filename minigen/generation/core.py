@@ -32,6 +32,9 @@ from .stop_strings import stop_hit
 
 # -- what is compiled: one function per distinct key ------------------------------------------------
 
+BEAMS = ("beam", "beam_sample")  # the strategies beam_search.py runs
+SAMPLING = ("sample", "beam_sample")  # the strategies whose scores go through the warpers
+
 
 class BeamKey(NamedTuple):
     num_beams: int
@@ -49,7 +52,7 @@ class CompileKey(NamedTuple):
     """Options that shape the graph: each distinct value is one compiled function. Built only by
     `compile_key`; everything numeric travels in `Knobs` instead."""
 
-    strategy: str  # "greedy" | "sample" | "beam" | "contrastive"
+    strategy: str  # "greedy" | "sample" | "beam" | "beam_sample" | "contrastive"
     rows: int | None  # batch rows after expanding num_return_sequences / num_beams (None: any, export)
     bucket: int  # padded prompt width
     max_new_tokens: int
@@ -80,8 +83,12 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
     constraint: the structured-output tables' shape_key when cfg.constraint (likewise).
     """
     strategy = cfg.strategy
-    expand = cfg.num_beams if strategy == "beam" else cfg.num_return_sequences
-    beam = BeamKey(cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping) if strategy == "beam" else None
+    beams = strategy in BEAMS
+    expand = cfg.num_beams if beams else cfg.num_return_sequences
+    beam = BeamKey(cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping) if beams else None
+    eos_ids = cfg.eos_ids(model_config)
+    # beam sampling's warpers keep one token more than there are EOS ids, so a beam can go on past one
+    processors = P.active(cfg, runtime, keep=max(2, len(eos_ids) + 1) if strategy == "beam_sample" else 1)
     spec = None
     if speculation == "draft":
         spec = SpecKey("draft", cfg.num_assistant_tokens)
@@ -92,9 +99,9 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         rows=None if batch is None else batch * expand,
         bucket=bucket,
         max_new_tokens=cfg.max_new_tokens,
-        eos_ids=cfg.eos_ids(model_config),
+        eos_ids=eos_ids,
         pad_id=cfg.pad_id(model_config),
-        processors=P.active(cfg, runtime),
+        processors=processors,
         logprobs=cfg.output_logprobs,
         scores=cfg.output_scores,
         logits=cfg.output_logits,
@@ -157,7 +164,7 @@ def scores(logits, step: P.Step, knobs: Knobs, key: CompileKey):
     (what it returns as `scores`): the processors in the key, then when sampling temperature, top-k,
     top-p and the other warpers, then renormalize_logits last of all."""
     scores = P.apply(logits, step, key.processors, knobs.processors)
-    if key.strategy == "sample":
+    if key.strategy in SAMPLING:
         scores = P.warp(scores, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
     if ("renormalize_logits", True) in key.processors:
         scores = tf.nn.log_softmax(scores)

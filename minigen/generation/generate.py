@@ -62,6 +62,7 @@ STRATEGIES = {
     "greedy": Strategy(lambda net, draft, *args: search(net, *args), search_loop),
     "sample": Strategy(lambda net, draft, *args: search(net, *args), search_loop),
     "beam": Strategy(lambda net, draft, *args: beam_search(net, *args)),
+    "beam_sample": Strategy(lambda net, draft, *args: beam_search(net, *args)),
     "contrastive": Strategy(lambda net, draft, *args: contrastive.contrastive_search(net, *args), contrastive),
     "speculative": Strategy(speculative_loop),  # greedy or sampling, with drafted tokens (key.speculation)
 }

@@ -34,21 +34,28 @@ HOST = "host"  # read outside the loop: lengths, ids, bucket, which outputs are 
 # The strategies (generate's dispatch, as the reference's) and speculative decoding, which runs greedy
 # search or sampling with drafted tokens verified in blocks
 GREEDY, SAMPLE, BEAM, CONTRASTIVE, SPECULATIVE = "greedy", "sample", "beam", "contrastive", "speculative"
-ALL = frozenset((GREEDY, SAMPLE, BEAM, CONTRASTIVE, SPECULATIVE))
+BEAM_SAMPLE = "beam_sample"  # beam search drawing its continuations (num_beams > 1, do_sample=True)
+STRATEGY_ORDER = (GREEDY, SAMPLE, BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE)
+ALL = frozenset(STRATEGY_ORDER)
+BEAMS = frozenset((BEAM, BEAM_SAMPLE))
 TITLES = {GREEDY: "greedy search", SAMPLE: "sampling", BEAM: "beam search (num_beams > 1)",
+          BEAM_SAMPLE: "beam sampling (num_beams > 1, do_sample=True)",
           CONTRASTIVE: "contrastive search (penalty_alpha)", SPECULATIVE: "speculative decoding"}
 # The ways a call runs: one compiled loop (generate), chunk by chunk (stream), or keeping its state
 # for a later call (continue: cache= / return_state=, beside generate)
 GENERATE, STREAM, CONTINUE = "generate", "stream", "continue"
 ALL_MODES = frozenset((GENERATE, STREAM, CONTINUE))
 # which strategy runs in which mode, and what a refusal says
-MODES = {GREEDY: ALL_MODES, SAMPLE: ALL_MODES, BEAM: frozenset((GENERATE,)),
+MODES = {GREEDY: ALL_MODES, SAMPLE: ALL_MODES, BEAM: frozenset((GENERATE,)), BEAM_SAMPLE: frozenset((GENERATE,)),
          CONTRASTIVE: frozenset((GENERATE, STREAM)), SPECULATIVE: frozenset((GENERATE,))}
 MODE_REFUSALS = {
     (STREAM, BEAM): "streaming supports greedy search, sampling and contrastive search, not num_beams > 1",
+    (STREAM, BEAM_SAMPLE): "streaming supports greedy search, sampling and contrastive search, not num_beams > 1",
     (STREAM, SPECULATIVE): "streaming does not support prompt_lookup_num_tokens or assistant_model; use generate",
     (CONTINUE, BEAM): "cache/return_state (continuing a generation) support greedy search and sampling, not "
                       "num_beams > 1",
+    (CONTINUE, BEAM_SAMPLE): "cache/return_state (continuing a generation) support greedy search and sampling, "
+                             "not num_beams > 1",
     (CONTINUE, CONTRASTIVE): "cache/return_state (continuing a generation) support greedy search and sampling, "
                              "not contrastive search (penalty_alpha)",
     (CONTINUE, SPECULATIVE): "cache/return_state (continuing a generation) do not combine with speculative decoding",
@@ -59,6 +66,7 @@ REFUSALS = {
     GREEDY: "{name} is not used by greedy search; leave it at {off}",
     SAMPLE: "{name} is not used by sampling; leave it at {off}",
     BEAM: "{name} is not used by beam search (num_beams > 1); leave it at {off}",
+    BEAM_SAMPLE: "{name} is not used by beam sampling (num_beams > 1, do_sample=True); leave it at {off}",
     CONTRASTIVE: "{name} is not used by contrastive search (penalty_alpha); leave it at {off}",
     SPECULATIVE: "{via} (speculative decoding) does not support {name}; leave it at {off}",
     STREAM: "streaming yields token ids only; {name} needs generate",
@@ -312,7 +320,7 @@ class Option(NamedTuple):
 
 WARPER = ("{name} is a sampling warper: set do_sample=True, or leave it at {off} (greedy and beam search take "
           "the most likely tokens)")
-SAMPLING_ONLY = frozenset((SAMPLE, SPECULATIVE))  # speculative sampling samples
+SAMPLING_ONLY = frozenset((SAMPLE, BEAM_SAMPLE, SPECULATIVE))  # speculative sampling samples
 WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, CONTRASTIVE: WARPER}
 NO_ROW_TOKENS = ALL - {SPECULATIVE}  # speculative verify blocks do not carry the rows' tokens
 OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) cannot return
@@ -381,14 +389,13 @@ OPTIONS = (
            "the later of the two holds", HOST, flag="--min-length", engine=True),
     # -- the strategy
     Option("do_sample", False, BOOL, "sample instead of taking the most likely token (with num_beams=1)", KEY,
-           strategies=SAMPLING_ONLY, flag="--do-sample",
-           refusals={BEAM: "do_sample=True with num_beams > 1 (beam sampling) is not supported; use one or the other"}, engine=True),
+           strategies=SAMPLING_ONLY, flag="--do-sample", engine=True),
     Option("num_beams", 1, integer(1), "beam search width (1 = greedy search or sampling)", KEY,
            strategies=ALL - {SPECULATIVE}, flag="--num-beams",
            refusals={SPECULATIVE: "{via} (speculative decoding) needs num_beams=1, got num_beams={value}"}),
     Option("num_return_sequences", 1, integer(1),
            "beam search: the best hypotheses per prompt (at most num_beams); sampling: samples per prompt", KEY,
-           strategies=frozenset((SAMPLE, BEAM, SPECULATIVE)), modes=frozenset((GENERATE, STREAM)),
+           strategies=frozenset((SAMPLE, BEAM, BEAM_SAMPLE, SPECULATIVE)), modes=frozenset((GENERATE, STREAM)),
            flag="--num-return-sequences",
            refusals={GREEDY: "num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences",
                      CONTRASTIVE: "num_return_sequences > 1 needs do_sample=True or num_beams >= "
@@ -401,7 +408,7 @@ OPTIONS = (
            "cosine similarity with the row's earlier hidden states. None or 0 = off (greedy)", TENSOR,
            strategies=frozenset((GREEDY, CONTRASTIVE)), flag="--penalty-alpha", cli={"metavar": "A"},
            export=frozenset((CONTRASTIVE,)), dtype="float32", off=(None, 0, 0.0),
-           refusals={**dict.fromkeys((BEAM, SAMPLE), "penalty_alpha (contrastive search) needs num_beams=1 and "
+           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, SAMPLE), "penalty_alpha (contrastive search) needs num_beams=1 and "
                                      "do_sample=False, got num_beams={num_beams}, do_sample={do_sample}; leave "
                                      "penalty_alpha=None for beam search or sampling"),
                      SPECULATIVE: "penalty_alpha (contrastive search) does not combine with speculative decoding "
@@ -420,7 +427,7 @@ OPTIONS = (
            refusals=WARPER_REFUSALS),  # not a SavedModel input: a new required input would break its clients
     Option("top_k", 50, integer(0),
            "sampling: keep the k most likely tokens (0 = off); contrastive search: its candidates per step "
-           "(part of the compile key there)", TENSOR, strategies=frozenset((SAMPLE, SPECULATIVE, CONTRASTIVE)),
+           "(part of the compile key there)", TENSOR, strategies=frozenset((SAMPLE, BEAM_SAMPLE, SPECULATIVE, CONTRASTIVE)),
            flag="--top-k", export=frozenset((SAMPLE,)), dtype="int32", off=(50, 0), refusals=WARPER_REFUSALS,
            also=lambda cfg: cfg.penalty_alpha is not None, engine=True),  # contrastive's candidates, even where HF falls back to greedy
     Option("top_p", 1.0, number("in (0, 1]", lambda v: (v > 0) & (v <= 1)),
@@ -527,7 +534,7 @@ OPTIONS = (
            "a string may span tokens or start inside one", KEY,
            strategies=frozenset((GREEDY, SAMPLE, CONTRASTIVE)), flag="--stop",
            cli={"action": "append", "metavar": "TEXT"}, normalise=_stops,
-           refusals=dict.fromkeys((BEAM, SPECULATIVE), "stop_strings work with greedy search, sampling and "
+           refusals=dict.fromkeys((BEAM, BEAM_SAMPLE, SPECULATIVE), "stop_strings work with greedy search, sampling and "
                                   "contrastive search, not with num_beams > 1 or speculative decoding"), engine=True),
     Option("max_time", None, optional(number("a number of seconds > 0", lambda v: v > 0)),
            "seconds: streaming stops after the chunk during which this much time has passed (the loop runs "
@@ -567,16 +574,17 @@ OPTIONS = (
     Option("output_logprobs", False, BOOL,
            "GenerateOutput.logprobs [rows, max_new_tokens]: the log-prob of each chosen token under the "
            "distribution it was chosen from (0 after EOS); cheap (minigen's own option: HF users get it from "
-           "compute_transition_scores(..., normalize_logits=True))", KEY, strategies=ALL - {BEAM}, modes=OUTPUTS,
-           refusals={BEAM: "output_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 "
-                           "use output_scores and compute_transition_scores(sequences, scores, beam_indices)"}, engine=True),
+           "compute_transition_scores(..., normalize_logits=True))", KEY, strategies=ALL - BEAMS, modes=OUTPUTS,
+           refusals=dict.fromkeys(BEAMS, "output_logprobs is for greedy search, sampling and contrastive search; with "
+                                  "num_beams > 1 use output_scores and compute_transition_scores(sequences, scores, "
+                                  "beam_indices)"), engine=True),
     Option("top_logprobs", 0, integer(0, 256),
            "GenerateOutput.top_logprobs and .top_tokens [rows, max_new_tokens, k]: each step's k most likely tokens "
            "and their log-probs under the distribution the token was chosen from, best first (0 = off; after EOS "
            "tokens -1, log-probs 0; -inf for tokens a warper ruled out); minigen's own, as OpenAI's top_logprobs",
-           KEY, strategies=ALL - {BEAM, SPECULATIVE}, modes=OUTPUTS,
-           refusals={BEAM: "top_logprobs is for greedy search, sampling and contrastive search; with num_beams > 1 use "
-                           "output_scores",
+           KEY, strategies=ALL - BEAMS - {SPECULATIVE}, modes=OUTPUTS,
+           refusals={**dict.fromkeys(BEAMS, "top_logprobs is for greedy search, sampling and contrastive search; with "
+                                     "num_beams > 1 use output_scores"),
                      SPECULATIVE: "{via} (speculative decoding) does not return {name}; use output_logprobs for the "
                                   "chosen tokens' log-probs"}, engine=True),
 )
@@ -698,8 +706,7 @@ def markdown() -> str:
              "|---|---|---|---|---|---|---|---|"]
     for o in OPTIONS:
         allowed = getattr(o.check, "allowed", None) or (o.check.__doc__ or "see its check").strip().split("\n")[0]
-        strategies = "all" if o.strategies == ALL else ", ".join(s for s in (GREEDY, SAMPLE, BEAM, CONTRASTIVE,
-                                                                             SPECULATIVE) if s in o.strategies)
+        strategies = "all" if o.strategies == ALL else ", ".join(s for s in STRATEGY_ORDER if s in o.strategies)
         if o.modes != ALL_MODES:
             strategies += " (" + ", ".join(m for m in (GENERATE, STREAM, CONTINUE) if m in o.modes) + " only)"
         flag = f"`{o.flag}`" if o.flag else "Python only"

@@ -554,12 +554,16 @@ WARPERS = (
 )
 
 
-def active(cfg, runtime: tuple = ()) -> tuple:
+def active(cfg, runtime: tuple = (), keep: int = 1) -> tuple:
     """The compile key's part for processors and warpers: ((option, value if it shapes the graph
-    else True), ...) for each `cfg` turns on (or that `runtime` names: its value comes at run time)."""
+    else True), ...) for each `cfg` turns on (or that `runtime` names: its value comes at run time).
+    keep: the least min_tokens_to_keep the strategy needs (beam sampling: one more than the EOS ids,
+    as the reference's beam sampling sets its warpers'; a larger value of the caller's wins)."""
     on = []
     for p in PROCESSORS + (WARPERS if cfg.do_sample else ()):
         value = getattr(cfg, p.option)
+        if p.option == "min_tokens_to_keep":
+            value = max(value, keep)
         if p.off is ALWAYS or p.option in runtime or value != p.off:
             table = getattr(p, "table", None)  # warpers never travel as tables
             on.append((p.option, table(value)[0] if table else value if p.in_key else True))
