@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .generation import healing
 from .generation.generate import stream
 from .generation.options import ALIASES, OPTIONS, OUTPUTS
 from .tokenizer import Tokenizer, check_text
@@ -48,6 +49,30 @@ def as_prompt_list(prompts) -> list[str]:
     return list(prompts)
 
 
+class Healed:
+    """A prompt after token healing: its continuation's text is decode(prompt + new)[cut:], where
+    cut is where the stripped prompt's text ends (or, if the healed token does not extend it - healing
+    is a bias - where the trimmed prompt's text ends), so the healed token's extra text comes first."""
+
+    def __init__(self, tokenizer, prompt: str, ids):
+        self.ids = [int(t) for t in ids]
+        text, stripped = tokenizer.decode(self.ids), prompt.strip()
+        self.cut = len(stripped) if text.startswith(stripped) else len(tokenizer.decode(self.ids[:-1]))
+
+    def continuation(self, tokenizer, new) -> str:
+        return tokenizer.decode(self.ids + [int(t) for t in new])[self.cut:]
+
+
+def heal_prompts(model, tokenizer, prompts: list[str], ids, mask, options: dict):
+    """With options["token_healing"] True: (ids, mask, [Healed per prompt]) healed on the host, the
+    option taken out of `options`; else (ids, mask, None)."""
+    if options.get("token_healing") is not True:
+        return ids, mask, None
+    options.pop("token_healing")
+    ids, mask = healing.heal(model, ids, mask, options["pad_token_id"], options.get("pad_to_multiple_of", 16))
+    return ids, mask, [Healed(tokenizer, p, row[m.astype(bool)]) for p, row, m in zip(prompts, ids, mask)]
+
+
 def generate_text(model, prompts, return_full_text: bool = False, **options) -> list[str]:
     """Continue each prompt; returns one string per prompt and return sequence, in input order.
 
@@ -56,20 +81,29 @@ def generate_text(model, prompts, return_full_text: bool = False, **options) -> 
         prompts: a string or a list of strings (none empty).
         return_full_text: prepend the prompt to its continuation.
         **options: `generate`'s options (max_new_tokens, do_sample, temperature, top_k, top_p,
-            num_beams, num_return_sequences, seed, pad_to_multiple_of, ...).
+            num_beams, num_return_sequences, seed, pad_to_multiple_of, ...). With token_healing=True
+            the continuation starts where the prompt's (stripped) text ends, so it begins with what the
+            healed token adds ("a th" healed to "a that": "at ..."), and the full text is the healed one.
     """
     refuse_token_outputs(options, "generate_text")
     tokenizer = _tokenizer_of(model)
     prompts = as_prompt_list(prompts)
     ids, mask = tokenizer.encode_batch(prompts)
     options.setdefault("pad_token_id", tokenizer.pad_id)
+    ids, mask, healed = heal_prompts(model, tokenizer, prompts, ids, mask, options)
     sequences = model.generate(ids, mask, **options)
     width = ids.shape[1]
     repeat = len(sequences) // len(prompts)  # num_return_sequences
     texts = []
     for row, seq in enumerate(sequences):
-        text = tokenizer.decode(seq[width:])
-        texts.append(prompts[row // repeat] + text if return_full_text else text)
+        prompt = prompts[row // repeat]
+        if healed is None:
+            text = tokenizer.decode(seq[width:])
+            texts.append(prompt + text if return_full_text else text)
+        else:
+            h = healed[row // repeat]
+            texts.append(tokenizer.decode(h.ids + list(seq[width:])) if return_full_text else
+                         h.continuation(tokenizer, seq[width:]))
     return texts
 
 
@@ -89,6 +123,8 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
     options.setdefault("pad_token_id", tokenizer.pad_id)
     if options.get("num_return_sequences", 1) != 1:
         raise ValueError("stream returns one continuation: num_return_sequences must be 1")
+    ids, mask, healed = heal_prompts(model, tokenizer, [prompt], ids, mask, options)
+    text_of = tokenizer.decode if healed is None else lambda new: healed[0].continuation(tokenizer, new)
     new_ids: list[int] = []
     shown = ""
     chunks = stream(model, ids, mask, chunk_size=chunk_size, **options)
@@ -99,13 +135,13 @@ def stream_text(model, prompt: str, chunk_size: int = 8, **options):
             stopped = stop.value
             break
         new_ids.extend(int(t) for t in chunk[0])
-        text = tokenizer.decode(new_ids)
+        text = text_of(new_ids)
         if text.endswith("\ufffd"):
             continue
         if len(text) > len(shown):
             yield text[len(shown):]
         shown = text
-    text = tokenizer.decode(new_ids)
+    text = text_of(new_ids)
     if len(text) > len(shown):
         yield text[len(shown):]
     return stopped

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from ..status import compile_notice
 from ..model import Transformer
-from . import constraints, contrastive
+from . import constraints, contrastive, healing
 from .beam_search import beam_search
 from .config import GenerationConfig
 from . import core
@@ -270,6 +270,7 @@ class Call(NamedTuple):
     width: int  # their width as given
     knobs: core.Knobs
     prefix_cache: tuple  # (the continued state's KVCache,) or ()
+    prompt: np.ndarray  # [batch, width] int32: the prompts as given (token_healing: as healed), pad ids included
     automaton: object = None  # structured output's constraints.Automaton (the host's check of each row)
 
 
@@ -281,6 +282,9 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
     Raises ValueError before anything compiles."""
     cfg = as_config(generation_config, options, model_defaults(model)).check(
         model.config, streaming=streaming, continuing=cache is not None or return_state, assistant=assistant is not None)
+    if cfg.token_healing:
+        input_ids, attention_mask = healing.heal(model, *as_batch(model.config, input_ids, attention_mask),
+                                                 cfg.pad_id(model.config), cfg.pad_to_multiple_of)
     cfg, ids, mask, batch, width, bucket = prepare(model, input_ids, attention_mask, cfg)
     if assistant is not None:
         check_assistant(model, assistant, cfg, int(mask.sum(axis=1).max()))
@@ -299,7 +303,7 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
     check_record_memory(key, model.config.vocab_size)
     check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs), prefix_cache,
-                automaton)
+                given_ids(input_ids), automaton)
 
 
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
@@ -364,7 +368,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     cut = key.bucket - width
     sequences = sequences.reshape(batch * cfg.num_return_sequences, -1)[:, cut:]
     # the prompt part exactly as given, pad ids included (the model saw valid ids in pad slots)
-    sequences[:, :width] = np.repeat(given_ids(input_ids), len(sequences) // batch, axis=0)
+    sequences[:, :width] = np.repeat(call.prompt, len(sequences) // batch, axis=0)
     incomplete = None if call.automaton is None else \
         incomplete_rows(call.automaton, sequences[:, width:], key.eos_ids)
     if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or cfg.top_logprobs

@@ -387,6 +387,14 @@ OPTIONS = (
     Option("min_length", 0, integer(0),
            "EOS is forbidden until prompt width + generated reaches this (HF's MinLength); with min_new_tokens "
            "the later of the two holds", HOST, flag="--min-length", engine=True),
+    # -- the prompt
+    Option("token_healing", False, BOOL,
+           "replace each prompt's last token by the model's choice among the tokens that extend it (+10 on them, "
+           "as HF's heal_tokens; needs the model's tokenizer). As HF, prompts are decoded, stripped and encoded "
+           "again first; the returned sequences hold the healed prompts", HOST, modes=frozenset((GENERATE, STREAM)),
+           flag="--token-healing",
+           refusals={CONTINUE: "token_healing rewrites the prompt; it does not combine with cache/return_state "
+                               "(continuing a generation)"}),
     # -- the strategy
     Option("do_sample", False, BOOL, "sample instead of taking the most likely token (with num_beams=1)", KEY,
            strategies=SAMPLING_ONLY, flag="--do-sample", engine=True),
@@ -607,7 +615,6 @@ NOT_SUPPORTED = {
     **dict.fromkeys(("guidance_scale", "negative_prompt_ids", "negative_prompt_attention_mask"),
                     "classifier-free guidance is not supported yet"),
     "dola_layers": "DoLa decoding is not supported yet",
-    "token_healing": "token healing is not supported yet",
     **dict.fromkeys(("num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
                      "target_lookbehind", "assistant_early_exit", "is_assistant", "speculation_type", "use_mtp"),
                     "minigen's speculative decoding takes assistant_model= with num_assistant_tokens, or "
