@@ -48,6 +48,7 @@ OPTIONS = [
     ("typical_p 0.9 (sampling)", SAMPLE, dict(typical_p=0.9)),
     ("eta_cutoff 3e-4 (sampling)", SAMPLE, dict(eta_cutoff=3e-4)),
     ("contrastive search k4 a0.6 (vs greedy)", SEARCH, dict(penalty_alpha=0.6, top_k=4)),
+    ("beam sampling top_k 50 (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=50, seed=(1, 2))),
 ]
 
 

@@ -24,7 +24,7 @@ from minigen.status import import_tensorflow_quietly
 from minigen.config import GPT2Config
 from minigen.export_options import check_export_options
 from minigen.generation.config import GenerationConfig
-from minigen.generation.options import BOOL, NOT_SUPPORTED, OPTIONS
+from minigen.generation.options import BOOL, BY_NAME, NOT_SUPPORTED, OPTIONS
 from minigen.weights import DTYPES, LoadError, check_model_dir, load_tokenizer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -454,6 +454,8 @@ def unknown_flag(flag: str, flags: list[str], elsewhere: str = "", given: str = 
     name = flag.lstrip("-").replace("-", "_")
     if name in NOT_SUPPORTED:
         return f"{flag} (transformers' {name}) is not supported: {NOT_SUPPORTED[name]}"
+    if name in BY_NAME:
+        return f"{flag}: {name} is an option of Python's model.generate (the command writes text)"
     close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
     head = f"unrecognized arguments: {given}" if given else f"unrecognized option {flag}"
     return head + (f"; did you mean {close[0]}?" if close else elsewhere)

@@ -16,9 +16,10 @@ def _tokenizer_of(model) -> Tokenizer:
     return tokenizer
 
 
-# generate's options whose result is not text (the outputs streaming cannot return either, options.OUTPUTS),
+# generate's options whose result is not text (the outputs streaming cannot return either: modes within
+# options.OUTPUTS),
 # the reference's alias and generate's state arguments: the text API returns strings, so it refuses them
-TOKEN_OUTPUTS = (*(o.name for o in OPTIONS if o.modes == OUTPUTS), *ALIASES, "return_state", "cache")
+TOKEN_OUTPUTS = (*(o.name for o in OPTIONS if o.modes <= OUTPUTS), *ALIASES, "return_state", "cache")
 
 
 def refuse_token_outputs(options: dict, api: str) -> None:

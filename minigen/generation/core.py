@@ -63,6 +63,8 @@ class CompileKey(NamedTuple):
     scores: bool = False  # keep each step's processed scores (output_scores): [max_new, rows, vocab]
     logits: bool = False  # keep each step's raw logits (output_logits): [max_new, rows, vocab]
     top_logprobs: int = 0  # keep each step's k most likely tokens and log-probs (top_logprobs): [rows, max_new, k]
+    hidden_states: bool = False  # keep every layer's hidden states (output_hidden_states): layers.py
+    attentions: bool = False  # keep every layer's attention probabilities (output_attentions): layers.py
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
     stop: tuple = ()  # stop strings: the check's shapes (stop_strings.StopTable.shape_key), () = off
@@ -106,6 +108,8 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         scores=cfg.output_scores,
         logits=cfg.output_logits,
         top_logprobs=cfg.top_logprobs,
+        hidden_states=cfg.output_hidden_states,
+        attentions=cfg.output_attentions,
         beam=beam,
         speculation=spec,
         stop=stop,
@@ -255,6 +259,7 @@ class Outputs(NamedTuple):
     beam_indices: tf.Tensor | None = None  # beam search with scores: [batch, num_return_sequences, max_new]
     cache: object = None  # key.return_cache: the final KVCache
     speculation: tf.Tensor | None = None  # speculative decoding: [3] int32 verify steps, accepted, row-steps
+    layers: object = None  # greedy search / sampling: layers.Layers (output_hidden_states / output_attentions)
 
 
 # -- decode segments: long, wide generations attend over the part of the cache they can reach ------
@@ -278,10 +283,12 @@ SEGMENT_FROM = 8192
 def windows(key: CompileKey) -> list[int]:
     """The cache length of each decode segment, the last being the full cache (bucket + max_new_tokens).
     One segment for short generations, few rows, or any number of rows (key.rows None: export).
-    Greedy search, sampling and beam search decode in segments; contrastive search and speculative
+    Greedy search, sampling and beam search decode in segments (not when keeping every layer's
+    output, whose buffers span the full cache); contrastive search and speculative
     decoding (blocks of several slots per step) in one."""
     full = key.bucket + key.max_new_tokens
-    if key.strategy == "contrastive" or key.speculation or key.rows is None or key.rows * full < SEGMENT_FROM:
+    if key.strategy == "contrastive" or key.speculation or key.rows is None or key.rows * full < SEGMENT_FROM \
+            or key.hidden_states or key.attentions:  # (their buffers have the full cache's width)
         return [full]
     return [*range(key.bucket + SEGMENT, full - SEGMENT // 2, SEGMENT), full]
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from ..status import compile_notice
 from ..model import Transformer
-from . import constraints, contrastive, healing
+from . import constraints, contrastive, healing, layers
 from .beam_search import beam_search
 from .config import GenerationConfig
 from . import core
@@ -215,19 +215,25 @@ def available_memory() -> int | None:
     return None
 
 
-def check_record_memory(key: CompileKey, vocab: int) -> None:
-    """ValueError, before compiling, when output_scores / output_logits would not fit in memory."""
+def check_record_memory(key: CompileKey, config) -> None:
+    """ValueError, before compiling, when output_scores / output_logits or output_hidden_states /
+    output_attentions would not fit in memory."""
     buffers = int(key.scores) + int(key.logits)
-    if not buffers:
-        return
-    need = RECORD_PEAK * buffers * key.rows * key.max_new_tokens * vocab * 4
+    need = RECORD_PEAK * buffers * key.rows * key.max_new_tokens * config.vocab_size * 4
     free = available_memory()
-    if free is not None and need > free:
+    if buffers and free is not None and need > free:
         asked = " and ".join(n for n, on in (("output_scores", key.scores), ("output_logits", key.logits)) if on)
-        raise ValueError(f"{asked} for {key.rows} rows x {key.max_new_tokens} new tokens x {vocab} vocabulary need "
-                         f"about {need / 2**30:.1f} GiB at their peak ({RECORD_PEAK}x the {buffers} buffer(s) of "
-                         f"rows x steps x vocab float32), and {free / 2**30:.1f} GiB is available: ask for fewer rows "
-                         "or tokens, or use output_logprobs (the chosen tokens' log-probs only)")
+        raise ValueError(f"{asked} for {key.rows} rows x {key.max_new_tokens} new tokens x {config.vocab_size} "
+                         f"vocabulary need about {need / 2**30:.1f} GiB at their peak ({RECORD_PEAK}x the {buffers} "
+                         f"buffer(s) of rows x steps x vocab float32), and {free / 2**30:.1f} GiB is available: ask for "
+                         "fewer rows or tokens, or use output_logprobs (the chosen tokens' log-probs only)")
+    need += RECORD_PEAK * layers.memory(key, config)
+    if (key.hidden_states or key.attentions) and free is not None and need > free:
+        asked = " and ".join(n for n, on in (("output_hidden_states", key.hidden_states),
+                                             ("output_attentions", key.attentions)) if on)
+        raise ValueError(f"{asked} for {key.rows} rows x {key.bucket + key.max_new_tokens} slots need about "
+                         f"{need / 2**30:.1f} GiB at their peak (the loop's buffers, their host copy and the tuples), "
+                         f"and {free / 2**30:.1f} GiB is available: ask for fewer rows or tokens")
 
 
 def check_assistant(model, assistant, cfg: GenerationConfig, longest: int) -> None:
@@ -300,7 +306,7 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
                       speculation=speculation, stop=stop, constraint=constraint)
     ids, mask = expand_rows(ids, mask, key)
-    check_record_memory(key, model.config.vocab_size)
+    check_record_memory(key, model.config)
     check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs), prefix_cache,
                 given_ids(input_ids), automaton)
@@ -372,7 +378,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     incomplete = None if call.automaton is None else \
         incomplete_rows(call.automaton, sequences[:, width:], key.eos_ids)
     if not (cfg.return_dict or cfg.output_scores or cfg.output_logits or cfg.output_logprobs or cfg.top_logprobs
-            or return_state):
+            or cfg.output_hidden_states or cfg.output_attentions or return_state):
         if incomplete is not None:
             warn_incomplete(incomplete, cfg)
         return sequences
@@ -387,6 +393,9 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     if cfg.top_logprobs:
         output.top_tokens = result.record.top_tokens.numpy()
         output.top_logprobs = result.record.top_logprobs.numpy()
+    if key.hidden_states or key.attentions:
+        output.hidden_states, output.attentions = layers.as_outputs(
+            tf.nest.map_structure(lambda t: t.numpy(), result.layers), key, steps, width)
     if key.beam and cfg.output_scores:
         output.sequences_scores = result.sequences_scores.numpy().reshape(-1)
         output.beam_indices = result.beam_indices.numpy().reshape(len(sequences), -1)

@@ -329,6 +329,15 @@ IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
 CONSTRAINT_OPTIONS = ("regex", "json_schema", "choices")
 CONSTRAINED = ALL
 CONSTRAINED_MODES = frozenset((GENERATE, STREAM))
+# output_hidden_states / output_attentions: kept by greedy search and sampling's loop (layers.py)
+LAYER_STRATEGIES = frozenset((GREEDY, SAMPLE))
+LAYER_REFUSALS = {
+    **dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+                    "{name} is kept by greedy search and sampling (not yet by beam search, contrastive search or "
+                    "speculative decoding); model.logits(ids, mask, output_hidden_states=True, output_attentions=True) "
+                    "gives them for a whole sequence"),
+    CONTINUE: "{name} is kept for a whole generate call; it does not combine with cache/return_state",
+}
 CONSTRAINT_REFUSALS = {
     CONTINUE: "{name} (structured output) does not combine with cache/return_state (continuing a generation)"}
 
@@ -586,6 +595,16 @@ OPTIONS = (
            refusals=dict.fromkeys(BEAMS, "output_logprobs is for greedy search, sampling and contrastive search; with "
                                   "num_beams > 1 use output_scores and compute_transition_scores(sequences, scores, "
                                   "beam_indices)"), engine=True),
+    Option("output_hidden_states", False, BOOL,
+           "as HF: GenerateOutput.hidden_states, per step a tuple of n_layer + 1 arrays (the embeddings, each "
+           "block's output, the last after the final layer norm): [rows, prompt width, d] for the first token (the "
+           "prompt's pass), [rows, 1, d] after. Costs rows x (n_layer + 1) x d x (bucket + max_new_tokens) x 4 "
+           "bytes", KEY, strategies=LAYER_STRATEGIES, modes=frozenset((GENERATE,)), refusals=LAYER_REFUSALS),
+    Option("output_attentions", False, BOOL,
+           "as HF: GenerateOutput.attentions, per step a tuple of n_layer attention probabilities [rows, heads, "
+           "prompt width, prompt width] for the first token, [rows, heads, 1, prompt width + i] for token i. Costs "
+           "rows x n_layer x heads x (bucket + max_new_tokens)**2 x 4 bytes", KEY, strategies=LAYER_STRATEGIES,
+           modes=frozenset((GENERATE,)), refusals=LAYER_REFUSALS),
     Option("top_logprobs", 0, integer(0, 256),
            "GenerateOutput.top_logprobs and .top_tokens [rows, max_new_tokens, k]: each step's k most likely tokens "
            "and their log-probs under the distribution the token was chosen from, best first (0 = off; after EOS "
@@ -606,10 +625,6 @@ ALIASES = {"return_dict_in_generate": "return_dict"}
 # Options of the reference's `generate` (and its GenerationConfig) that minigen does not have, with
 # what to do instead: a transformers user's option is "not supported (yet)", not a typo.
 NOT_SUPPORTED = {
-    **dict.fromkeys(("output_hidden_states", "output_attentions"),
-                    "per-step hidden states and attentions are not kept by generate yet; "
-                    "model.logits(ids, mask, output_hidden_states=True, output_attentions=True) gives them for a "
-                    "whole sequence"),
     "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
     **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
     **dict.fromkeys(("guidance_scale", "negative_prompt_ids", "negative_prompt_attention_mask"),

@@ -42,6 +42,13 @@ class GenerateOutput:
         and verify step), tokens_per_step (mean_accepted_tokens + 1: the target adds one of its own).
     incomplete: structured output (regex / json_schema / choices): [rows] bool, the row's text is only a
         prefix of a match (max_new_tokens ran out first, or a stop string ended it).
+    hidden_states: output_hidden_states: a tuple, one entry per generated token, of n_layer + 1 arrays
+        (the embeddings, each block's output, the last after the final layer norm) from the forward
+        pass that gave that token's logits: [rows, prompt width, d] for the first (the prompt's pass),
+        [rows, 1, d] after, as the reference's. Padding positions hold what the model computed there.
+    attentions: output_attentions: the same per token, n_layer arrays of attention probabilities
+        [rows, heads, prompt width, prompt width] for the first, [rows, heads, 1, prompt width + i]
+        for token i.
     """
 
     sequences: np.ndarray
@@ -55,6 +62,8 @@ class GenerateOutput:
     state: "GenerationState | None" = None
     speculation: dict | None = None
     incomplete: np.ndarray | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
     # as the reference's ModelOutput: out["sequences"], out[0] (the fields that are set, in order), keys()
     def keys(self) -> list[str]:

@@ -21,6 +21,7 @@ import tensorflow as tf
 from .. import cache as kv
 from ..positions import generated_position
 from . import core
+from . import layers as kept_layers
 from .core import CompileKey, Knobs
 from .processors import Step
 
@@ -34,6 +35,7 @@ class DecodeState(NamedTuple):
     finished: tf.Tensor  # [rows] bool
     automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow; unused without a constraint)
     record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
+    layers: kept_layers.Layers  # output_hidden_states / output_attentions (size 0 when not asked)
 
 
 def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=None) -> tuple[DecodeState, tf.Tensor]:
@@ -42,12 +44,17 @@ def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=No
     before the first choice, key_mask [rows, cache_len])."""
     prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
     cache_len = cache_len or core.windows(key)[0]
-    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix)
-    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), key_mask
+    if not kept_layers.wanted(key):
+        hidden, cache, key_mask = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix)
+        return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), key_mask
+    hidden, cache, key_mask, kept = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix, keep_layers=True)
+    layers = kept_layers.keep_prompt(kept_layers.new_layers(key, net.config, ids.shape[0], cache_len), key, kept)
+    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), layers), key_mask
 
 
-def first_state(ids, mask, key: CompileKey, cache, logits) -> DecodeState:
-    """The state before the first choice, once the prompt is in `cache` and gave `logits` [rows, vocab]."""
+def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.Layers | None = None) -> DecodeState:
+    """The state before the first choice, once the prompt is in `cache` and gave `logits` [rows, vocab]
+    (and `layers`, the prompt's pass kept when asked)."""
     rows = tf.shape(ids)[0]
     return DecodeState(
         step=tf.constant(0),
@@ -58,6 +65,7 @@ def first_state(ids, mask, key: CompileKey, cache, logits) -> DecodeState:
         finished=tf.zeros([rows], tf.bool),
         automaton=core.start_automaton(rows),
         record=core.new_record(key, rows, logits.shape[-1]),
+        layers=kept_layers.nothing() if layers is None else layers,
     )
 
 
@@ -91,8 +99,13 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         slot, position = bucket + state.step, generated_position(state.prompt_len, state.step)
         state = choose(state)
         token = state.sequences[:, slot]
-        logits, cache = net.decode_one_token(token, position, state.cache, kv.View(key_mask, slot))
-        return state._replace(cache=cache, logits=logits)
+        if not kept_layers.wanted(key):
+            logits, cache = net.decode_one_token(token, position, state.cache, kv.View(key_mask, slot))
+            return state._replace(cache=cache, logits=logits)
+        hidden, cache, *kept = net.forward(token[:, None], position[:, None], state.cache, kv.View(key_mask, slot),
+                                           keep_layers=True)
+        layers = kept_layers.keep_step(state.layers, key, state.step, kept)
+        return state._replace(cache=cache, logits=net.lm_head(hidden[:, 0]), layers=layers)
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new - 1)
 
@@ -127,4 +140,5 @@ def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
             state, key_mask = grow(state, key_mask, size)
             state = core.hide_placeholders(state)
         state = decode_until(net, state, mask, key_mask, knobs, key, size - key.bucket)
-    return core.Outputs(state.sequences, state.record, state.step, cache=state.cache if key.return_cache else None)
+    return core.Outputs(state.sequences, state.record, state.step, cache=state.cache if key.return_cache else None,
+                        layers=state.layers)
