@@ -46,7 +46,7 @@ class ContrastiveState(NamedTuple):
     finished: tf.Tensor  # [rows] bool
     automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow)
     record: core.Record  # what is kept of each step when asked
-    layers: object  # search.DecodeState's layers (contrastive search keeps none: size-0 placeholders)
+    layers: tuple  # search.DecodeState's layers (contrastive search keeps none: ())
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 
 

@@ -35,7 +35,7 @@ class DecodeState(NamedTuple):
     finished: tf.Tensor  # [rows] bool
     automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow; unused without a constraint)
     record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
-    layers: kept_layers.Layers  # output_hidden_states / output_attentions (size 0 when not asked)
+    layers: kept_layers.Layers | tuple  # output_hidden_states / output_attentions (() when not asked)
 
 
 def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=None) -> tuple[DecodeState, tf.Tensor]:
