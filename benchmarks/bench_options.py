@@ -36,6 +36,8 @@ OPTIONS = [
     ("output_scores (each step's [1, vocab] kept)", SEARCH, dict(output_scores=True)),
     ("output_scores + output_logits", SEARCH, dict(output_scores=True, output_logits=True)),
     ("top_logprobs 5", SEARCH, dict(top_logprobs=5)),
+    ("layers: output_hidden_states", SEARCH, dict(output_hidden_states=True)),
+    ("layers: output_attentions", SEARCH, dict(output_attentions=True)),
     ("repetition_penalty 1.3", SEARCH, dict(repetition_penalty=1.3)),
     ("presence_penalty 0.5 + frequency_penalty 0.3", SEARCH, dict(presence_penalty=0.5, frequency_penalty=0.3)),
     ("no_repeat_ngram_size 3", SEARCH, dict(no_repeat_ngram_size=3)),
@@ -48,6 +50,7 @@ OPTIONS = [
     ("typical_p 0.9 (sampling)", SAMPLE, dict(typical_p=0.9)),
     ("eta_cutoff 3e-4 (sampling)", SAMPLE, dict(eta_cutoff=3e-4)),
     ("contrastive search k4 a0.6 (vs greedy)", SEARCH, dict(penalty_alpha=0.6, top_k=4)),
+    ("beam sampling, no warper (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=0, seed=(1, 2))),
     ("beam sampling top_k 50 (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=50, seed=(1, 2))),
 ]
 
