@@ -60,6 +60,34 @@ def test_speculative_min_new_tokens_and_scores_equal_plain(hf_and_minigen):
         np.testing.assert_allclose(spec.logprobs, plain.logprobs, atol=2e-4)
 
 
+@pytest.mark.parametrize("method", ["lookup", "draft"])
+def test_processors_that_read_the_row_keep_speculation_equal_to_plain_greedy(hf_and_minigen, method):
+    """repetition_penalty, no_repeat_ngram_size, presence/frequency_penalty, sequence_bias and bad_words_ids
+    with speculative decoding give plain greedy's tokens with them (each verify position is scored over
+    the row as it would be with the candidates before it accepted), on a left-padded batch whose rows
+    end at different steps; each option really changes the output."""
+    hf, _, model = hf_and_minigen("tiny")
+    ids, mask = left_padded_batch(np.random.default_rng(41), 512, [9, 3, 14, 6])
+    ids[:, -6:] = ids[:, -12:-6]  # repetition for the lookup to find
+    max_new = 20
+    eos = early_eos(hf, ids, mask, max_new)
+    base = dict(max_new_tokens=max_new, eos_token_id=eos, pad_token_id=PAD)
+    plain = model.generate(ids, mask, **base)
+    new = plain[:, ids.shape[1]:]
+    common = int(np.bincount(new[new != PAD]).argmax())  # a token plain greedy uses a lot
+    pair = [int(t) for t in new[0, 1:3]]  # a bigram it produced
+    speculation = dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=2) if method == "lookup" else \
+        dict(assistant_model=hf_and_minigen("tiny", initializer_range=0.25)[2], num_assistant_tokens=3)
+    for options in (dict(repetition_penalty=1.6), dict(no_repeat_ngram_size=2),
+                    dict(presence_penalty=1.5, frequency_penalty=0.8),
+                    dict(sequence_bias={(common,): -4.0, (pair[0], 7): 3.0}, bad_words_ids=[pair])):
+        expected = model.generate(ids, mask, **base, **options)
+        assert (expected != plain).any(), options  # the option acts here
+        got = model.generate(ids, mask, **base, **options, **speculation, return_dict=True)
+        np.testing.assert_array_equal(got.sequences, expected, err_msg=str(options))
+    assert got.speculation["mean_accepted_tokens"] > 0  # candidates were accepted, not only rejected
+
+
 def test_prompt_lookup_copies_from_the_row(hf_and_minigen):
     """On a text that repeats, candidates come from the row's own earlier tokens and get accepted."""
     from minigen.generation.speculative import lookup_candidates
@@ -84,7 +112,7 @@ def test_speculative_option_errors(hf_and_minigen):
     cases = [
         (dict(prompt_lookup_num_tokens=0), "prompt_lookup_num_tokens must be an integer >= 1"),
         (dict(prompt_lookup_num_tokens=3, num_beams=2), "needs num_beams=1"),
-        (dict(prompt_lookup_num_tokens=3, repetition_penalty=1.2), "does not support repetition_penalty"),
+        (dict(prompt_lookup_num_tokens=3, logits_processor=[lambda s, v, g, x: x]), "does not support logits_processor"),
         (dict(assistant_model=other_vocab), "vocab_size 1003"),
         (dict(assistant_model=model), "the model itself"),
         (dict(assistant_model="gpt2"), "must be a minigen model"),

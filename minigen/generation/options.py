@@ -322,7 +322,7 @@ WARPER = ("{name} is a sampling warper: set do_sample=True, or leave it at {off}
           "the most likely tokens)")
 SAMPLING_ONLY = frozenset((SAMPLE, BEAM_SAMPLE, SPECULATIVE))  # speculative sampling samples
 WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, CONTRASTIVE: WARPER}
-NO_ROW_TOKENS = ALL - {SPECULATIVE}  # speculative verify blocks do not carry the rows' tokens
+NO_ROW_TOKENS = ALL - {SPECULATIVE}  # your own processors get a scalar `generated`, not a verify block's per row
 OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) cannot return
 IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
 # structured output's options (constraints.py): at most one per call
@@ -482,23 +482,22 @@ OPTIONS = (
     # -- logits processors, in the order they apply (processors.PROCESSORS)
     Option("sequence_bias", (), bias_map,
            "{token sequence: bias} (or [[ids, bias], ...]): the bias is added to the sequence's last token "
-           "wherever the rest of it ends the row", KEY, strategies=NO_ROW_TOKENS, normalise=_bias,
+           "wherever the rest of it ends the row", KEY, normalise=_bias,
            ids=lambda v: [t for ids, _ in v for t in ids]),
     Option("repetition_penalty", 1.0, number("a finite number > 0 (1.0 = off)", lambda v: v > 0),
            "> 1 discourages tokens already in the row (padding ignored, unlike HF)", TENSOR,
-           strategies=NO_ROW_TOKENS, flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32", engine=True),
+           flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32", engine=True),
     Option("presence_penalty", 0.0, number("a number in [-2, 2] (0 = off)", lambda v: (v >= -2) & (v <= 2), "in [-2, 2]"),
            "OpenAI's: subtracted from the score of every token generated at least once (the prompt not counted; "
-           "> 0 discourages repeats)", TENSOR, strategies=NO_ROW_TOKENS, flag="--presence-penalty", dtype="float32"),
+           "> 0 discourages repeats)", TENSOR, flag="--presence-penalty", dtype="float32"),
     Option("frequency_penalty", 0.0, number("a number in [-2, 2] (0 = off)", lambda v: (v >= -2) & (v <= 2), "in [-2, 2]"),
            "OpenAI's: subtracted from a token's score once per time it was generated (the prompt not counted)",
-           TENSOR, strategies=NO_ROW_TOKENS, flag="--frequency-penalty", dtype="float32"),
+           TENSOR, flag="--frequency-penalty", dtype="float32"),
     Option("no_repeat_ngram_size", 0, integer(0),
-           "forbid repeating any n-gram of this size (padding ignored, unlike HF)", KEY, strategies=NO_ROW_TOKENS,
-           flag="--no-repeat-ngram-size"),
+           "forbid repeating any n-gram of this size (padding ignored, unlike HF)", KEY, flag="--no-repeat-ngram-size"),
     Option("bad_words_ids", (), word_list,
            "token sequences never generated: the last token of each is banned wherever the rest of it ends the "
-           "row (a list of lists of ids)", KEY, strategies=NO_ROW_TOKENS, normalise=_words,
+           "row (a list of lists of ids)", KEY, normalise=_words,
            ids=lambda v: [t for w in v for t in w]),
     Option("forced_bos_token_id", None, token_id,
            "the first new token of a 1-token-wide prompt (HF forces it at length 1)", KEY, ids=_ids,

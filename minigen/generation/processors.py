@@ -52,7 +52,9 @@ def generated_counts(step: "Step", vocab_size: int):
     """[batch, vocab] int32: how often each token was generated so far (the prompt not counted): the
     `generated` slots just before next_slot."""
     column = tf.range(step.sequences.shape[1])[None, :]
-    new = step.valid & (column >= step.next_slot - step.generated) & (column < step.next_slot)
+    generated = tf.convert_to_tensor(step.generated)
+    generated = generated[:, None] if generated.shape.rank else generated  # one per row (a verify block's)
+    new = step.valid & (column >= step.next_slot - generated) & (column < step.next_slot)
     return token_counts(step.sequences, new, vocab_size)
 
 
@@ -492,22 +494,26 @@ class Processor(NamedTuple):
     # a value that travels as a table: value -> (its shape for the compile key, {name: array}); apply
     # then gets (shape, tensors)
     table: Callable | None = None
+    reads_row: bool = False  # reads the row's tokens (Step.sequences): a verify block gives each position its own
 
 
 PROCESSORS = (
     Processor("sequence_bias", (), True, None,
-              lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table),
+              lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table,
+              reads_row=True),
     Processor("repetition_penalty", 1.0, False, tf.float32,
-              lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value)),
+              lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value), reads_row=True),
     Processor("presence_penalty", 0.0, False, tf.float32,
-              lambda logits, s, value: presence_penalty(logits, generated_counts(s, logits.shape[-1]), value)),
+              lambda logits, s, value: presence_penalty(logits, generated_counts(s, logits.shape[-1]), value),
+              reads_row=True),
     Processor("frequency_penalty", 0.0, False, tf.float32,
-              lambda logits, s, value: frequency_penalty(logits, generated_counts(s, logits.shape[-1]), value)),
+              lambda logits, s, value: frequency_penalty(logits, generated_counts(s, logits.shape[-1]), value),
+              reads_row=True),
     Processor("no_repeat_ngram_size", 0, True, None,
-              lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n)),
+              lambda logits, s, n: no_repeat_ngram(logits, s.sequences, s.valid, s.next_slot, n), reads_row=True),
     Processor("bad_words_ids", (), True, None,
               lambda logits, s, table: bad_words(logits, s.sequences, s.valid, s.next_slot, table, s.eos_ids),
-              lambda words: word_table((w, 0.0) for w in words)),
+              lambda words: word_table((w, 0.0) for w in words), reads_row=True),
     Processor("min_new_tokens", ALWAYS, False, tf.int32,  # min_length is folded in (GenerationConfig.for_prompt)
               lambda logits, s, n: forbid_eos(logits, s.eos_ids, s.generated < n)),
     Processor("constrained", False, True, None,  # structured output (constraints.py): the automaton's mask
@@ -526,7 +532,7 @@ PROCESSORS = (
               lambda logits, s, at: tf.where(tf.expand_dims(s.generated == at[1], -1), suppress_tokens(logits, at[0]),
                                              logits)),
     Processor("logits_processor", (), True, None,  # the user's functions, by identity
-              lambda logits, s, fns: custom(logits, s, fns)),
+              lambda logits, s, fns: custom(logits, s, fns), reads_row=True),
     # always last, after the sampling warpers too (as HF's LogitNormalization): core.scores applies it
     Processor("renormalize_logits", False, True, None, None),
 )
@@ -552,6 +558,12 @@ WARPERS = (
     Warper("epsilon_cutoff", 0.0, False, tf.float32, epsilon_cutoff),
     Warper("eta_cutoff", 0.0, False, tf.float32, eta_cutoff),
 )
+
+
+def reads_rows(on: tuple) -> bool:
+    """Whether a processor named in `on` (see `active`) reads the row's tokens."""
+    names = dict(on)
+    return any(p.reads_row and p.option in names for p in PROCESSORS)
 
 
 def active(cfg, runtime: tuple = (), keep: int = 1) -> tuple:

@@ -122,6 +122,43 @@ def accept_sampled(scores, candidates, q, seed, iteration):
     return tf.where(tf.range(k + 1)[None, :] < n[:, None], padded, token[:, None]), n
 
 
+def block_histories(sequences, prompt_valid, lengths, candidates):
+    """Each verify-block position's own row, for the processors that read a row's tokens: position j
+    sees the row's written tokens, then candidates 1..j, as plain decoding would have had them had
+    those been accepted. sequences [rows, width], prompt_valid [rows, bucket] bool, lengths [rows],
+    candidates [rows, k]. Returns (sequences, valid) [rows * (k+1), W] and W = width + k: each row is
+    shifted so that its next token goes to slot W, one slot for all, as the processors take it."""
+    rows, width, k = sequences.shape[0], sequences.shape[1], candidates.shape[1]
+    full = width + k
+    room = tf.concat([sequences, tf.zeros([rows, k], sequences.dtype)], axis=1)  # [rows, W]
+    real = tf.concat([prompt_valid, tf.ones([rows, full - prompt_valid.shape[1]], tf.bool)], axis=1)
+    rows_j, valid_j = [], []
+    for j in range(k + 1):
+        row = core.write_runs(room, candidates, lengths, tf.fill([rows], j))
+        source = tf.range(full)[None, :] + (lengths + j - full)[:, None]  # [rows, W]: the slot each column shows
+        inside = source >= 0
+        source = tf.maximum(source, 0)
+        rows_j.append(tf.where(inside, tf.gather(row, source, batch_dims=1), 0))
+        valid_j.append(inside & tf.gather(real, source, batch_dims=1))
+    flat = lambda parts: tf.reshape(tf.stack(parts, axis=1), [rows * (k + 1), full])  # noqa: E731
+    return flat(rows_j), flat(valid_j), full
+
+
+def block_scores(logits, state_sequences, prompt_valid, lengths, candidates, number, allowed, knobs: Knobs,
+                 key: CompileKey):
+    """The processed scores [rows, k+1, vocab] of a verify block's logits [rows, k+1, vocab]; number
+    [rows, k+1]: the generated tokens before each position; allowed: structured output's [rows, k+1,
+    vocab] or None. With a processor that reads the row's tokens, each position is scored over its own
+    history (block_histories), so the accepted tokens are plain decoding's."""
+    if not P.reads_rows(key.processors):
+        return core.scores(logits, Step(None, None, None, number, key.eos_ids, allowed), knobs, key)
+    rows, k1, vocab = logits.shape[0], logits.shape[1], logits.shape[2]
+    sequences, valid, next_slot = block_histories(state_sequences, prompt_valid, lengths, candidates)
+    flat_allowed = None if allowed is None else tf.reshape(allowed, [rows * k1, vocab])
+    step = Step(sequences, valid, next_slot, tf.reshape(number, [-1]), key.eos_ids, flat_allowed)
+    return tf.reshape(core.scores(tf.reshape(logits, [rows * k1, vocab]), step, knobs, key), [rows, k1, vocab])
+
+
 def kept_count(tokens, accepted, generated, finished, max_new: int, eos_ids: tuple):
     """How many of a verify block's tokens [rows, k+1] each row keeps: its accepted candidates and one
     more, cut after its first EOS and at max_new tokens in all; 0 for a row already finished.
@@ -213,7 +250,9 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         _, draft_cache, _ = draft.prefill(ids, mask, cache_len)
     start = core.start_automaton(rows)
     allowed = core.allowed_next(start, knobs, key, net.config.vocab_size)
-    scores = core.scores(net.lm_head(hidden[:, -1]), Step(None, None, None, 0, key.eos_ids, allowed), knobs, key)
+    prompt = core.new_sequences(ids, max_new, key.pad_id)
+    first_step = Step(prompt, core.written_slots(mask, 0, max_new), bucket, 0, key.eos_ids, allowed)
+    scores = core.scores(net.lm_head(hidden[:, -1]), first_step, knobs, key)
     first = core.choose_token(scores, key, core.rng_key(knobs.seed, 0))
     automaton, stranded = core.follow(start, first, tf.zeros([rows], tf.bool), knobs, key)
     logprobs = core.new_record(key, rows, scores.shape[-1]).logprobs
@@ -222,7 +261,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
     state = SpecState(
         cache=cache,
         draft_cache=draft_cache,
-        sequences=core.write_column(core.new_sequences(ids, max_new, key.pad_id), bucket, first),
+        sequences=core.write_column(prompt, bucket, first),
         lengths=tf.fill([rows], bucket + 1),
         finished=core.is_eos(first, key.eos_ids) | (max_new == 1) | stranded,
         automaton=automaton,
@@ -255,7 +294,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
             states = block_automaton(state.automaton, candidates, knobs, key)
             allowed = tf.reshape(core.allowed_next(tf.reshape(states, [-1]), knobs, key, net.config.vocab_size),
                                  [rows, k + 1, -1])
-        scores = core.scores(net.lm_head(hidden), Step(None, None, None, number, key.eos_ids, allowed), knobs, key)
+        scores = block_scores(net.lm_head(hidden), state.sequences, prompt_valid, lengths, candidates, number,
+                              allowed, knobs, key)
         tokens, n = accept_sampled(scores, candidates, q, knobs.seed, iteration) if sampling else \
             accept_greedy(scores, candidates)
         count, hit = kept_count(tokens, n, generated, state.finished, max_new, key.eos_ids)
