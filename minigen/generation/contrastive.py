@@ -47,6 +47,7 @@ class ContrastiveState(NamedTuple):
     automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow)
     record: core.Record  # what is kept of each step when asked
     layers: tuple  # search.DecodeState's layers (contrastive search keeps none: ())
+    guide: tuple  # search.DecodeState's guide (no guidance here: ())
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 
 

@@ -64,6 +64,7 @@ class CompileKey(NamedTuple):
     logits: bool = False  # keep each step's raw logits (output_logits): [max_new, rows, vocab]
     top_logprobs: int = 0  # keep each step's k most likely tokens and log-probs (top_logprobs): [rows, max_new, k]
     hidden_states: bool = False  # keep every layer's hidden states (output_hidden_states): layers.py
+    guidance: int = 0  # classifier-free guidance: its unconditional prompt's bucket (0 = off)
     attentions: bool = False  # keep every layer's attention probabilities (output_attentions): layers.py
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
@@ -76,13 +77,14 @@ class CompileKey(NamedTuple):
 
 def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: int, *, prefix: int = 0,
                 return_cache: bool = False, speculation: str = "", runtime: tuple = (), stop: tuple = (),
-                constraint: tuple = ()) -> CompileKey:
+                constraint: tuple = (), guidance: int = 0) -> CompileKey:
     """The compile key of a checked config for `batch` prompts padded to `bucket`.
 
     speculation: "" | "lookup" | "draft"; runtime: processor options given at run time whatever
     their value (the SavedModel's inputs), so they are in the graph even when off in `cfg`;
     stop: the stop-string table's shape_key when cfg.stop_strings (the table itself is a Knobs tensor);
-    constraint: the structured-output tables' shape_key when cfg.constraint (likewise).
+    constraint: the structured-output tables' shape_key when cfg.constraint (likewise);
+    guidance: the unconditional prompt's bucket when cfg.guidance_scale.
     """
     strategy = cfg.strategy
     beams = strategy in BEAMS
@@ -109,6 +111,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         logits=cfg.output_logits,
         top_logprobs=cfg.top_logprobs,
         hidden_states=cfg.output_hidden_states,
+        guidance=guidance,
         attentions=cfg.output_attentions,
         beam=beam,
         speculation=spec,
@@ -137,6 +140,7 @@ class Knobs(NamedTuple):
     fsm_allowed: tf.Tensor  # int32 [states, vocab / 32]: structured output's allowed bits (constraints.Tables)
     fsm_next: tf.Tensor  # int32 [states, classes]: its transitions by token class
     fsm_class: tf.Tensor  # int32 [vocab]: each token's class ([1, 1], [1, 1], [1] when off)
+    unconditional: tuple  # classifier-free guidance: (ids, mask) [rows, key.guidance] int32, () when off
     processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
 
 
@@ -155,6 +159,7 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
         fsm_allowed=tf.zeros([1, 1], tf.int32),
         fsm_next=tf.zeros([1, 1], tf.int32),
         fsm_class=tf.zeros([1], tf.int32),
+        unconditional=(),
         processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
     )
     return knobs._replace(**{k: v for k, v in given.items() if k in Knobs._fields})
@@ -288,7 +293,7 @@ def windows(key: CompileKey) -> list[int]:
     decoding (blocks of several slots per step) in one."""
     full = key.bucket + key.max_new_tokens
     if key.strategy == "contrastive" or key.speculation or key.rows is None or key.rows * full < SEGMENT_FROM \
-            or key.hidden_states or key.attentions:  # (their buffers have the full cache's width)
+            or key.hidden_states or key.attentions or key.guidance:  # (buffers / a second cache of full width)
         return [full]
     return [*range(key.bucket + SEGMENT, full - SEGMENT // 2, SEGMENT), full]
 

@@ -280,8 +280,39 @@ class Call(NamedTuple):
     automaton: object = None  # structured output's constraints.Automaton (the host's check of each row)
 
 
+def guidance_inputs(model, cfg: GenerationConfig, ids, mask, negative_ids, negative_mask) -> tuple[int, dict]:
+    """(the compile key's guidance part: the unconditional prompt's bucket, 0 when off; the Knobs'
+    unconditional (ids, mask) [batch, bucket'] int32) for classifier-free guidance. The unconditional
+    prompt is negative_prompt_ids (left-padded as input_ids may be), else each prompt's last token (the
+    reference's default); ids, mask: the bucketed prompts [batch, bucket]."""
+    if cfg.guidance_scale is None:
+        if negative_ids is not None or negative_mask is not None:
+            raise ValueError("negative_prompt_ids / negative_prompt_attention_mask are classifier-free guidance's "
+                             "unconditional prompt: set guidance_scale (not None or 1) to use them")
+        return 0, {}
+    if negative_ids is None:
+        if negative_mask is not None:
+            raise ValueError("negative_prompt_attention_mask needs negative_prompt_ids")
+        negative_ids, negative_mask = ids[:, -1:], np.ones([len(ids), 1], np.int32)  # the last column: real
+    try:
+        negative_ids, negative_mask = as_batch(model.config, negative_ids, negative_mask)
+        check_left_padded(negative_mask)
+    except ValueError as e:
+        raise ValueError(f"negative_prompt_ids: {e}") from None
+    if len(negative_ids) != len(ids):
+        raise ValueError(f"negative_prompt_ids has {len(negative_ids)} rows but input_ids has {len(ids)}: one "
+                         "unconditional prompt per prompt")
+    if int(negative_mask.sum(axis=1).max()) + cfg.max_new_tokens > model.config.n_positions:
+        raise ValueError(f"negative_prompt_ids length + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
+                         f"n_positions ({model.config.n_positions})")
+    width = negative_ids.shape[1]
+    bucket = -(-width // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of
+    return bucket, dict(zip(("ids", "mask"), left_pad_to(negative_ids, negative_mask, bucket)))
+
+
 def plan(model, input_ids, attention_mask, generation_config, options: dict, *, streaming: bool = False,
-         cache: GenerationState | None = None, return_state: bool = False, assistant=None) -> Call:
+         cache: GenerationState | None = None, return_state: bool = False, assistant=None,
+         negative: tuple = (None, None)) -> Call:
     """Everything before the compiled loop runs, for generate and stream alike: the options checked
     (alone, together, against the model), the prompts checked and bucketed, a continued state
     joined, the compile key, the rows expanded, the memory and user-processor checks, the knobs.
@@ -303,17 +334,22 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
         bucket, prefix, prefix_cache = ids.shape[1], cache.width - 1, (cache.cache,)
     stop, stop_knobs = stop_inputs(model, cfg)
     constraint, constraint_knobs, automaton = constraint_inputs(model, cfg)
+    guidance, unconditional = guidance_inputs(model, cfg, ids, mask, *negative)
     key = compile_key(cfg, model.config, batch, bucket, prefix=prefix, return_cache=return_state,
-                      speculation=speculation, stop=stop, constraint=constraint)
+                      speculation=speculation, stop=stop, constraint=constraint, guidance=guidance)
     ids, mask = expand_rows(ids, mask, key)
+    guidance_knobs = {"unconditional": tuple(tf.constant(a) for a in expand_rows(*unconditional.values(), key))} \
+        if guidance else {}
     check_record_memory(key, model.config)
     check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
-    return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs), prefix_cache,
+    return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs, **guidance_knobs),
+                prefix_cache,
                 given_ids(input_ids), automaton)
 
 
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None,
-             cache: GenerationState | None = None, return_state: bool = False, assistant_model=None, **options):
+             cache: GenerationState | None = None, return_state: bool = False, assistant_model=None,
+             negative_prompt_ids=None, negative_prompt_attention_mask=None, **options):
     """Generate continuations of a (left-padded) batch of prompts, compiled whole with XLA.
 
     Args:
@@ -323,6 +359,8 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         cache: a GenerationState from an earlier call: input_ids then continue that conversation
             (one new segment per row), its keys/values reused, not recomputed. Greedy/sampling.
         return_state: also return the state to continue from (in GenerateOutput.state).
+        negative_prompt_ids, negative_prompt_attention_mask: [batch, width'] classifier-free guidance's
+            unconditional prompt (with guidance_scale; default: each prompt's last token), as the reference's.
         assistant_model: a smaller minigen model with the same vocabulary: speculative decoding,
             num_assistant_tokens drafted per step and verified in one pass of this model. Greedy
             output is this model's own greedy output; sampled output has its distribution.
@@ -340,7 +378,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         new segment alone as the prompt.
     """
     call = plan(model, input_ids, attention_mask, generation_config, options, cache=cache, return_state=return_state,
-                assistant=assistant_model)
+                assistant=assistant_model, negative=(negative_prompt_ids, negative_prompt_attention_mask))
     cfg, key, ids, mask, batch, width = call.cfg, call.key, call.ids, call.mask, call.batch, call.width
     fresh = cache_key(key, assistant_model) not in model.compile_cache
     fn = compiled_generate(model, key, assistant_model)

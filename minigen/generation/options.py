@@ -430,6 +430,18 @@ OPTIONS = (
                                      "penalty_alpha=None for beam search or sampling"),
                      SPECULATIVE: "penalty_alpha (contrastive search) does not combine with speculative decoding "
                                   "(assistant_model / prompt_lookup_num_tokens)"}),
+    Option("guidance_scale", None, optional(number("a number > 0 (1 = off)", lambda v: v > 0, "> 0")),
+           "classifier-free guidance (HF's UnbatchedClassifierFreeGuidanceLogitsProcessor, first of the processors): "
+           "the scores become scale x (log-probs - unconditional log-probs) + unconditional log-probs, the "
+           "unconditional stream continuing generate's negative_prompt_ids (default: each prompt's last token) "
+           "with its own cache in the same loop. None or 1 = off", TENSOR, strategies=frozenset((GREEDY, SAMPLE)),
+           modes=frozenset((GENERATE,)), dtype="float32", off=(None, 1, 1.0),
+           normalise=lambda v: None if v is None or v == 1 else float(v),
+           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+                                     "guidance_scale (classifier-free guidance) runs with greedy search and sampling; "
+                                     "leave it at None"),
+                     STREAM: "guidance_scale (classifier-free guidance) needs generate; leave it at None to stream",
+                     CONTINUE: "guidance_scale (classifier-free guidance) does not combine with cache/return_state"}),
     # -- sampling warpers, in the order they apply
     Option("temperature", 1.0, number("a finite number > 0", lambda v: v > 0),
            "sampling temperature: the logits are divided by it first", TENSOR, strategies=SAMPLING_ONLY,
@@ -626,9 +638,10 @@ ALIASES = {"return_dict_in_generate": "return_dict"}
 NOT_SUPPORTED = {
     "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
     **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
-    **dict.fromkeys(("guidance_scale", "negative_prompt_ids", "negative_prompt_attention_mask"),
-                    "classifier-free guidance is not supported yet"),
     "dola_layers": "DoLa decoding is not supported yet",
+    **dict.fromkeys(("negative_prompt_ids", "negative_prompt_attention_mask"),
+                    "classifier-free guidance's unconditional prompt is an argument of generate (with guidance_scale); "
+                    "streaming and the text API do not take it"),
     **dict.fromkeys(("num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
                      "target_lookbehind", "assistant_early_exit", "is_assistant", "speculation_type", "use_mtp"),
                     "minigen's speculative decoding takes assistant_model= with num_assistant_tokens, or "

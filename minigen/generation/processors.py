@@ -108,6 +108,14 @@ def token_mask(vocab: int, token_ids: tuple[int, ...]):
     return tf.reduce_any(tf.equal(tf.range(vocab)[:, None], tf.constant(token_ids)[None, :]), axis=1)
 
 
+def guide(logits, unconditional, scale):
+    """Classifier-free guidance (the reference's UnbatchedClassifierFreeGuidanceLogitsProcessor):
+    scale x (log-probs - unconditional log-probs) + unconditional log-probs, over logits and the
+    unconditional stream's logits [rows, vocab]."""
+    scores, base = tf.nn.log_softmax(logits), tf.nn.log_softmax(unconditional)
+    return scale * (scores - base) + base
+
+
 def forbid_eos(logits, eos_ids: tuple[int, ...], active):
     """min_new_tokens: where `active`, EOS tokens get -inf.
 
@@ -480,6 +488,7 @@ class Step(NamedTuple):
     generated: tf.Tensor  # int32: tokens generated before this one, [] or one per position ([rows, s])
     eos_ids: tuple
     allowed: tf.Tensor | None = None  # [rows, vocab] bool: what each row's structured-output automaton allows
+    unconditional: tf.Tensor | None = None  # [rows, vocab]: classifier-free guidance's unconditional logits
 
 
 ALWAYS = "always"  # a Processor's `off` for one that is always in the graph (cheap, value at run time)
@@ -498,6 +507,8 @@ class Processor(NamedTuple):
 
 
 PROCESSORS = (
+    Processor("guidance_scale", None, False, tf.float32,  # first, as the reference adds it
+              lambda logits, s, scale: guide(logits, s.unconditional, scale)),
     Processor("sequence_bias", (), True, None,
               lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table,
               reads_row=True),

@@ -36,25 +36,56 @@ class DecodeState(NamedTuple):
     automaton: tf.Tensor  # [rows] int32: structured output's state (core.follow; unused without a constraint)
     record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
     layers: kept_layers.Layers | tuple  # output_hidden_states / output_attentions (() when not asked)
+    guide: "Guide | tuple"  # classifier-free guidance's unconditional stream (() when off)
 
 
-def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=None) -> tuple[DecodeState, tf.Tensor]:
+class Guide(NamedTuple):
+    """Classifier-free guidance's unconditional stream: its own prompt, cache and next-token logits,
+    decoded beside the conditional one with the same chosen tokens."""
+
+    cache: kv.KVCache  # key.guidance + max_new slots
+    logits: tf.Tensor  # [rows, vocab] float32: the unconditional next-token logits
+    prompt_len: tf.Tensor  # [rows] int32: real tokens of the unconditional prompt
+    key_mask: tf.Tensor  # [rows, key.guidance + max_new] bool
+
+
+def start_guide(net, unconditional, key: CompileKey) -> Guide | tuple:
+    """Prefill the unconditional prompt (ids, mask) [rows, key.guidance]; () without guidance."""
+    if not key.guidance:
+        return ()
+    ids, mask = unconditional
+    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=key.guidance + key.max_new_tokens)
+    return Guide(cache, net.lm_head(hidden[:, -1]), tf.reduce_sum(mask, axis=1), key_mask)
+
+
+def advance_guide(net, guide: Guide, token, step, key: CompileKey) -> Guide:
+    """The unconditional stream after the chosen token [rows] (the step-th generated)."""
+    position = generated_position(guide.prompt_len, step)
+    logits, cache = net.decode_one_token(token, position, guide.cache, kv.View(guide.key_mask, key.guidance + step))
+    return guide._replace(cache=cache, logits=logits)
+
+
+def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=None,
+                unconditional=()) -> tuple[DecodeState, tf.Tensor]:
     """Prefill: the prompt fills a fresh cache of cache_len slots (default: the first decode segment's,
-    core.windows; its first key.prefix slots copied from prefix_cache when continuing). Returns (state
-    before the first choice, key_mask [rows, cache_len])."""
+    core.windows; its first key.prefix slots copied from prefix_cache when continuing), and with
+    guidance the unconditional prompt (knobs.unconditional) its own. Returns (state before the first
+    choice, key_mask [rows, cache_len])."""
     prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
     cache_len = cache_len or core.windows(key)[0]
+    guide = start_guide(net, unconditional, key)
     if not kept_layers.wanted(key):
         hidden, cache, key_mask = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix)
-        return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1])), key_mask
+        return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), guide=guide), key_mask
     hidden, cache, key_mask, kept = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix, keep_layers=True)
     layers = kept_layers.keep_prompt(kept_layers.new_layers(key, net.config, ids.shape[0], cache_len), key, kept)
-    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), layers), key_mask
+    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), layers, guide), key_mask
 
 
-def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.Layers | None = None) -> DecodeState:
+def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.Layers | None = None,
+                guide: Guide | tuple = ()) -> DecodeState:
     """The state before the first choice, once the prompt is in `cache` and gave `logits` [rows, vocab]
-    (and `layers`, the prompt's pass kept when asked)."""
+    (and `layers`, the prompt's pass kept when asked; `guide`, guidance's unconditional stream)."""
     rows = tf.shape(ids)[0]
     return DecodeState(
         step=tf.constant(0),
@@ -66,6 +97,7 @@ def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.L
         automaton=core.start_automaton(rows),
         record=core.new_record(key, rows, logits.shape[-1]),
         layers=kept_layers.nothing() if layers is None else layers,
+        guide=guide,
     )
 
 
@@ -83,7 +115,7 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         slot = bucket + state.step
         allowed = core.allowed_next(state.automaton, knobs, key, state.logits.shape[-1])
         step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids,
-                    allowed)
+                    allowed, state.guide.logits if key.guidance else None)
         scores = core.scores(state.logits, step, knobs, key)
         token = core.choose_token(scores, key, core.rng_key(knobs.seed, state.step))
         token = tf.where(state.finished, key.pad_id, token)
@@ -96,9 +128,11 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
 
     def step(state: DecodeState) -> DecodeState:
         """Choose a token, then run it through the model for the next token's logits."""
-        slot, position = bucket + state.step, generated_position(state.prompt_len, state.step)
+        slot, position, chosen = bucket + state.step, generated_position(state.prompt_len, state.step), state.step
         state = choose(state)
         token = state.sequences[:, slot]
+        if key.guidance:
+            state = state._replace(guide=advance_guide(net, state.guide, token, chosen, key))
         if not kept_layers.wanted(key):
             logits, cache = net.decode_one_token(token, position, state.cache, kv.View(key_mask, slot))
             return state._replace(cache=cache, logits=logits)
@@ -134,7 +168,8 @@ def search(net, ids, mask, knobs: Knobs, key: CompileKey, prefix_cache=None):
     when key.return_cache).
     """
     sizes = core.windows(key)
-    state, key_mask = start_state(net, ids, mask, key, prefix_cache, cache_len=sizes[0])
+    state, key_mask = start_state(net, ids, mask, key, prefix_cache, cache_len=sizes[0],
+                                  unconditional=knobs.unconditional)
     for i, size in enumerate(sizes):
         if i:  # a segment after the first
             state, key_mask = grow(state, key_mask, size)
