@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
 
 import numpy as np
+import pytest
 import torch
 
 import minigen
@@ -53,6 +56,30 @@ def same_weights(model_dir):
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+
+# -- the reference for what transformers 5.x dropped (contrastive search, DoLa, group beam search):
+# transformers 4.55.4 in its own venv (`make reference-venv` builds .venv-ref; MINIGEN_REFERENCE_PYTHON
+# points elsewhere), driven through tests/hf455_contrastive.py in a subprocess
+
+REFERENCE = pathlib.Path(os.environ.get("MINIGEN_REFERENCE_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
+needs_reference = pytest.mark.skipif(
+    not REFERENCE.exists(),
+    reason=f"transformers 4.55.4 venv not found at {REFERENCE} (make reference-venv builds it): the reference "
+           "for contrastive search, DoLa and group beam search is not installed")
+
+
+def reference(jobs):
+    """transformers 4.55.4's outputs for jobs [(model_dir, [(ids, mask, options), ...]), ...]: one
+    list per job, from one subprocess of its venv (importing torch and transformers takes seconds)."""
+    payload = [{"model_dir": str(model_dir),
+                "cases": [{"ids": ids.tolist(), "mask": mask.tolist(), "options": options} for ids, mask, options in cases]}
+               for model_dir, cases in jobs]
+    run = subprocess.run([str(REFERENCE), str(ROOT / "tests" / "hf455_contrastive.py")], input=json.dumps(payload),
+                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out["transformers"] == "4.55.4"
+    return out["outputs"]
 # the documentation pages in the order their Python blocks run (a later page may use a name an earlier
 # one defined): tests/test_readme.py and tests/test_docs_commands.py read them
 DOC_PAGES = [README] + [ROOT / "docs" / name for name in (

@@ -10,40 +10,16 @@ properties below need no reference and always run.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import build_hf_model, left_padded_batch
-from helpers import PAD
+from helpers import PAD, REFERENCE, needs_reference, reference
 from minigen.generation.config import GenerationConfig
 from minigen.generation.contrastive import contrastive_search
 from minigen.generation.core import compile_key, make_knobs
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE = pathlib.Path(os.environ.get("MINIGEN_REFERENCE_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.exists(),
-    reason=f"transformers 4.55.4 venv not found at {REFERENCE} (make reference-venv builds it): "
-           "contrastive search's reference is not installed")
-
-
-def reference(jobs):
-    """transformers 4.55.4's outputs for jobs [(model_dir, [(ids, mask, options), ...]), ...]: one
-    list per job, from one subprocess of its venv (importing torch and transformers takes seconds)."""
-    payload = [{"model_dir": str(model_dir),
-                "cases": [{"ids": ids.tolist(), "mask": mask.tolist(), "options": options} for ids, mask, options in cases]}
-               for model_dir, cases in jobs]
-    run = subprocess.run([str(REFERENCE), str(ROOT / "tests" / "hf455_contrastive.py")], input=json.dumps(payload),
-                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout)
-    assert out["transformers"] == "4.55.4"
-    return out["outputs"]
 
 
 def contrastive(model, ids, mask, alpha, k, max_new, **options):

@@ -84,15 +84,15 @@ def test_generation_config_json_gives_the_models_defaults_as_in_the_reference(tm
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(dola_layers="high"), "dola_layers is an option of transformers' generate that minigen does not "
-                               "support: DoLa decoding"),
+    (dict(num_beam_groups=2), "num_beam_groups is an option of transformers' generate that minigen does not "
+                              "support: diverse"),
     (dict(streamer=object()), "streamer is an option of transformers' generate .* use model.stream"),
     (dict(use_cache=False), "use_cache=False is not supported"),
     (dict(temprature=0.5), "unknown generate option 'temprature'; did you mean temperature?"),
     (dict(max_new_token=3), "did you mean max_new_tokens?"),
     (dict(return_dict=False, return_dict_in_generate=True), "return_dict_in_generate is the reference's name for "
                                                              "return_dict"),
-], ids=["dola", "streamer", "use-cache", "typo", "typo-2", "alias-conflict"])
+], ids=["beam-groups", "streamer", "use-cache", "typo", "typo-2", "alias-conflict"])
 def test_options_the_reference_has_are_told_apart_from_typos(hf_and_minigen, options, message):
     _, _, model = hf_and_minigen("tiny")
     traces = model.trace_count
@@ -353,8 +353,9 @@ def test_cli_tells_unsupported_flags_from_typos_and_names_flags(text_model_dir, 
     typo = run("--max-new-token", "3")
     assert typo.returncode == 2 and "unrecognized arguments: --max-new-token 3; did you mean --max-new-tokens?" \
         in typo.stderr
-    hf_only = run("--dola-layers", "high")
-    assert hf_only.returncode == 2 and "--dola-layers (transformers' dola_layers) is not supported" in hf_only.stderr
+    hf_only = run("--num-beam-groups", "2")
+    assert hf_only.returncode == 2 and "--num-beam-groups (transformers' num_beam_groups) is not supported" \
+        in hf_only.stderr
     python_only = run("--output-hidden-states")
     assert python_only.returncode == 2 and "--output-hidden-states: output_hidden_states is an option of Python's " \
         "model.generate (the command writes text)" in python_only.stderr

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import typing
 
+from .options import dola_candidates
 from .options import (ALIASES, BY_NAME, CONSTRAINT_OPTIONS, CONTINUE, GENERATE, IGNORED, INT32_MAX, NOT_SUPPORTED,
                       OPTIONS, STREAM, _is_int,
                       check_combination, check_value, doc_lines)
@@ -141,6 +142,11 @@ class _Methods:
             raise ValueError(f"pad_to_multiple_of must be at most the model's n_positions "
                              f"({model_config.n_positions}), got {self.pad_to_multiple_of}")
         vocab = model_config.vocab_size
+        if self.dola_layers is not None and not dola_candidates(self.dola_layers, model_config.n_layer,
+                                                                model_config.tie_word_embeddings):
+            raise ValueError(f"dola_layers={self.dola_layers!r} selects no premature layer of this "
+                             f"{model_config.n_layer}-layer model (layers are 0 to {model_config.n_layer - 1}; "
+                             "'low' and 'high' follow transformers' rule)")
         if self.strategy == "contrastive" and self.top_k > vocab:
             raise ValueError(f"top_k (contrastive search's candidates) must be at most the vocabulary size "
                              f"({vocab}), got {self.top_k}")

@@ -48,6 +48,7 @@ class ContrastiveState(NamedTuple):
     record: core.Record  # what is kept of each step when asked
     layers: tuple  # search.DecodeState's layers (contrastive search keeps none: ())
     guide: tuple  # search.DecodeState's guide (no guidance here: ())
+    premature: tuple  # search.DecodeState's premature (no DoLa here: ())
     context: tf.Tensor  # [rows, bucket + max_new, d] float32: unit-length hidden state of every slot
 
 

@@ -26,6 +26,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import constraints
+from .options import dola_candidates
 from . import processors as P
 from .config import GenerationConfig
 from .stop_strings import stop_hit
@@ -65,6 +66,7 @@ class CompileKey(NamedTuple):
     top_logprobs: int = 0  # keep each step's k most likely tokens and log-probs (top_logprobs): [rows, max_new, k]
     hidden_states: bool = False  # keep every layer's hidden states (output_hidden_states): layers.py
     guidance: int = 0  # classifier-free guidance: its unconditional prompt's bucket (0 = off)
+    dola: tuple = ()  # DoLa decoding: the candidate premature layers (options.dola_candidates), () = off
     attentions: bool = False  # keep every layer's attention probabilities (output_attentions): layers.py
     beam: BeamKey | None = None
     speculation: SpecKey | None = None
@@ -112,6 +114,8 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
         top_logprobs=cfg.top_logprobs,
         hidden_states=cfg.output_hidden_states,
         guidance=guidance,
+        dola=() if cfg.dola_layers is None else dola_candidates(cfg.dola_layers, model_config.n_layer,
+                                                                 model_config.tie_word_embeddings),
         attentions=cfg.output_attentions,
         beam=beam,
         speculation=spec,

@@ -259,6 +259,27 @@ def choice_list(name: str, value) -> None:
         raise ValueError(f"{name}: at most {MAX_CHOICES} strings, got {len(value)}")
 
 
+def dola_setting(name: str, value) -> None:
+    """None, "low", "high" or a non-empty list of layer numbers (ints >= 0)"""
+    if value is None or value in ("low", "high"):
+        return
+    if not isinstance(value, (list, tuple)) or not value or not all(_is_int(i) and 0 <= i <= INT32_MAX for i in value):
+        raise ValueError(f"{name} must be 'low', 'high' or a non-empty list of layer numbers (ints >= 0), got {value!r}")
+
+
+def dola_candidates(setting, n_layer: int, tied: bool = True) -> tuple[int, ...]:
+    """The premature layers (0 = the embeddings' output) for dola_layers "low", "high" or a list,
+    by the reference's rule (with tied embeddings the first layers are skipped: 2 of > 2, 1 of 2)."""
+    start = 0 if not tied else 2 if n_layer > 2 else 1 if n_layer == 2 else 0
+    if setting == "low":
+        if start == n_layer // 2:
+            return (start,)
+        return tuple(range(start, n_layer // 2, 2) if n_layer <= 40 else range(start, 20, 2))
+    if setting == "high":
+        return tuple(range(n_layer // 2, n_layer, 2) if n_layer <= 40 else range(n_layer - 20, n_layer, 2))
+    return tuple(i for i in setting if i < n_layer)
+
+
 def functions(name: str, value) -> None:
     """a list of functions fn(sequences, valid, generated, logits) -> logits"""
     if not isinstance(value, (list, tuple)) or not all(callable(f) for f in value):
@@ -442,6 +463,18 @@ OPTIONS = (
                                      "leave it at None"),
                      STREAM: "guidance_scale (classifier-free guidance) needs generate; leave it at None to stream",
                      CONTINUE: "guidance_scale (classifier-free guidance) does not combine with cache/return_state"}),
+    Option("dola_layers", None, dola_setting,
+           "DoLa decoding (transformers 4.x's dola_layers): contrast the final layer's log-probs with a premature "
+           "layer's ('low', 'high' or a list of layers; with several, the furthest by Jensen-Shannon divergence), "
+           "then the processors; repetition_penalty ~1.2 is advised. None = off", KEY,
+           strategies=frozenset((GREEDY, SAMPLE)), modes=frozenset((GENERATE, STREAM)), flag="--dola-layers",
+           cli={"type": lambda text: text if text in ("low", "high") else [int(i) for i in text.split(",")],
+                "metavar": "{low,high,N,N,...}"},
+           normalise=lambda v: v if v is None or isinstance(v, str) else tuple(int(i) for i in v),
+           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+                                     "dola_layers (DoLa decoding) runs with greedy search and sampling; leave it at "
+                                     "None"),
+                     CONTINUE: "dola_layers (DoLa decoding) does not combine with cache/return_state"}),
     # -- sampling warpers, in the order they apply
     Option("temperature", 1.0, number("a finite number > 0", lambda v: v > 0),
            "sampling temperature: the logits are divided by it first", TENSOR, strategies=SAMPLING_ONLY,
@@ -638,7 +671,6 @@ ALIASES = {"return_dict_in_generate": "return_dict"}
 NOT_SUPPORTED = {
     "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
     **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
-    "dola_layers": "DoLa decoding is not supported yet",
     **dict.fromkeys(("negative_prompt_ids", "negative_prompt_attention_mask"),
                     "classifier-free guidance's unconditional prompt is an argument of generate (with guidance_scale); "
                     "streaming and the text API do not take it"),

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from .. import cache as kv
 from ..positions import generated_position
-from . import core
+from . import core, dola
 from . import layers as kept_layers
 from .core import CompileKey, Knobs
 from .processors import Step
@@ -37,6 +37,7 @@ class DecodeState(NamedTuple):
     record: core.Record  # what is kept of each step when asked (chosen-token log-probs, scores, logits)
     layers: kept_layers.Layers | tuple  # output_hidden_states / output_attentions (() when not asked)
     guide: "Guide | tuple"  # classifier-free guidance's unconditional stream (() when off)
+    premature: tf.Tensor | tuple  # DoLa: [candidate layers, rows, vocab] their next-token logits (() when off)
 
 
 class Guide(NamedTuple):
@@ -74,16 +75,24 @@ def start_state(net, ids, mask, key: CompileKey, prefix_cache=None, cache_len=No
     prefix = None if prefix_cache is None else (prefix_cache, key.prefix)
     cache_len = cache_len or core.windows(key)[0]
     guide = start_guide(net, unconditional, key)
-    if not kept_layers.wanted(key):
+    if not keeps_layers(key):
         hidden, cache, key_mask = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix)
         return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), guide=guide), key_mask
     hidden, cache, key_mask, kept = net.prefill(ids, mask, cache_len=cache_len, prefix=prefix, keep_layers=True)
-    layers = kept_layers.keep_prompt(kept_layers.new_layers(key, net.config, ids.shape[0], cache_len), key, kept)
-    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), layers, guide), key_mask
+    layers = None
+    if kept_layers.wanted(key):
+        layers = kept_layers.keep_prompt(kept_layers.new_layers(key, net.config, ids.shape[0], cache_len), key, kept)
+    premature = dola.premature_logits(net, kept[0], key.dola) if key.dola else ()
+    return first_state(ids, mask, key, cache, net.lm_head(hidden[:, -1]), layers, guide, premature), key_mask
+
+
+def keeps_layers(key: CompileKey) -> bool:
+    """Whether the passes keep every layer's output: output_hidden_states / output_attentions, DoLa."""
+    return kept_layers.wanted(key) or bool(key.dola)
 
 
 def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.Layers | None = None,
-                guide: Guide | tuple = ()) -> DecodeState:
+                guide: Guide | tuple = (), premature=()) -> DecodeState:
     """The state before the first choice, once the prompt is in `cache` and gave `logits` [rows, vocab]
     (and `layers`, the prompt's pass kept when asked; `guide`, guidance's unconditional stream)."""
     rows = tf.shape(ids)[0]
@@ -98,6 +107,7 @@ def first_state(ids, mask, key: CompileKey, cache, logits, layers: kept_layers.L
         record=core.new_record(key, rows, logits.shape[-1]),
         layers=kept_layers.nothing() if layers is None else layers,
         guide=guide,
+        premature=premature,
     )
 
 
@@ -116,7 +126,8 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         allowed = core.allowed_next(state.automaton, knobs, key, state.logits.shape[-1])
         step = Step(state.sequences, core.written_slots(mask, state.step, max_new), slot, state.step, key.eos_ids,
                     allowed, state.guide.logits if key.guidance else None)
-        scores = core.scores(state.logits, step, knobs, key)
+        logits = dola.contrast(state.logits, state.premature) if key.dola else state.logits
+        scores = core.scores(logits, step, knobs, key)
         token = core.choose_token(scores, key, core.rng_key(knobs.seed, state.step))
         token = tf.where(state.finished, key.pad_id, token)
         record = core.record(state.record, key, state.step, state.logits, scores, token, state.finished)
@@ -133,13 +144,16 @@ def decode_until(net, state: DecodeState, mask, key_mask, knobs: Knobs, key: Com
         token = state.sequences[:, slot]
         if key.guidance:
             state = state._replace(guide=advance_guide(net, state.guide, token, chosen, key))
-        if not kept_layers.wanted(key):
+        if not keeps_layers(key):
             logits, cache = net.decode_one_token(token, position, state.cache, kv.View(key_mask, slot))
             return state._replace(cache=cache, logits=logits)
         hidden, cache, *kept = net.forward(token[:, None], position[:, None], state.cache, kv.View(key_mask, slot),
                                            keep_layers=True)
-        layers = kept_layers.keep_step(state.layers, key, state.step, kept)
-        return state._replace(cache=cache, logits=net.lm_head(hidden[:, 0]), layers=layers)
+        if kept_layers.wanted(key):
+            state = state._replace(layers=kept_layers.keep_step(state.layers, key, state.step, kept))
+        if key.dola:
+            state = state._replace(premature=dola.premature_logits(net, kept[0], key.dola))
+        return state._replace(cache=cache, logits=net.lm_head(hidden[:, 0]))
 
     stop = tf.minimum(tf.cast(limit, tf.int32), max_new - 1)
 
