@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 from tokenizers import Tokenizer as _Tokenizer
+
+from .generation.inputs import left_padded
 from tokenizers import decoders, models, pre_tokenizers
 
 
@@ -96,13 +98,7 @@ class Tokenizer:
         width = max((len(r) for r in rows), default=0)
         if pad_to_multiple_of:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-        ids = np.full((len(rows), width), self.pad_id, np.int32)
-        mask = np.zeros((len(rows), width), np.int32)
-        for i, row in enumerate(rows):
-            if row:
-                ids[i, width - len(row):] = row
-                mask[i, width - len(row):] = 1
-        return ids, mask
+        return left_padded(rows, self.pad_id, width)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of one id sequence; with skip_special_tokens, <|endoftext|> and the like are dropped."""

@@ -22,6 +22,8 @@ import functools
 
 import numpy as np
 
+from .inputs import left_padded
+
 EXTENSION_BIAS = 10.0  # added to every token that extends the trimmed one (the reference's value)
 KEEP_BIAS = 1.0  # added once more to the trimmed token itself
 
@@ -45,17 +47,6 @@ def extensions(tokenizer, token: int) -> list[int]:
     return found
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """rows of ids -> (ids, mask) [len(rows), longest] int32, padded on the left with pad_id."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def heal(model, ids: np.ndarray, mask: np.ndarray, pad_id: int, pad_to_multiple_of: int = 16):
     """The healed prompts of a left-padded batch ids, mask [batch, width] (already checked):
     (ids, mask) [batch, new width] int32, left-padded with pad_id. One forward pass over the trimmed
@@ -71,7 +62,7 @@ def heal(model, ids: np.ndarray, mask: np.ndarray, pad_id: int, pad_to_multiple_
     todo = [(i, extensions(tokenizer, r[-1])) for i, r in enumerate(rows) if len(r) > 1]
     todo = [(i, alternatives) for i, alternatives in todo if len(alternatives) > 1]
     if todo:
-        trimmed, trimmed_mask = left_pad([rows[i][:-1] for i, _ in todo], pad_id)
+        trimmed, trimmed_mask = left_padded([rows[i][:-1] for i, _ in todo], pad_id)
         out = model.generate(trimmed, trimmed_mask, max_new_tokens=1, eos_token_id=[], pad_token_id=pad_id,
                              output_logits=True, pad_to_multiple_of=pad_to_multiple_of)
         logits = out.logits[0]  # [len(todo), vocab]: the raw next-token logits after each trimmed prompt
@@ -80,4 +71,4 @@ def heal(model, ids: np.ndarray, mask: np.ndarray, pad_id: int, pad_to_multiple_
             scores[alternatives] += EXTENSION_BIAS
             scores[rows[i][-1]] += KEEP_BIAS
             rows[i] = rows[i][:-1] + [int(np.argmax(scores))]
-    return left_pad(rows, pad_id)
+    return left_padded(rows, pad_id)

@@ -62,6 +62,19 @@ def prepare_logits_inputs(config, input_ids, attention_mask, multiple: int = 16)
     return ids, mask, width
 
 
+def left_padded(rows, pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of token ids as a left-padded batch: (ids, mask) int32 [len(rows), width], width at
+    least the longest row (default: that)."""
+    width = max([len(r) for r in rows] + [width or 0])
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def left_pad_to(ids: np.ndarray, mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Add left padding so the batch is `width` wide."""
     extra = width - ids.shape[1]
