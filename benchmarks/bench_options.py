@@ -50,6 +50,8 @@ OPTIONS = [
     ("typical_p 0.9 (sampling)", SAMPLE, dict(typical_p=0.9)),
     ("eta_cutoff 3e-4 (sampling)", SAMPLE, dict(eta_cutoff=3e-4)),
     ("contrastive search k4 a0.6 (vs greedy)", SEARCH, dict(penalty_alpha=0.6, top_k=4)),
+    ("new: guidance_scale 1.5 (the unconditional stream)", SEARCH, dict(guidance_scale=1.5)),
+    ("new: dola_layers high", SEARCH, dict(dola_layers="high")),
     ("beam sampling, no warper (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=0, seed=(1, 2))),
     ("beam sampling top_k 50 (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=50, seed=(1, 2))),
 ]

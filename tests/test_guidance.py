@@ -51,5 +51,8 @@ def test_guidance_sampling_is_seeded_and_refusals(hf_and_minigen):
         model.generate(ids, max_new_tokens=2, guidance_scale=2.0, negative_prompt_ids=ids[:1])
     with pytest.raises(ValueError, match="guidance_scale must be"):
         model.generate(ids, max_new_tokens=2, guidance_scale=-1.0)
-    with pytest.raises(ValueError, match="guidance_scale \\(classifier-free guidance\\) needs generate"):
-        next(iter(model.stream_tokens(ids, max_new_tokens=2, guidance_scale=2.0)))
+    neg = np.array([[7, 8, 9], [9, 8, 7]])
+    streamed = np.concatenate(list(model.stream_tokens(ids, max_new_tokens=6, guidance_scale=2.0, chunk_size=4,
+                                                       negative_prompt_ids=neg)), axis=1)
+    np.testing.assert_array_equal(streamed, model.generate(ids, max_new_tokens=6, guidance_scale=2.0,
+                                                           negative_prompt_ids=neg)[:, ids.shape[1]:])

@@ -88,6 +88,35 @@ def test_processors_that_read_the_row_keep_speculation_equal_to_plain_greedy(hf_
     assert got.speculation["mean_accepted_tokens"] > 0  # candidates were accepted, not only rejected
 
 
+def test_adaptive_draft_equals_plain_greedy(hf_and_minigen):
+    """num_assistant_tokens_schedule="heuristic" and assistant_confidence_threshold change only what the
+    draft proposes: greedy output equals plain greedy (left-padded batch, rows ending at different
+    steps), and fewer tokens are proposed than the block's width."""
+    hf, _, model = hf_and_minigen("tiny")
+    _, _, draft = hf_and_minigen("tiny", initializer_range=0.25)
+    ids, mask = left_padded_batch(np.random.default_rng(43), 512, [9, 3, 14, 6])
+    max_new = 20
+    eos = early_eos(hf, ids, mask, max_new)
+    base = dict(max_new_tokens=max_new, eos_token_id=eos, pad_token_id=PAD)
+    plain = model.generate(ids, mask, **base)
+    proposed = {}
+    for adapt in (dict(num_assistant_tokens_schedule="heuristic"), dict(assistant_confidence_threshold=0.6),
+                  dict(num_assistant_tokens_schedule="heuristic_transient", assistant_confidence_threshold=0.3)):
+        out = model.generate(ids, mask, **base, assistant_model=draft, num_assistant_tokens=4, return_dict=True,
+                             **adapt)
+        np.testing.assert_array_equal(out.sequences, plain, err_msg=str(adapt))
+        proposed[tuple(adapt)] = out.speculation["mean_proposed_tokens"]
+    constant = model.generate(ids, mask, **base, assistant_model=draft, num_assistant_tokens=4, return_dict=True)
+    assert constant.speculation["mean_proposed_tokens"] == 4
+    assert all(0 < p < 4 for p in proposed.values()), proposed  # each adapted what the draft proposed
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule is for speculative decoding with "
+                                         "assistant_model"):
+        model.generate(ids, mask, **base, prompt_lookup_num_tokens=2, num_assistant_tokens_schedule="heuristic")
+    with pytest.raises(ValueError, match="assistant_confidence_threshold is for speculative decoding with "
+                                         "assistant_model"):
+        model.generate(ids, mask, **base, assistant_confidence_threshold=0.5)
+
+
 def test_prompt_lookup_copies_from_the_row(hf_and_minigen):
     """On a text that repeats, candidates come from the row's own earlier tokens and get accepted."""
     from minigen.generation.speculative import lookup_candidates

@@ -47,7 +47,7 @@ def exact_distribution(model, prompt, new: int, temperature: float, top_k: int):
     return table
 
 
-@pytest.mark.parametrize("method", ["draft", "lookup"])
+@pytest.mark.parametrize("method", ["draft", "lookup", "adaptive-draft"])
 def test_speculative_sampling_keeps_the_target_distribution(method):
     target, draft = tiny_pair()
     prompt = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # repeats, so the lookup proposes candidates
@@ -55,6 +55,9 @@ def test_speculative_sampling_keeps_the_target_distribution(method):
     expected = exact_distribution(target, prompt, new, temperature, top_k)
     options = dict(assistant_model=draft, num_assistant_tokens=3) if method == "draft" else dict(
         prompt_lookup_num_tokens=3)
+    if method == "adaptive-draft":  # rows draft 1 to 3 tokens: the bonus draw comes after fewer candidates
+        options = dict(assistant_model=draft, num_assistant_tokens=3, num_assistant_tokens_schedule="heuristic",
+                       assistant_confidence_threshold=0.5)
     counts = dict.fromkeys(expected, 0)
     rows, calls = 10, 400  # 4,000 samples; few rows keep the compiled loop small (speculative writes the cache row by row)
     accepted = 0.0
@@ -74,7 +77,7 @@ def test_speculative_sampling_keeps_the_target_distribution(method):
     assert chi2 < limit, (chi2, limit)
     assert accepted > 0.1  # candidates were really accepted (the scheme under test ran)
     # the test can tell distributions apart: the draft's own distribution fails it
-    if method == "draft":
+    if method != "lookup":
         other = exact_distribution(draft, prompt, new, temperature, top_k)
         want_draft = np.array([other[s] for s in support]) * n
         assert ((observed - want_draft) ** 2 / np.maximum(want_draft, 1e-9)).sum() > limit

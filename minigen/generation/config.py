@@ -7,7 +7,7 @@ import dataclasses
 import difflib
 import typing
 
-from .options import dola_candidates
+from .options import DRAFT_ONLY, dola_candidates
 from .options import (ALIASES, BY_NAME, CONSTRAINT_OPTIONS, CONTINUE, GENERATE, IGNORED, INT32_MAX, NOT_SUPPORTED,
                       OPTIONS, STREAM, _is_int,
                       check_combination, check_value, doc_lines)
@@ -118,6 +118,10 @@ class _Methods:
             self._check_model(model_config)
         if assistant and self.prompt_lookup_num_tokens is not None:
             raise ValueError("use either assistant_model or prompt_lookup_num_tokens, not both")
+        for name in DRAFT_ONLY:
+            if not assistant and not BY_NAME[name].is_off(getattr(self, name)):
+                raise ValueError(f"{name} is for speculative decoding with assistant_model (a draft model); leave "
+                                 f"it at {BY_NAME[name].default}")
         speculation = "assistant_model" if assistant else \
             "prompt_lookup_num_tokens" if self.prompt_lookup_num_tokens is not None else ""
         modes = {STREAM if streaming else GENERATE} | ({CONTINUE} if continuing else set())

@@ -45,8 +45,10 @@ class BeamKey(NamedTuple):
 
 class SpecKey(NamedTuple):
     source: str  # "lookup" (prompt lookup) | "draft" (assistant model)
-    num_candidates: int  # tokens proposed per verify step
+    num_candidates: int  # tokens proposed per verify step (at most, with an adaptive draft)
     ngram: int = 0  # prompt lookup: longest n-gram matched
+    heuristic: bool = False  # draft: num_assistant_tokens_schedule "heuristic": each row's count adapts
+    confidence: bool = False  # draft: assistant_confidence_threshold set: a row stops drafting when unsure
 
 
 class CompileKey(NamedTuple):
@@ -97,7 +99,9 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
     processors = P.active(cfg, runtime, keep=max(2, len(eos_ids) + 1) if strategy == "beam_sample" else 1)
     spec = None
     if speculation == "draft":
-        spec = SpecKey("draft", cfg.num_assistant_tokens)
+        spec = SpecKey("draft", cfg.num_assistant_tokens,
+                       heuristic=cfg.num_assistant_tokens_schedule != "constant",
+                       confidence=cfg.assistant_confidence_threshold is not None)
     elif speculation == "lookup":
         spec = SpecKey("lookup", cfg.prompt_lookup_num_tokens, cfg.max_matching_ngram_size)
     return CompileKey(
@@ -144,6 +148,7 @@ class Knobs(NamedTuple):
     fsm_allowed: tf.Tensor  # int32 [states, vocab / 32]: structured output's allowed bits (constraints.Tables)
     fsm_next: tf.Tensor  # int32 [states, classes]: its transitions by token class
     fsm_class: tf.Tensor  # int32 [vocab]: each token's class ([1, 1], [1, 1], [1] when off)
+    confidence: tf.Tensor  # float32 scalar: speculative decoding's assistant_confidence_threshold (0 when off)
     unconditional: tuple  # classifier-free guidance: (ids, mask) [rows, key.guidance] int32, () when off
     processors: dict  # option -> scalar tensor, for the processors whose value is not in the key
 
@@ -163,6 +168,7 @@ def make_knobs(cfg: GenerationConfig, **given) -> Knobs:
         fsm_allowed=tf.zeros([1, 1], tf.int32),
         fsm_next=tf.zeros([1, 1], tf.int32),
         fsm_class=tf.zeros([1], tf.int32),
+        confidence=tf.constant(cfg.assistant_confidence_threshold or 0.0, tf.float32),
         unconditional=(),
         processors={**P.knob_values(cfg), **{k: v for k, v in given.items() if k not in Knobs._fields}},
     )
@@ -267,7 +273,7 @@ class Outputs(NamedTuple):
     sequences_scores: tf.Tensor | None = None  # beam search: [batch, num_return_sequences]
     beam_indices: tf.Tensor | None = None  # beam search with scores: [batch, num_return_sequences, max_new]
     cache: object = None  # key.return_cache: the final KVCache
-    speculation: tf.Tensor | None = None  # speculative decoding: [3] int32 verify steps, accepted, row-steps
+    speculation: tf.Tensor | None = None  # speculative decoding: [4] int32 verify steps, accepted, row-steps, proposed
     layers: object = None  # greedy search / sampling: layers.Layers (output_hidden_states / output_attentions)
 
 
@@ -324,7 +330,7 @@ def rng_key(seed, step, use: int = DRAW):
     906 -> 355 tok/s; GPT-2 small: 57 -> 36 tok/s), so only the other uses pay for the second fold."""
     fold = tf.random.experimental.stateless_fold_in
     key = fold(seed, step)
-    return key if use == DRAW else fold(key, use)
+    return key if isinstance(use, int) and use == DRAW else fold(key, use)
 
 
 # -- the sequence buffer [rows, bucket + max_new]: prompt, generated tokens, pad after EOS --------------

@@ -398,9 +398,10 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         refuse_invalid_scores(result.record.invalid.numpy(), cfg)
     speculation_stats = None
     if key.speculation:
-        steps, accepted, row_steps = (int(x) for x in result.speculation.numpy())
+        steps, accepted, row_steps, drafted = (int(x) for x in result.speculation.numpy())
         mean = accepted / row_steps if row_steps else 0.0
-        speculation_stats = {"verify_steps": steps, "mean_accepted_tokens": mean, "tokens_per_step": mean + 1}
+        speculation_stats = {"verify_steps": steps, "mean_accepted_tokens": mean, "tokens_per_step": mean + 1,
+                             "mean_proposed_tokens": drafted / row_steps if row_steps else 0.0}
         logger.info("speculative (%s): %d verify steps, %.2f candidates accepted per step",
                     key.speculation.source, steps, mean)
     state = None
@@ -462,8 +463,9 @@ def compiled_stream(model, key: CompileKey):
     net = model.network
     loop = strategy_of(key).stream
 
-    def begin(ids, mask):
-        return loop.start_state(net, ids, mask, key)
+    def begin(ids, mask, unconditional=()):
+        guided = {"unconditional": unconditional} if key.guidance else {}  # (search.start_state's alone)
+        return loop.start_state(net, ids, mask, key, **guided)
 
     def advance(state, mask, key_mask, knobs, limit):
         return loop.decode_until(net, state, mask, key_mask, knobs, key, limit)
@@ -471,7 +473,8 @@ def compiled_stream(model, key: CompileKey):
     return model.compile_cache.compiled(("stream-start", key), begin), model.compile_cache.compiled(("stream", key), advance)
 
 
-def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generation_config=None, **options):
+def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generation_config=None,
+           negative_prompt_ids=None, negative_prompt_attention_mask=None, **options):
     """Generate like `generate`, yielding new tokens as they come: int32 arrays [batch, n] (n <= chunk_size).
 
     The compiled decode loop runs `chunk_size` steps at a time and hands its state (the static KV
@@ -482,7 +485,8 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    call = plan(model, input_ids, attention_mask, generation_config, options, streaming=True)
+    call = plan(model, input_ids, attention_mask, generation_config, options, streaming=True,
+                negative=(negative_prompt_ids, negative_prompt_attention_mask))
     cfg, key, ids, mask, batch, bucket, knobs = call.cfg, call.key, call.ids, call.mask, call.batch, call.key.bucket, \
         call.knobs
     fresh = ("stream", key) not in model.compile_cache
@@ -490,7 +494,7 @@ def stream(model, input_ids, attention_mask=None, chunk_size: int = 8, generatio
     mask_t = tf.constant(mask)
     traces, began = model.trace_count, time.perf_counter()
     with compile_notice("streaming " + describe(key), fresh):
-        state, key_mask = begin(tf.constant(ids), mask_t)
+        state, key_mask = begin(tf.constant(ids), mask_t, knobs.unconditional)
     # decode in segments, as one-shot generation does: a chunk stops at a segment's end, where the
     # cache grows (advance compiles once more per segment)
     ends = [size - key.bucket for size in windows(key)]

@@ -259,6 +259,11 @@ def choice_list(name: str, value) -> None:
         raise ValueError(f"{name}: at most {MAX_CHOICES} strings, got {len(value)}")
 
 
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")  # num_assistant_tokens_schedule (HF's values)
+# the options only a draft model reads (GenerationConfig.check refuses them without assistant_model)
+DRAFT_ONLY = ("num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
 def dola_setting(name: str, value) -> None:
     """None, "low", "high" or a non-empty list of layer numbers (ints >= 0)"""
     if value is None or value in ("low", "high"):
@@ -456,12 +461,11 @@ OPTIONS = (
            "the scores become scale x (log-probs - unconditional log-probs) + unconditional log-probs, the "
            "unconditional stream continuing generate's negative_prompt_ids (default: each prompt's last token) "
            "with its own cache in the same loop. None or 1 = off", TENSOR, strategies=frozenset((GREEDY, SAMPLE)),
-           modes=frozenset((GENERATE,)), dtype="float32", off=(None, 1, 1.0),
+           modes=frozenset((GENERATE, STREAM)), flag="--guidance-scale", dtype="float32", off=(None, 1, 1.0),
            normalise=lambda v: None if v is None or v == 1 else float(v),
            refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
                                      "guidance_scale (classifier-free guidance) runs with greedy search and sampling; "
                                      "leave it at None"),
-                     STREAM: "guidance_scale (classifier-free guidance) needs generate; leave it at None to stream",
                      CONTINUE: "guidance_scale (classifier-free guidance) does not combine with cache/return_state"}),
     Option("dola_layers", None, dola_setting,
            "DoLa decoding (transformers 4.x's dola_layers): contrast the final layer's log-probs with a premature "
@@ -612,8 +616,21 @@ OPTIONS = (
            "prompt lookup matches the row's last n tokens, n from this down to 1", KEY,
            flag="--max-matching-ngram-size"),
     Option("num_assistant_tokens", 4, integer(1),
-           "speculative decoding with assistant_model=: draft tokens per verify step", KEY,
+           "speculative decoding with assistant_model=: draft tokens per verify step (the verify block's width)", KEY,
            flag="--num-assistant-tokens"),
+    Option("num_assistant_tokens_schedule", "constant",
+           Rule("'constant', 'heuristic' or 'heuristic_transient'", lambda v: v in SCHEDULES),
+           "speculative decoding with assistant_model=: 'heuristic' (or 'heuristic_transient', the same here: each "
+           "call starts anew) drafts 2 more tokens for a row after a verify step that accepted all it drafted, 1 fewer "
+           "after one that did not, between 1 and num_assistant_tokens (HF's rule, per row)", KEY,
+           strategies=frozenset((GREEDY, SAMPLE, SPECULATIVE)), flag="--num-assistant-tokens-schedule",
+           cli={"choices": SCHEDULES}),  # (without assistant_model: refused by GenerationConfig.check)
+    Option("assistant_confidence_threshold", None,
+           optional(number("a number in (0, 1)", lambda v: (v > 0) & (v < 1), "in (0, 1)")),
+           "speculative decoding with assistant_model=: a row stops drafting after a token the draft gave a "
+           "probability below this (None = off; HF defaults to 0.4 and tunes it as it goes, minigen keeps it as "
+           "given)", TENSOR, strategies=frozenset((GREEDY, SAMPLE, SPECULATIVE)), flag="--assistant-confidence-threshold",
+           dtype="float32"),
     # -- shapes and outputs
     Option("pad_to_multiple_of", 16, integer(1),
            "prompts are left-padded to this bucket width so new lengths reuse compiles", HOST,
@@ -672,12 +689,12 @@ NOT_SUPPORTED = {
     "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
     **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
     **dict.fromkeys(("negative_prompt_ids", "negative_prompt_attention_mask"),
-                    "classifier-free guidance's unconditional prompt is an argument of generate (with guidance_scale); "
-                    "streaming and the text API do not take it"),
-    **dict.fromkeys(("num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
+                    "classifier-free guidance's unconditional prompt is an argument of generate and stream_tokens "
+                    "(with guidance_scale); the text API does not take it"),
+    **dict.fromkeys(("assistant_lookbehind",
                      "target_lookbehind", "assistant_early_exit", "is_assistant", "speculation_type", "use_mtp"),
-                    "minigen's speculative decoding takes assistant_model= with num_assistant_tokens, or "
-                    "prompt_lookup_num_tokens with max_matching_ngram_size"),
+                    "minigen's speculative decoding takes assistant_model= with num_assistant_tokens (and its "
+                    "schedule and confidence threshold), or prompt_lookup_num_tokens with max_matching_ngram_size"),
     **dict.fromkeys(("constraints", "force_words_ids"), "constrained beam search is not supported"),
     **dict.fromkeys(("prefix_allowed_tokens_fn", "stopping_criteria"),
                     "pass logits_processor=[fn(sequences, valid, generated, logits) -> logits] (TensorFlow ops, "

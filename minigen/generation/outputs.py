@@ -39,7 +39,9 @@ class GenerateOutput:
         `scores`' rows) each token was chosen in, -1 past the hypothesis' end.
     state: with return_state=True: pass as generate(..., cache=state).
     speculation: speculative decoding: verify_steps, mean_accepted_tokens (candidates accepted per row
-        and verify step), tokens_per_step (mean_accepted_tokens + 1: the target adds one of its own).
+        and verify step), tokens_per_step (mean_accepted_tokens + 1: the target adds one of its own),
+        mean_proposed_tokens (candidates proposed per row and verify step: less than the block's width
+        when the draft adapts, num_assistant_tokens_schedule / assistant_confidence_threshold).
     incomplete: structured output (regex / json_schema / choices): [rows] bool, the row's text is only a
         prefix of a match (max_new_tokens ran out first, or a stop string ended it).
     hidden_states: output_hidden_states: a tuple, one entry per generated token, of n_layer + 1 arrays

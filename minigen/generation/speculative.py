@@ -45,6 +45,8 @@ class SpecState(NamedTuple):
     iteration: tf.Tensor  # int32 scalar: verify steps run
     accepted: tf.Tensor  # int32 scalar: candidates accepted, summed over rows and steps
     row_steps: tf.Tensor  # int32 scalar: verify steps summed over the rows still running
+    budget: tf.Tensor  # [rows] int32: tokens each row may draft next (the heuristic schedule's count; else k)
+    drafted: tf.Tensor  # int32 scalar: candidates proposed, summed over the rows still running and steps
 
 
 # ---- small pure functions ----------------------------------------------------------------------
@@ -90,30 +92,34 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
     return tf.where(known, tokens, pad_id)
 
 
-def accept_greedy(scores, candidates):
+def accept_greedy(scores, candidates, proposed):
     """Greedy verification: scores [rows, k+1, vocab] (the target's, processed, at the pending token
-    and each candidate), candidates [rows, k]. Returns (tokens [rows, k+1]: the target's choice at
-    each position, accepted [rows]: how many candidates agree with it before the first that does
-    not). A row keeps tokens[:accepted + 1]: its accepted candidates, then the target's own token."""
+    and each candidate), candidates [rows, k] of which the first proposed [rows] are real. Returns
+    (tokens [rows, k+1]: the target's choice at each position, accepted [rows]: how many candidates
+    agree with it before the first that does not). A row keeps tokens[:accepted + 1]: its accepted
+    candidates, then the target's own token."""
     choice = tf.argmax(scores, axis=-1, output_type=tf.int32)
-    return choice, leading_true(tf.equal(candidates, choice[:, :candidates.shape[1]]))
+    return choice, tf.minimum(leading_true(tf.equal(candidates, choice[:, :candidates.shape[1]])), proposed)
 
 
-def accept_sampled(scores, candidates, q, seed, iteration):
+def accept_sampled(scores, candidates, q, seed, iteration, proposed):
     """Speculative sampling's verification (Leviathan et al. 2023): candidate c_j, drawn from the
     draft's q, is accepted with probability min(1, p(c_j) / q(c_j)) while all before it were; the
     first rejected one is redrawn from max(p - q, 0) renormalised (p itself where that is empty), or
     when all pass a bonus token is drawn from p, so each kept token is distributed as the target alone
     would draw it. scores [rows, k+1, vocab] (processed, warped), candidates [rows, k], q [rows, k,
-    vocab] probabilities; seed int32 [2], iteration: the verify step (the draws' stream).
+    vocab] probabilities; seed int32 [2], iteration: the verify step (the draws' stream); proposed
+    [rows]: how many candidates are real (past them the next token comes from p, as when all pass).
     Returns (tokens [rows, k+1]: the accepted candidates, then the redrawn or bonus token; accepted [rows])."""
     rows, k = tf.shape(candidates)[0], candidates.shape[1]
     p = tf.nn.softmax(scores)  # [rows, k+1, vocab]
     p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
     q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
     u = tf.random.stateless_uniform([rows, k], core.rng_key(seed, iteration, ACCEPT))
-    n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
+    n = tf.minimum(leading_true(u * q_c < p_c), proposed)  # accept c_j with probability min(1, p/q)
     residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
+    real = tf.range(k + 1)[None, :] < proposed[:, None]
+    residual = tf.where(real[:, :, None], residual, p)
     redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
     empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
     redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
@@ -196,13 +202,64 @@ def kept_automaton(automaton, tokens, count, knobs: Knobs, key: CompileKey):
 # ---- proposals -----------------------------------------------------------------------------------
 
 
+def adapted_budget(budget, accepted, proposed, k: int):
+    """The heuristic schedule (HF's num_assistant_tokens_schedule="heuristic", per row): 2 more draft
+    tokens after a step that accepted all it proposed, 1 fewer otherwise, within [1, k]."""
+    return tf.clip_by_value(tf.where(accepted >= proposed, budget + 2, budget - 1), 1, k)
+
+
+def draft_adaptive(draft, logits, cache, state: SpecState, key_mask, prompt_len, knobs: Knobs, key: CompileKey):
+    """The draft's proposals when their number varies by row: row r drafts up to state.budget[r]
+    tokens (the heuristic schedule) and, with a confidence threshold, stops after a token whose draft
+    probability is below it (HF's ConfidenceCriteria). A while loop, so the draft runs only while some
+    row drafts. logits [rows, vocab]: the draft's next-token logits after the row's last token.
+    Returns (candidates [rows, k] (pad past a row's own), q [rows, k, vocab] or None, cache, proposed [rows])."""
+    k, bucket, rows = key.speculation.num_candidates, key.bucket, logits.shape[0]
+    sampling, generated = key.strategy == "sample", state.lengths - bucket
+    vocab = logits.shape[-1]
+
+    def draw(i, logits, tokens, probs, drafting, proposed):
+        """Token i of each row still drafting."""
+        if sampling:
+            logits = P.warp(logits, knobs.temperature, knobs.top_k, knobs.top_p, key.processors, knobs.processors)
+        p = tf.nn.softmax(logits)
+        token = core.choose_token(logits, key, core.rng_key(knobs.seed, state.iteration + 1, DRAFT + i))
+        writing = drafting & (i < state.budget)
+        tokens = tf.where(writing[:, None], core.write_column(tokens, i, token), tokens)
+        if sampling:
+            column = tf.one_hot(i, k, on_value=True, off_value=False)[None, :, None]
+            probs = tf.where(column & writing[:, None, None], p[:, None], probs)
+        sure = tf.gather(p, token[:, None], batch_dims=1)[:, 0] >= knobs.confidence if key.speculation.confidence \
+            else tf.ones_like(writing)
+        return token, tokens, probs, writing & sure, proposed + tf.cast(writing, tf.int32)
+
+    tokens0 = tf.fill([rows, k], tf.constant(key.pad_id, tf.int32))
+    probs0 = tf.zeros([rows, k if sampling else 0, vocab])
+    token, tokens, probs, drafting, proposed = draw(0, logits, tokens0, probs0, tf.ones([rows], tf.bool),
+                                                    tf.zeros([rows], tf.int32))
+
+    def more(i, token, cache, tokens, probs, drafting, proposed):
+        return (i < k) & tf.reduce_any(drafting)
+
+    def step(i, token, cache, tokens, probs, drafting, proposed):
+        position = generated_position(prompt_len, generated + i - 1)
+        logits, cache = draft.decode_one_token(token, position, cache, kv.View(key_mask, state.lengths + i - 1))
+        token, tokens, probs, drafting, proposed = draw(i, logits, tokens, probs, drafting, proposed)
+        return i + 1, token, cache, tokens, probs, drafting, proposed
+
+    _, _, cache, tokens, probs, _, proposed = tf.while_loop(
+        more, step, (tf.constant(1), token, cache, tokens, probs, drafting, proposed), maximum_iterations=k - 1)
+    return tokens, probs if sampling else None, cache, proposed
+
+
 def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs, key: CompileKey):
     """Run the draft model k steps from each row's last two tokens.
 
     The draft's cache holds every accepted token but possibly the last two (the newest accepted
     candidate was never fed to it, and the target's own token is new), so the first draft call is a
     2-token block at slots L-2, L-1; each row at its own slot. Returns (candidates [rows, k],
-    q [rows, k, vocab] probabilities the candidates were drawn from (None when greedy), draft cache).
+    q [rows, k, vocab] probabilities the candidates were drawn from (None when greedy), draft cache,
+    proposed [rows]: how many candidates are real, k unless the draft adapts (draft_adaptive)).
     """
     k, bucket = key.speculation.num_candidates, key.bucket
     lengths = state.lengths
@@ -211,6 +268,8 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     positions = generated_position(prompt_len, generated)[:, None] + tf.constant([[-2, -1]])
     hidden, cache = draft.forward(last_two, positions, state.draft_cache, kv.View(key_mask, lengths - 2))
     logits = draft.lm_head(hidden[:, 1])  # [rows, vocab]
+    if key.speculation.heuristic or key.speculation.confidence:
+        return draft_adaptive(draft, logits, cache, state, key_mask, prompt_len, knobs, key)
     tokens, probs = [], []
     for i in range(k):
         # the draft's own distribution: warped as the target's, not processed (it only proposes)
@@ -224,7 +283,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
             logits, cache = draft.decode_one_token(token, position, cache, kv.View(key_mask, lengths + i))
     candidates = tf.stack(tokens, axis=1)  # [rows, k]
     q = tf.stack(probs, axis=1) if probs else None  # [rows, k, vocab]
-    return candidates, q, cache
+    return candidates, q, cache, tf.fill([tf.shape(candidates)[0]], k)
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -269,6 +328,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         iteration=tf.constant(0),
         accepted=tf.constant(0),
         row_steps=tf.constant(0),
+        budget=tf.fill([rows], k),
+        drafted=tf.constant(0),
     )
 
     def propose(state: SpecState):
@@ -278,12 +339,12 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         valid = tf.concat([prompt_valid, tf.ones([rows, max_new], tf.bool)], axis=1) & written
         candidates = lookup_candidates(state.sequences, valid, state.lengths, k, key.speculation.ngram, key.pad_id)
         q = tf.one_hot(candidates, net.config.vocab_size) if sampling else None  # a lookup is certain
-        return candidates, q, ()
+        return candidates, q, (), tf.fill([rows], k)
 
     def verify_step(state: SpecState) -> SpecState:
         iteration = state.iteration + 1
         lengths, generated = state.lengths, state.lengths - bucket
-        candidates, q, draft_cache = propose(state)
+        candidates, q, draft_cache, proposed = propose(state)
         pending = tf.gather(state.sequences, lengths - 1, batch_dims=1)  # [rows], not yet run by the target
         block = tf.concat([pending[:, None], candidates], axis=1)  # [rows, k+1]
         number = generated[:, None] + tf.range(k + 1)[None, :]  # which generated token each position picks
@@ -296,8 +357,8 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
                                  [rows, k + 1, -1])
         scores = block_scores(net.lm_head(hidden), state.sequences, prompt_valid, lengths, candidates, number,
                               allowed, knobs, key)
-        tokens, n = accept_sampled(scores, candidates, q, knobs.seed, iteration) if sampling else \
-            accept_greedy(scores, candidates)
+        tokens, n = accept_sampled(scores, candidates, q, knobs.seed, iteration, proposed) if sampling else \
+            accept_greedy(scores, candidates, proposed)
         count, hit = kept_count(tokens, n, generated, state.finished, max_new, key.eos_ids)
         count, automaton, stranded = kept_automaton(state.automaton, tokens, count, knobs, key)
         logprobs = state.logprobs
@@ -315,12 +376,14 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
             iteration=iteration,
             accepted=state.accepted + tf.reduce_sum(tf.where(active, tf.minimum(n, count), 0)),
             row_steps=state.row_steps + tf.reduce_sum(tf.cast(active, tf.int32)),
+            budget=adapted_budget(state.budget, n, proposed, k) if key.speculation.heuristic else state.budget,
+            drafted=state.drafted + tf.reduce_sum(tf.where(active, proposed, 0)),
         )
 
     state = tf.while_loop(
         lambda s: ~tf.reduce_all(s.finished), lambda s: (verify_step(s),), (state,), maximum_iterations=max_new - 1
     )[0]
-    stats = tf.stack([state.iteration, state.accepted, state.row_steps])
+    stats = tf.stack([state.iteration, state.accepted, state.row_steps, state.drafted])
     vocab = net.config.vocab_size
     none = tf.zeros([rows, 0, 0])  # scores, logits, top_logprobs: refused (config)
     record = core.Record(state.logprobs, tf.zeros([0, rows, vocab]), tf.zeros([0, rows, vocab]), tf.zeros([0], tf.bool),
