@@ -92,34 +92,37 @@ def lookup_candidates(sequences, valid, lengths, k: int, max_ngram: int, pad_id:
     return tf.where(known, tokens, pad_id)
 
 
-def accept_greedy(scores, candidates, proposed):
+def accept_greedy(scores, candidates, proposed=None):
     """Greedy verification: scores [rows, k+1, vocab] (the target's, processed, at the pending token
-    and each candidate), candidates [rows, k] of which the first proposed [rows] are real. Returns
+    and each candidate), candidates [rows, k] of which the first proposed [rows] are real (None: all). Returns
     (tokens [rows, k+1]: the target's choice at each position, accepted [rows]: how many candidates
     agree with it before the first that does not). A row keeps tokens[:accepted + 1]: its accepted
     candidates, then the target's own token."""
     choice = tf.argmax(scores, axis=-1, output_type=tf.int32)
-    return choice, tf.minimum(leading_true(tf.equal(candidates, choice[:, :candidates.shape[1]])), proposed)
+    agree = leading_true(tf.equal(candidates, choice[:, :candidates.shape[1]]))
+    return choice, agree if proposed is None else tf.minimum(agree, proposed)
 
 
-def accept_sampled(scores, candidates, q, seed, iteration, proposed):
+def accept_sampled(scores, candidates, q, seed, iteration, proposed=None):
     """Speculative sampling's verification (Leviathan et al. 2023): candidate c_j, drawn from the
     draft's q, is accepted with probability min(1, p(c_j) / q(c_j)) while all before it were; the
     first rejected one is redrawn from max(p - q, 0) renormalised (p itself where that is empty), or
     when all pass a bonus token is drawn from p, so each kept token is distributed as the target alone
     would draw it. scores [rows, k+1, vocab] (processed, warped), candidates [rows, k], q [rows, k,
     vocab] probabilities; seed int32 [2], iteration: the verify step (the draws' stream); proposed
-    [rows]: how many candidates are real (past them the next token comes from p, as when all pass).
+    [rows]: how many candidates are real (past them the next token comes from p, as when all pass; None: all).
     Returns (tokens [rows, k+1]: the accepted candidates, then the redrawn or bonus token; accepted [rows])."""
     rows, k = tf.shape(candidates)[0], candidates.shape[1]
     p = tf.nn.softmax(scores)  # [rows, k+1, vocab]
     p_c = tf.gather(p[:, :k], candidates[:, :, None], batch_dims=2)[:, :, 0]  # [rows, k]
     q_c = tf.gather(q, candidates[:, :, None], batch_dims=2)[:, :, 0]
     u = tf.random.stateless_uniform([rows, k], core.rng_key(seed, iteration, ACCEPT))
-    n = tf.minimum(leading_true(u * q_c < p_c), proposed)  # accept c_j with probability min(1, p/q)
+    n = leading_true(u * q_c < p_c)  # accept c_j with probability min(1, p/q)
     residual = tf.concat([tf.maximum(p[:, :k] - q, 0.0), p[:, k:]], axis=1)  # [rows, k+1, vocab]
-    real = tf.range(k + 1)[None, :] < proposed[:, None]
-    residual = tf.where(real[:, :, None], residual, p)
+    if proposed is not None:
+        n = tf.minimum(n, proposed)
+        real = tf.range(k + 1)[None, :] < proposed[:, None]
+        residual = tf.where(real[:, :, None], residual, p)
     redraw_from = tf.gather(residual, n, batch_dims=1)  # [rows, vocab]
     empty = tf.reduce_sum(redraw_from, axis=-1, keepdims=True) <= 0.0  # p == q: keep p itself
     redraw_from = tf.where(empty, tf.gather(p, n, batch_dims=1), redraw_from)
