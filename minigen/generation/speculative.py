@@ -262,7 +262,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
     candidate was never fed to it, and the target's own token is new), so the first draft call is a
     2-token block at slots L-2, L-1; each row at its own slot. Returns (candidates [rows, k],
     q [rows, k, vocab] probabilities the candidates were drawn from (None when greedy), draft cache,
-    proposed [rows]: how many candidates are real, k unless the draft adapts (draft_adaptive)).
+    proposed [rows]: how many candidates are real when the draft adapts (draft_adaptive), else None: all k).
     """
     k, bucket = key.speculation.num_candidates, key.bucket
     lengths = state.lengths
@@ -286,7 +286,7 @@ def draft_candidates(draft, state: SpecState, key_mask, prompt_len, knobs: Knobs
             logits, cache = draft.decode_one_token(token, position, cache, kv.View(key_mask, lengths + i))
     candidates = tf.stack(tokens, axis=1)  # [rows, k]
     q = tf.stack(probs, axis=1) if probs else None  # [rows, k, vocab]
-    return candidates, q, cache, tf.fill([tf.shape(candidates)[0]], k)
+    return candidates, q, cache, None
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
         valid = tf.concat([prompt_valid, tf.ones([rows, max_new], tf.bool)], axis=1) & written
         candidates = lookup_candidates(state.sequences, valid, state.lengths, k, key.speculation.ngram, key.pad_id)
         q = tf.one_hot(candidates, net.config.vocab_size) if sampling else None  # a lookup is certain
-        return candidates, q, (), tf.fill([rows], k)
+        return candidates, q, (), None  # every candidate is real (a pad where nothing matched is rejected)
 
     def verify_step(state: SpecState) -> SpecState:
         iteration = state.iteration + 1
@@ -380,7 +380,7 @@ def speculative_loop(net, draft, ids, mask, knobs: Knobs, key: CompileKey):
             accepted=state.accepted + tf.reduce_sum(tf.where(active, tf.minimum(n, count), 0)),
             row_steps=state.row_steps + tf.reduce_sum(tf.cast(active, tf.int32)),
             budget=adapted_budget(state.budget, n, proposed, k) if key.speculation.heuristic else state.budget,
-            drafted=state.drafted + tf.reduce_sum(tf.where(active, proposed, 0)),
+            drafted=state.drafted + tf.reduce_sum(tf.where(active, k if proposed is None else proposed, 0)),
         )
 
     state = tf.while_loop(
