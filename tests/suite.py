@@ -64,7 +64,7 @@ GROUPS = [
     (["test_generate.py", "test_config.py", "test_tokenizer.py", "test_outputs.py"], 1.6),
     (["test_structured.py"], 2.1),  # structured output against the reference with the same index
     (["test_speculative_sampling.py"], 1.6),
-    (["test_dola.py", "test_beam_sample.py"], 2.1),  # DoLa against 4.55.4 (its subprocess), beam sampling
+    (["test_dola.py", "test_beam_sample.py", "test_group_beams.py"], 2.1),  # DoLa, group beams vs 4.55.4; beam sampling
     (["test_guidance.py", "test_healing.py", "test_layers_output.py"], 1.4),  # the newer strategies and outputs
     (["test_shipped.py"], 1.6),
     (["test_docs_commands.py"], 1.1),  # the docs' commands and the README's export line

@@ -50,10 +50,9 @@ def test_transformers_generation_config_is_read_as_the_reference_reads_it(hf_and
     assert ours.shape[1] == ids.shape[1] + 6  # the reference stops at EOS: the rest of ours is pad
     np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
     assert (ours[:, ref.shape[1]:] == 0).all()
-    with pytest.raises(ValueError, match="(num_beam_groups|diversity_penalty) is an option of transformers' generate "
-                                         "that minigen does not support: diverse"):
-        model.generate(ids, generation_config=transformers.GenerationConfig(num_beams=2, num_beam_groups=2,
-                                                                            diversity_penalty=0.5))
+    with pytest.raises(ValueError, match="low_memory is an option of transformers' generate "
+                                         "that minigen does not support: beam search always"):
+        model.generate(ids, generation_config=transformers.GenerationConfig(num_beams=2, low_memory=True))
 
 
 def test_generation_config_json_gives_the_models_defaults_as_in_the_reference(tmp_path):
@@ -84,15 +83,15 @@ def test_generation_config_json_gives_the_models_defaults_as_in_the_reference(tm
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(num_beam_groups=2), "num_beam_groups is an option of transformers' generate that minigen does not "
-                              "support: diverse"),
+    (dict(force_words_ids=[[2]]), "force_words_ids is an option of transformers' generate that minigen does not "
+                                  "support: constrained beam search"),
     (dict(streamer=object()), "streamer is an option of transformers' generate .* use model.stream"),
     (dict(use_cache=False), "use_cache=False is not supported"),
     (dict(temprature=0.5), "unknown generate option 'temprature'; did you mean temperature?"),
     (dict(max_new_token=3), "did you mean max_new_tokens?"),
     (dict(return_dict=False, return_dict_in_generate=True), "return_dict_in_generate is the reference's name for "
                                                              "return_dict"),
-], ids=["beam-groups", "streamer", "use-cache", "typo", "typo-2", "alias-conflict"])
+], ids=["force-words", "streamer", "use-cache", "typo", "typo-2", "alias-conflict"])
 def test_options_the_reference_has_are_told_apart_from_typos(hf_and_minigen, options, message):
     _, _, model = hf_and_minigen("tiny")
     traces = model.trace_count
@@ -353,9 +352,8 @@ def test_cli_tells_unsupported_flags_from_typos_and_names_flags(text_model_dir, 
     typo = run("--max-new-token", "3")
     assert typo.returncode == 2 and "unrecognized arguments: --max-new-token 3; did you mean --max-new-tokens?" \
         in typo.stderr
-    hf_only = run("--num-beam-groups", "2")
-    assert hf_only.returncode == 2 and "--num-beam-groups (transformers' num_beam_groups) is not supported" \
-        in hf_only.stderr
+    hf_only = run("--low-memory")
+    assert hf_only.returncode == 2 and "--low-memory (transformers' low_memory) is not supported" in hf_only.stderr
     python_only = run("--output-hidden-states")
     assert python_only.returncode == 2 and "--output-hidden-states: output_hidden_states is an option of Python's " \
         "model.generate (the command writes text)" in python_only.stderr

@@ -12,11 +12,14 @@ Beams are folded into the batch: the model sees `batch * num_beams` rows. Each s
      inherits its parent's lineage (which beam row holds each cache slot), so the KV cache itself
      is never gathered or copied (see `GPT2.attention`);
   5. the early-stopping rule decides whether any prompt can still improve.
+
+Steps 1-5 are this module's `RULES` (choose_beams); diverse beam search (group_beams.py) brings its
+own and shares the loop: prefill, lineage, decode step.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -85,11 +88,12 @@ def draw_without_replacement(totals, keep: int, rng):
 
 
 def top_continuations(logprobs, running_scores, running, running_beams, slot, step, keep: int,
-                      rng=None) -> Continuations:
+                      rng=None, first_row=None) -> Continuations:
     """The best `keep` of each prompt's num_beams x vocab continuations (the reference's
     _get_top_k_continuations), or with `rng` (beam sampling) `keep` of them drawn. logprobs
     [batch, num_beams, vocab] processed; running_scores [batch, num_beams]; running [batch, num_beams,
-    width]; running_beams [batch, num_beams, max_new] ([.., 0] when beam indices are not kept)."""
+    width]; running_beams [batch, num_beams, max_new] ([.., 0] when beam indices are not kept);
+    first_row [batch, 1]: the flat batch row of each prompt's first beam here (default: batch x num_beams)."""
     batch, nb, vocab = logprobs.shape[0], logprobs.shape[1], logprobs.shape[2]
     totals = tf.reshape(logprobs + running_scores[:, :, None], [batch, nb * vocab])
     if rng is None:
@@ -100,7 +104,8 @@ def top_continuations(logprobs, running_scores, running, running_beams, slot, st
     sequences = core.write_column(gather_beams(running, parent), slot, token)
     beams = running_beams
     if running_beams.shape[-1]:
-        first_row = tf.range(batch)[:, None] * nb  # a prompt's first beam row in the flat batch
+        if first_row is None:
+            first_row = tf.range(batch)[:, None] * nb  # a prompt's first beam row in the flat batch
         beams = core.write_column(gather_beams(running_beams, parent), step, first_row + parent)
     return Continuations(scores, parent, token, sequences, beams)
 
@@ -149,7 +154,63 @@ def still_improvable(can_improve, running_scores, finished_scores, is_finished, 
     return can_improve & tf.reduce_any(best_possible > worst_done, axis=-1, keepdims=True)
 
 
-def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
+class Rules(NamedTuple):
+    """What a beam search variant decides; the loop around it (prefill, lineage, decode) is shared.
+    Plain beam search and beam sampling: RULES below; diverse beam search: group_beams.RULES."""
+
+    start_scores: Callable  # (batch, key) -> [batch, num_beams] the running scores before step 0
+    start_open: Callable  # (batch, key) -> bool: the prompts (or groups) that can still improve
+    choose: Callable  # (state, mask, knobs, key, vocab) -> (state with its bookkeeping, parents [batch, num_beams])
+    finish: Callable  # (state, knobs, key) -> (sequences, scores, beam indices) of the returned hypotheses
+
+
+def choose_beams(s: BeamState, mask, knobs: Knobs, key: CompileKey, vocab: int):
+    """One step of beam search's bookkeeping (module docstring, steps 1-5): the new running beams,
+    finished buffer and stopping state, and each new running beam's parent [batch, num_beams]."""
+    nb, bucket, max_new = key.beam.num_beams, key.bucket, key.max_new_tokens
+    batch, width = s.running.shape[0], s.running.shape[2]
+    keep = max(2, 1 + len(key.eos_ids)) * nb  # continuations considered per prompt
+    slot = bucket + s.step
+    flat = tf.reshape(s.running, [batch * nb, width])
+    allowed = core.allowed_next(s.automaton, knobs, key, vocab)
+    step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids, allowed)
+    logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
+    record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
+    rng = core.rng_key(knobs.seed, s.step) if key.strategy == "beam_sample" else None
+    top = top_continuations(tf.reshape(logprobs, [batch, nb, vocab]), s.running_scores, s.running,
+                            s.running_beams, slot, s.step, keep, rng)
+    hits = core.is_eos(top.token, key.eos_ids) | (s.step + 1 >= max_new)
+    running, running_scores, running_beams, parents = next_running(top, hits, nb)
+    generated = s.step + 1
+    finished, finished_scores, is_finished, finished_beams = offer_finished(
+        s.finished, s.finished_scores, s.is_finished, s.finished_beams, top, hits, s.can_improve, generated,
+        knobs.length_penalty, key.beam.early_stopping)
+    can_improve = still_improvable(s.can_improve, running_scores, finished_scores, is_finished, generated,
+                                   max_new, knobs.length_penalty, key.beam.early_stopping)
+    all_done = tf.reduce_all(is_finished) if key.beam.early_stopping is True else tf.constant(False)
+    done = ~tf.reduce_any(can_improve) | all_done | tf.reduce_all(hits)
+    return s._replace(running=running, running_scores=running_scores, running_beams=running_beams, finished=finished,
+                      finished_scores=finished_scores, is_finished=is_finished, finished_beams=finished_beams,
+                      record=record, can_improve=can_improve, done=done), parents
+
+
+def first_beam_only(batch, key: CompileKey):
+    """[batch, num_beams]: 0 for each prompt's first beam, -BIG for the rest (they start as its copies)."""
+    return tf.tile(tf.where(tf.range(key.beam.num_beams) == 0, 0.0, -BIG)[None, :], [batch, 1])
+
+
+RULES = Rules(
+    start_scores=first_beam_only,
+    start_open=lambda batch, key: tf.ones([batch, 1], tf.bool),
+    choose=choose_beams,
+    # the finished buffer is kept best first
+    finish=lambda s, knobs, key: (s.finished[:, :key.beam.num_return_sequences],
+                                  s.finished_scores[:, :key.beam.num_return_sequences],
+                                  s.finished_beams[:, :key.beam.num_return_sequences]),
+)
+
+
+def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey, rules: Rules = RULES):
     """ids, mask: [batch * num_beams, bucket] (each prompt repeated num_beams times).
 
     Returns core.Outputs: sequences [batch, num_return_sequences, width], sequences_scores
@@ -160,7 +221,6 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     rows = key.rows  # static, so the cache keeps its shape through the gathers
     batch = rows // nb
     vocab = net.config.vocab_size
-    keep = max(2, 1 + len(key.eos_ids)) * nb  # continuations considered per prompt
 
     own_row = tf.tile(tf.range(nb)[None, :], [batch, 1])  # [batch, num_beams]
     sizes = core.windows(key)  # the cache length of each decode segment (one unless the batch is wide and long)
@@ -172,7 +232,6 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
     hidden, cache, key_mask = net.prefill(ids, mask, cache_len=sizes[0], lineage=lineage)
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
     sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
-    first_beam_only = tf.where(tf.range(nb) == 0, 0.0, -BIG)
     # which beam row each generated token came from (the reference's beam_indices), kept with scores only
     no_beams = tf.fill([batch, nb, max_new if key.scores else 0], -1)
     state = BeamState(
@@ -181,7 +240,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         lineage=lineage,
         logits=net.lm_head(hidden[:, -1]),
         running=sequences,
-        running_scores=tf.tile(first_beam_only[None, :], [batch, 1]),
+        running_scores=rules.start_scores(batch, key),
         finished=sequences,
         finished_scores=tf.fill([batch, nb], -BIG),
         is_finished=tf.zeros([batch, nb], tf.bool),
@@ -189,35 +248,17 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         running_beams=no_beams,
         finished_beams=no_beams,
         record=core.new_record(key, rows, vocab),
-        can_improve=tf.ones([batch, 1], tf.bool),
+        can_improve=rules.start_open(batch, key),
         done=tf.constant(False),
     )
 
     def body(s: BeamState, key_mask) -> BeamState:
         slot = bucket + s.step
-        flat = tf.reshape(s.running, [rows, width])
-        allowed = core.allowed_next(s.automaton, knobs, key, vocab)
-        step = Step(flat, core.written_slots(mask, s.step, max_new), slot, s.step, key.eos_ids, allowed)
-        logprobs = core.scores(tf.nn.log_softmax(s.logits), step, knobs, key)
-        record = core.record(s.record, key, s.step, s.logits, logprobs, None, None)
-        rng = core.rng_key(knobs.seed, s.step) if key.strategy == "beam_sample" else None
-        top = top_continuations(tf.reshape(logprobs, [batch, nb, vocab]), s.running_scores, s.running,
-                                s.running_beams, slot, s.step, keep, rng)
-        hits = core.is_eos(top.token, key.eos_ids) | (s.step + 1 >= max_new)
-        running, running_scores, running_beams, parents = next_running(top, hits, nb)
-        generated = s.step + 1
-        finished, finished_scores, is_finished, finished_beams = offer_finished(
-            s.finished, s.finished_scores, s.is_finished, s.finished_beams, top, hits, s.can_improve, generated,
-            knobs.length_penalty, key.beam.early_stopping)
-        can_improve = still_improvable(s.can_improve, running_scores, finished_scores, is_finished, generated,
-                                       max_new, knobs.length_penalty, key.beam.early_stopping)
-        all_done = tf.reduce_all(is_finished) if key.beam.early_stopping is True else tf.constant(False)
-        done = ~tf.reduce_any(can_improve) | all_done | tf.reduce_all(hits)
-
+        chosen, parents = rules.choose(s, mask, knobs, key, vocab)
         # advance the running beams by one token: inherit the parents' lineage, then one decode step
         # that writes each beam's new key/value into its own row at `slot`
         lineage = core.write_column(gather_beams(s.lineage, parents), slot, own_row)
-        next_tokens = tf.reshape(running[:, :, bucket + s.step], [rows])
+        next_tokens = tf.reshape(chosen.running[:, :, slot], [rows])
         # each new beam's automaton: its parent's, moved by its token (a beam never finishes here)
         inherited = tf.reshape(gather_beams(tf.reshape(s.automaton, [batch, nb]), parents), [rows])
         automaton, _ = core.follow(inherited, next_tokens, tf.zeros([rows], tf.bool), knobs, key)
@@ -225,23 +266,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
         # (also on the last step, whose logits go unused: a tf.cond here made XLA copy the cache twice per step)
         position = generated_position(prompt_len, s.step)
         logits, cache = net.decode_one_token(next_tokens, position, s.cache, kv.View(key_mask, slot, lineage))
-        return BeamState(
-            step=s.step + 1,
-            cache=cache,
-            lineage=lineage,
-            logits=logits,
-            running=running,
-            running_scores=running_scores,
-            finished=finished,
-            finished_scores=finished_scores,
-            is_finished=is_finished,
-            automaton=automaton,
-            running_beams=running_beams,
-            finished_beams=finished_beams,
-            record=record,
-            can_improve=can_improve,
-            done=done,
-        )
+        return chosen._replace(step=s.step + 1, cache=cache, lineage=lineage, logits=logits, automaton=automaton)
 
     for i, size in enumerate(sizes):
         if i:  # a segment after the first: grow each beam's run of cache slots, its lineage and the key mask
@@ -250,6 +275,6 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey):
             state, key_mask = core.hide_placeholders(state), kv.grow_key_mask(key_mask, size)
         state = tf.while_loop(lambda s, end=size - bucket: ~s.done & (s.step < end),
                               lambda s, m=key_mask: (body(s, m),), (state,), maximum_iterations=max_new)[0]
-    r = key.beam.num_return_sequences
-    return core.Outputs(state.finished[:, :r], state.record, state.step, sequences_scores=state.finished_scores[:, :r],
-                        beam_indices=state.finished_beams[:, :r] if key.scores else None)
+    sequences, scores, beams = rules.finish(state, knobs, key)
+    return core.Outputs(sequences, state.record, state.step, sequences_scores=scores,
+                        beam_indices=beams if key.scores else None)

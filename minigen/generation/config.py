@@ -86,10 +86,10 @@ class _Methods:
 
     @property
     def strategy(self) -> str:
-        """The reference's dispatch: beam search (beam sampling with do_sample), sampling, contrastive search (penalty_alpha > 0
+        """The reference's dispatch: beam search (diverse with num_beam_groups, beam sampling with do_sample), sampling, contrastive search (penalty_alpha > 0
         and top_k > 1), else greedy search."""
         if self.num_beams > 1:
-            return "beam_sample" if self.do_sample else "beam"
+            return "group_beam" if self.num_beam_groups > 1 else "beam_sample" if self.do_sample else "beam"
         if self.do_sample:
             return "sample"
         return "contrastive" if self.penalty_alpha and self.top_k > 1 else "greedy"
@@ -110,6 +110,13 @@ class _Methods:
             setattr(self, option.name, check_value(option, getattr(self, option.name)))
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
+        if self.num_beams > 1 and self.num_beam_groups > 1:
+            if self.num_beams % self.num_beam_groups:
+                raise ValueError(f"num_beams ({self.num_beams}) must be a multiple of num_beam_groups "
+                                 f"({self.num_beam_groups}): each group has num_beams / num_beam_groups beams")
+            if not self.diversity_penalty:
+                raise ValueError("diversity_penalty must be > 0 with num_beam_groups > 1 (diverse beam search): at 0 "
+                                 "every group is the same beam search")
         given = [name for name in CONSTRAINT_OPTIONS if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of regex, json_schema and choices, got {' and '.join(given)}")

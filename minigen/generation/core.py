@@ -33,7 +33,7 @@ from .stop_strings import stop_hit
 
 # -- what is compiled: one function per distinct key ------------------------------------------------
 
-BEAMS = ("beam", "beam_sample")  # the strategies beam_search.py runs
+BEAMS = ("beam", "beam_sample", "group_beam")  # the strategies beam_search.py runs (group_beam: group_beams.py)
 SAMPLING = ("sample", "beam_sample")  # the strategies whose scores go through the warpers
 
 
@@ -41,6 +41,7 @@ class BeamKey(NamedTuple):
     num_beams: int
     num_return_sequences: int
     early_stopping: object  # True | False | "never"
+    groups: int = 1  # num_beam_groups: diverse beam search (group_beams.py) when > 1
 
 
 class SpecKey(NamedTuple):
@@ -55,7 +56,7 @@ class CompileKey(NamedTuple):
     """Options that shape the graph: each distinct value is one compiled function. Built only by
     `compile_key`; everything numeric travels in `Knobs` instead."""
 
-    strategy: str  # "greedy" | "sample" | "beam" | "beam_sample" | "contrastive"
+    strategy: str  # "greedy" | "sample" | "beam" | "beam_sample" | "group_beam" | "contrastive"
     rows: int | None  # batch rows after expanding num_return_sequences / num_beams (None: any, export)
     bucket: int  # padded prompt width
     max_new_tokens: int
@@ -93,7 +94,7 @@ def compile_key(cfg: GenerationConfig, model_config, batch: int | None, bucket: 
     strategy = cfg.strategy
     beams = strategy in BEAMS
     expand = cfg.num_beams if beams else cfg.num_return_sequences
-    beam = BeamKey(cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping) if beams else None
+    beam = BeamKey(cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping, cfg.num_beam_groups) if beams else None
     eos_ids = cfg.eos_ids(model_config)
     # beam sampling's warpers keep one token more than there are EOS ids, so a beam can go on past one
     processors = P.active(cfg, runtime, keep=max(2, len(eos_ids) + 1) if strategy == "beam_sample" else 1)

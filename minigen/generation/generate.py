@@ -24,6 +24,7 @@ from ..status import compile_notice
 from ..model import Transformer
 from . import constraints, contrastive, healing, layers
 from .beam_search import beam_search
+from . import group_beams
 from .config import GenerationConfig
 from . import core
 from .core import CompileKey, compile_key, make_knobs, windows
@@ -63,6 +64,7 @@ STRATEGIES = {
     "sample": Strategy(lambda net, draft, *args: search(net, *args), search_loop),
     "beam": Strategy(lambda net, draft, *args: beam_search(net, *args)),
     "beam_sample": Strategy(lambda net, draft, *args: beam_search(net, *args)),
+    "group_beam": Strategy(lambda net, draft, *args: beam_search(net, *args, rules=group_beams.RULES)),
     "contrastive": Strategy(lambda net, draft, *args: contrastive.contrastive_search(net, *args), contrastive),
     "speculative": Strategy(speculative_loop),  # greedy or sampling, with drafted tokens (key.speculation)
 }
@@ -341,7 +343,8 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
     guidance_knobs = {"unconditional": tuple(tf.constant(a) for a in expand_rows(*unconditional.values(), key))} \
         if guidance else {}
     check_record_memory(key, model.config)
-    check_custom(cfg.logits_processor, key.rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
+    # (diverse beam search scores one group of beams at a time)
+    check_custom(cfg.logits_processor, key.rows // (key.beam.groups if key.beam else 1), key.bucket + key.max_new_tokens, model.config.vocab_size)
     return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs, **guidance_knobs),
                 prefix_cache,
                 given_ids(input_ids), automaton)

@@ -35,27 +35,27 @@ HOST = "host"  # read outside the loop: lengths, ids, bucket, which outputs are 
 # search or sampling with drafted tokens verified in blocks
 GREEDY, SAMPLE, BEAM, CONTRASTIVE, SPECULATIVE = "greedy", "sample", "beam", "contrastive", "speculative"
 BEAM_SAMPLE = "beam_sample"  # beam search drawing its continuations (num_beams > 1, do_sample=True)
-STRATEGY_ORDER = (GREEDY, SAMPLE, BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE)
+GROUP_BEAM = "group_beam"  # diverse beam search (num_beams > 1, num_beam_groups > 1)
+STRATEGY_ORDER = (GREEDY, SAMPLE, BEAM, BEAM_SAMPLE, GROUP_BEAM, CONTRASTIVE, SPECULATIVE)
 ALL = frozenset(STRATEGY_ORDER)
-BEAMS = frozenset((BEAM, BEAM_SAMPLE))
+BEAMS = frozenset((BEAM, BEAM_SAMPLE, GROUP_BEAM))
 TITLES = {GREEDY: "greedy search", SAMPLE: "sampling", BEAM: "beam search (num_beams > 1)",
           BEAM_SAMPLE: "beam sampling (num_beams > 1, do_sample=True)",
+          GROUP_BEAM: "diverse beam search (num_beams > 1, num_beam_groups > 1)",
           CONTRASTIVE: "contrastive search (penalty_alpha)", SPECULATIVE: "speculative decoding"}
 # The ways a call runs: one compiled loop (generate), chunk by chunk (stream), or keeping its state
 # for a later call (continue: cache= / return_state=, beside generate)
 GENERATE, STREAM, CONTINUE = "generate", "stream", "continue"
 ALL_MODES = frozenset((GENERATE, STREAM, CONTINUE))
 # which strategy runs in which mode, and what a refusal says
-MODES = {GREEDY: ALL_MODES, SAMPLE: ALL_MODES, BEAM: frozenset((GENERATE,)), BEAM_SAMPLE: frozenset((GENERATE,)),
+MODES = {GREEDY: ALL_MODES, SAMPLE: ALL_MODES, **dict.fromkeys(BEAMS, frozenset((GENERATE,))),
          CONTRASTIVE: frozenset((GENERATE, STREAM)), SPECULATIVE: frozenset((GENERATE,))}
 MODE_REFUSALS = {
-    (STREAM, BEAM): "streaming supports greedy search, sampling and contrastive search, not num_beams > 1",
-    (STREAM, BEAM_SAMPLE): "streaming supports greedy search, sampling and contrastive search, not num_beams > 1",
+    **{(STREAM, beams): "streaming supports greedy search, sampling and contrastive search, not num_beams > 1"
+       for beams in BEAMS},
     (STREAM, SPECULATIVE): "streaming does not support prompt_lookup_num_tokens or assistant_model; use generate",
-    (CONTINUE, BEAM): "cache/return_state (continuing a generation) support greedy search and sampling, not "
-                      "num_beams > 1",
-    (CONTINUE, BEAM_SAMPLE): "cache/return_state (continuing a generation) support greedy search and sampling, "
-                             "not num_beams > 1",
+    **{(CONTINUE, beams): "cache/return_state (continuing a generation) support greedy search and sampling, not "
+                          "num_beams > 1" for beams in BEAMS},
     (CONTINUE, CONTRASTIVE): "cache/return_state (continuing a generation) support greedy search and sampling, "
                              "not contrastive search (penalty_alpha)",
     (CONTINUE, SPECULATIVE): "cache/return_state (continuing a generation) do not combine with speculative decoding",
@@ -67,6 +67,7 @@ REFUSALS = {
     SAMPLE: "{name} is not used by sampling; leave it at {off}",
     BEAM: "{name} is not used by beam search (num_beams > 1); leave it at {off}",
     BEAM_SAMPLE: "{name} is not used by beam sampling (num_beams > 1, do_sample=True); leave it at {off}",
+    GROUP_BEAM: "{name} is not used by diverse beam search (num_beam_groups > 1); leave it at {off}",
     CONTRASTIVE: "{name} is not used by contrastive search (penalty_alpha); leave it at {off}",
     SPECULATIVE: "{via} (speculative decoding) does not support {name}; leave it at {off}",
     STREAM: "streaming yields token ids only; {name} needs generate",
@@ -347,7 +348,7 @@ class Option(NamedTuple):
 WARPER = ("{name} is a sampling warper: set do_sample=True, or leave it at {off} (greedy and beam search take "
           "the most likely tokens)")
 SAMPLING_ONLY = frozenset((SAMPLE, BEAM_SAMPLE, SPECULATIVE))  # speculative sampling samples
-WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, CONTRASTIVE: WARPER}
+WARPER_REFUSALS = {GREEDY: WARPER, BEAM: WARPER, GROUP_BEAM: WARPER, CONTRASTIVE: WARPER}
 NO_ROW_TOKENS = ALL - {SPECULATIVE}  # your own processors get a scalar `generated`, not a verify block's per row
 OUTPUTS = frozenset((GENERATE, CONTINUE))  # what streaming (token ids only) cannot return
 IDS = lambda v: tuple(int(t) for t in v)  # noqa: E731
@@ -358,7 +359,7 @@ CONSTRAINED_MODES = frozenset((GENERATE, STREAM))
 # output_hidden_states / output_attentions: kept by greedy search and sampling's loop (layers.py)
 LAYER_STRATEGIES = frozenset((GREEDY, SAMPLE))
 LAYER_REFUSALS = {
-    **dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+    **dict.fromkeys(BEAMS | {CONTRASTIVE, SPECULATIVE},
                     "{name} is kept by greedy search and sampling (not yet by beam search, contrastive search or "
                     "speculative decoding); model.logits(ids, mask, output_hidden_states=True, output_attentions=True) "
                     "gives them for a whole sequence"),
@@ -432,13 +433,22 @@ OPTIONS = (
                                "(continuing a generation)"}),
     # -- the strategy
     Option("do_sample", False, BOOL, "sample instead of taking the most likely token (with num_beams=1)", KEY,
-           strategies=SAMPLING_ONLY, flag="--do-sample", engine=True),
+           strategies=SAMPLING_ONLY, flag="--do-sample", engine=True,
+           refusals={GROUP_BEAM: "num_beam_groups > 1 (diverse beam search) needs do_sample=False, as the reference"}),
     Option("num_beams", 1, integer(1), "beam search width (1 = greedy search or sampling)", KEY,
            strategies=ALL - {SPECULATIVE}, flag="--num-beams",
            refusals={SPECULATIVE: "{via} (speculative decoding) needs num_beams=1, got num_beams={value}"}),
+    Option("num_beam_groups", 1, integer(1),
+           "diverse beam search (transformers 4.x's group beam search): the num_beams beams form this many groups "
+           "that choose in turn each step, a group penalised by diversity_penalty for the tokens earlier groups "
+           "chose (1 = off; num_beams must be a multiple of it)", KEY, strategies=frozenset((GROUP_BEAM,)),
+           flag="--num-beam-groups",
+           refusals={**dict.fromkeys(ALL - BEAMS, "num_beam_groups > 1 (diverse beam search) needs num_beams > 1, a "
+                                                  "multiple of num_beam_groups"),
+                     SPECULATIVE: "{via} (speculative decoding) does not combine with num_beam_groups > 1"}),
     Option("num_return_sequences", 1, integer(1),
            "beam search: the best hypotheses per prompt (at most num_beams); sampling: samples per prompt", KEY,
-           strategies=frozenset((SAMPLE, BEAM, BEAM_SAMPLE, SPECULATIVE)), modes=frozenset((GENERATE, STREAM)),
+           strategies=frozenset((SAMPLE, SPECULATIVE)) | BEAMS, modes=frozenset((GENERATE, STREAM)),
            flag="--num-return-sequences",
            refusals={GREEDY: "num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences",
                      CONTRASTIVE: "num_return_sequences > 1 needs do_sample=True or num_beams >= "
@@ -451,7 +461,7 @@ OPTIONS = (
            "cosine similarity with the row's earlier hidden states. None or 0 = off (greedy)", TENSOR,
            strategies=frozenset((GREEDY, CONTRASTIVE)), flag="--penalty-alpha", cli={"metavar": "A"},
            export=frozenset((CONTRASTIVE,)), dtype="float32", off=(None, 0, 0.0),
-           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, SAMPLE), "penalty_alpha (contrastive search) needs num_beams=1 and "
+           refusals={**dict.fromkeys(BEAMS | {SAMPLE}, "penalty_alpha (contrastive search) needs num_beams=1 and "
                                      "do_sample=False, got num_beams={num_beams}, do_sample={do_sample}; leave "
                                      "penalty_alpha=None for beam search or sampling"),
                      SPECULATIVE: "penalty_alpha (contrastive search) does not combine with speculative decoding "
@@ -463,7 +473,7 @@ OPTIONS = (
            "with its own cache in the same loop. None or 1 = off", TENSOR, strategies=frozenset((GREEDY, SAMPLE)),
            modes=frozenset((GENERATE, STREAM)), flag="--guidance-scale", dtype="float32", off=(None, 1, 1.0),
            normalise=lambda v: None if v is None or v == 1 else float(v),
-           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+           refusals={**dict.fromkeys(BEAMS | {CONTRASTIVE, SPECULATIVE},
                                      "guidance_scale (classifier-free guidance) runs with greedy search and sampling; "
                                      "leave it at None"),
                      CONTINUE: "guidance_scale (classifier-free guidance) does not combine with cache/return_state"}),
@@ -475,7 +485,7 @@ OPTIONS = (
            cli={"type": lambda text: text if text in ("low", "high") else [int(i) for i in text.split(",")],
                 "metavar": "{low,high,N,N,...}"},
            normalise=lambda v: v if v is None or isinstance(v, str) else tuple(int(i) for i in v),
-           refusals={**dict.fromkeys((BEAM, BEAM_SAMPLE, CONTRASTIVE, SPECULATIVE),
+           refusals={**dict.fromkeys(BEAMS | {CONTRASTIVE, SPECULATIVE},
                                      "dola_layers (DoLa decoding) runs with greedy search and sampling; leave it at "
                                      "None"),
                      CONTINUE: "dola_layers (DoLa decoding) does not combine with cache/return_state"}),
@@ -533,6 +543,12 @@ OPTIONS = (
            "{token sequence: bias} (or [[ids, bias], ...]): the bias is added to the sequence's last token "
            "wherever the rest of it ends the row", KEY, normalise=_bias,
            ids=lambda v: [t for ids, _ in v for t in ids]),
+    Option("diversity_penalty", 0.0, number("a number >= 0 (0 = off)", lambda v: v >= 0, ">= 0"),
+           "diverse beam search (num_beam_groups > 1): taken off a token's score once per beam of an earlier group "
+           "that chose it this step (HF's HammingDiversityLogitsProcessor)", TENSOR,
+           strategies=frozenset((GROUP_BEAM,)), flag="--diversity-penalty", dtype="float32",
+           refusals=dict.fromkeys(ALL - {GROUP_BEAM}, "diversity_penalty needs num_beam_groups > 1 (diverse beam "
+                                                       "search) and num_beams a multiple of it; leave it at 0.0")),
     Option("repetition_penalty", 1.0, number("a finite number > 0 (1.0 = off)", lambda v: v > 0),
            "> 1 discourages tokens already in the row (padding ignored, unlike HF)", TENSOR,
            flag="--repetition-penalty", export=ALL - {SPECULATIVE}, dtype="float32", engine=True),
@@ -599,7 +615,7 @@ OPTIONS = (
            "a string may span tokens or start inside one", KEY,
            strategies=frozenset((GREEDY, SAMPLE, CONTRASTIVE)), flag="--stop",
            cli={"action": "append", "metavar": "TEXT"}, normalise=_stops,
-           refusals=dict.fromkeys((BEAM, BEAM_SAMPLE, SPECULATIVE), "stop_strings work with greedy search, sampling and "
+           refusals=dict.fromkeys(BEAMS | {SPECULATIVE}, "stop_strings work with greedy search, sampling and "
                                   "contrastive search, not with num_beams > 1 or speculative decoding"), engine=True),
     Option("max_time", None, optional(number("a number of seconds > 0", lambda v: v > 0)),
            "seconds: streaming stops after the chunk during which this much time has passed (the loop runs "
@@ -687,7 +703,6 @@ ALIASES = {"return_dict_in_generate": "return_dict"}
 # what to do instead: a transformers user's option is "not supported (yet)", not a typo.
 NOT_SUPPORTED = {
     "streamer": "use model.stream(prompt) (text) or model.stream_tokens(ids, mask) (token ids) instead",
-    **dict.fromkeys(("num_beam_groups", "diversity_penalty"), "diverse (group) beam search is not supported yet"),
     **dict.fromkeys(("negative_prompt_ids", "negative_prompt_attention_mask"),
                     "classifier-free guidance's unconditional prompt is an argument of generate and stream_tokens "
                     "(with guidance_scale); the text API does not take it"),

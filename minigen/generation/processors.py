@@ -1,6 +1,6 @@
 """Logits processors and warpers: pure tensor functions, applied in Hugging Face's order.
 
-    processors (PROCESSORS, every strategy):  sequence_bias -> repetition_penalty -> presence_penalty
+    processors (PROCESSORS, every strategy):  guidance_scale -> sequence_bias -> diversity_penalty -> repetition_penalty -> presence_penalty
                                               -> frequency_penalty -> no_repeat_ngram -> bad_words_ids
                                               -> min_new_tokens (and min_length) -> structured output's
                                               mask -> forced_bos -> forced_eos
@@ -489,6 +489,7 @@ class Step(NamedTuple):
     eos_ids: tuple
     allowed: tf.Tensor | None = None  # [rows, vocab] bool: what each row's structured-output automaton allows
     unconditional: tf.Tensor | None = None  # [rows, vocab]: classifier-free guidance's unconditional logits
+    diversity: tf.Tensor | None = None  # [rows, vocab] float32: group beam search, earlier groups' choices this step
 
 
 ALWAYS = "always"  # a Processor's `off` for one that is always in the graph (cheap, value at run time)
@@ -512,6 +513,8 @@ PROCESSORS = (
     Processor("sequence_bias", (), True, None,
               lambda logits, s, table: sequence_bias(logits, s.sequences, s.valid, s.next_slot, table), word_table,
               reads_row=True),
+    Processor("diversity_penalty", 0.0, False, tf.float32,  # group beam search (group_beams.py), HF's Hamming
+              lambda logits, s, penalty: logits - penalty * s.diversity),
     Processor("repetition_penalty", 1.0, False, tf.float32,
               lambda logits, s, value: repetition_penalty(logits, s.sequences, s.valid, value), reads_row=True),
     Processor("presence_penalty", 0.0, False, tf.float32,
