@@ -54,6 +54,8 @@ OPTIONS = [
     ("new: dola_layers high", SEARCH, dict(dola_layers="high")),
     ("beam sampling, no warper (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=0, seed=(1, 2))),
     ("beam sampling top_k 50 (vs beam search, 4 beams)", dict(num_beams=4), dict(do_sample=True, top_k=50, seed=(1, 2))),
+    ("diverse beam search, 2 groups, penalty 1.0 (vs beam search, 4 beams)", dict(num_beams=4),
+     dict(num_beam_groups=2, diversity_penalty=1.0)),
 ]
 
 
