@@ -343,8 +343,8 @@ def plan(model, input_ids, attention_mask, generation_config, options: dict, *, 
     guidance_knobs = {"unconditional": tuple(tf.constant(a) for a in expand_rows(*unconditional.values(), key))} \
         if guidance else {}
     check_record_memory(key, model.config)
-    # (diverse beam search scores one group of beams at a time)
-    check_custom(cfg.logits_processor, key.rows // (key.beam.groups if key.beam else 1), key.bucket + key.max_new_tokens, model.config.vocab_size)
+    scored_rows = key.rows // (key.beam.groups if key.beam else 1)  # diverse beam search scores a group at a time
+    check_custom(cfg.logits_processor, scored_rows, key.bucket + key.max_new_tokens, model.config.vocab_size)
     return Call(cfg, key, ids, mask, batch, width, make_knobs(cfg, **stop_knobs, **constraint_knobs, **guidance_knobs),
                 prefix_cache,
                 given_ids(input_ids), automaton)

@@ -37,6 +37,11 @@ def group_view(t, groups: int):
     return tf.reshape(t, [t.shape[0] * groups, t.shape[1] // groups, *t.shape[2:]])
 
 
+def hypotheses_by_group(s: BeamState, groups: int):
+    """The finished buffer (sequences, scores, flags, beam rows), each as group_view gives it."""
+    return tuple(group_view(t, groups) for t in (s.finished, s.finished_scores, s.is_finished, s.finished_beams))
+
+
 def beam_view(t, batch: int):
     """The inverse of group_view: [batch * groups, group_size, ...] -> [batch, num_beams, ...]."""
     return tf.reshape(t, [batch, t.shape[0] // batch * t.shape[1], *t.shape[2:]])
@@ -94,8 +99,9 @@ def choose_groups(s: BeamState, mask, knobs: Knobs, key: CompileKey, vocab: int)
                                 slot, s.step, keep, first_row=tf.range(batch)[:, None] * nb + g * size)
         run = next_running(top, core.is_eos(top.token, key.eos_ids), size)
         # a done group's beams are fed pad_token_id in the reference, and count as choosing it
-        tokens = tf.where(s.can_improve[:, g:g + 1], run[0][:, :, slot], key.pad_id)
-        chosen += chosen_counts(tokens, vocab)
+        if g < groups - 1:  # (the last group's choices penalise no one)
+            tokens = tf.where(s.can_improve[:, g:g + 1], run[0][:, :, slot], key.pad_id)
+            chosen += chosen_counts(tokens, vocab)
         scored.append(processed)
         tops.append(top)
         runs.append(run)
@@ -109,9 +115,7 @@ def choose_groups(s: BeamState, mask, knobs: Knobs, key: CompileKey, vocab: int)
     generated = s.step + 1
     is_open = tf.reshape(s.can_improve, [-1, 1])  # [batch * groups, 1]
     finished, finished_scores, is_finished, finished_beams = offer_finished(
-        group_view(s.finished, groups), group_view(s.finished_scores, groups), group_view(s.is_finished, groups),
-        group_view(s.finished_beams, groups), top, hits, is_open, generated, knobs.length_penalty,
-        key.beam.early_stopping)
+        *hypotheses_by_group(s, groups), top, hits, is_open, generated, knobs.length_penalty, key.beam.early_stopping)
     done = group_done(is_finished, finished_scores, top.scores[:, 0], generated, max_new, knobs.length_penalty,
                       key.beam.early_stopping)
     still_open = tf.reshape(is_open[:, 0] & ~done, [batch, groups])
@@ -138,8 +142,7 @@ def finish(s: BeamState, knobs: Knobs, key: CompileKey):
                             group_view(s.running_beams, groups))
     ended = tf.ones_like(running.scores, tf.bool)
     finished, scores, _, beams = offer_finished(
-        group_view(s.finished, groups), group_view(s.finished_scores, groups), group_view(s.is_finished, groups),
-        group_view(s.finished_beams, groups), running, ended, tf.reshape(s.can_improve, [-1, 1]), s.step,
+        *hypotheses_by_group(s, groups), running, ended, tf.reshape(s.can_improve, [-1, 1]), s.step,
         knobs.length_penalty, False)
     scores, best = tf.math.top_k(beam_view(scores, batch), key.beam.num_return_sequences)
     return gather_beams(beam_view(finished, batch), best), scores, gather_beams(beam_view(beams, batch), best)
