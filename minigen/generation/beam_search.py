@@ -194,14 +194,21 @@ def choose_beams(s: BeamState, mask, knobs: Knobs, key: CompileKey, vocab: int):
                       record=record, can_improve=can_improve, done=done), parents
 
 
-def first_beam_only(batch, key: CompileKey):
-    """[batch, num_beams]: 0 for each prompt's first beam, -BIG for the rest (they start as its copies)."""
-    return tf.tile(tf.where(tf.range(key.beam.num_beams) == 0, 0.0, -BIG)[None, :], [batch, 1])
+def first_beam_of_each_group(batch, key: CompileKey):
+    """[batch, num_beams]: 0 for the first beam of each group (one group unless diverse beam search),
+    -BIG for the rest: they start as its copies."""
+    size = key.beam.num_beams // key.beam.groups
+    return tf.tile(tf.where(tf.range(key.beam.num_beams) % size == 0, 0.0, -BIG)[None, :], [batch, 1])
+
+
+def all_open(batch, key: CompileKey):
+    """[batch, groups] True: every prompt (each group of it) can still improve."""
+    return tf.ones([batch, key.beam.groups], tf.bool)
 
 
 RULES = Rules(
-    start_scores=first_beam_only,
-    start_open=lambda batch, key: tf.ones([batch, 1], tf.bool),
+    start_scores=first_beam_of_each_group,
+    start_open=all_open,
     choose=choose_beams,
     # the finished buffer is kept best first
     finish=lambda s, knobs, key: (s.finished[:, :key.beam.num_return_sequences],

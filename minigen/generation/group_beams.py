@@ -26,8 +26,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from . import core
-from .beam_search import (BIG, BeamState, Continuations, Rules, gather_beams, length_scale, next_running,
-                          offer_finished, top_continuations)
+from .beam_search import (BeamState, Continuations, Rules, all_open, first_beam_of_each_group, gather_beams,
+                          length_scale, next_running, offer_finished, top_continuations)
 from .core import CompileKey, Knobs
 from .processors import Step
 
@@ -127,12 +127,6 @@ def choose_groups(s: BeamState, mask, knobs: Knobs, key: CompileKey, vocab: int)
                       record=record, can_improve=still_open, done=~tf.reduce_any(still_open)), parents
 
 
-def first_beam_of_each_group(batch, key: CompileKey):
-    """[batch, num_beams]: 0 for the first beam of each group, -BIG for the rest (HF's start)."""
-    size = key.beam.num_beams // key.beam.groups
-    return tf.tile(tf.where(tf.range(key.beam.num_beams) % size == 0, 0.0, -BIG)[None, :], [batch, 1])
-
-
 def finish(s: BeamState, knobs: Knobs, key: CompileKey):
     """The returned hypotheses (HF's BeamSearchScorer.finalize): each open group's running beams join
     its hypotheses, scored at the length reached; then the best num_return_sequences of the prompt's
@@ -150,7 +144,7 @@ def finish(s: BeamState, knobs: Knobs, key: CompileKey):
 
 RULES = Rules(
     start_scores=first_beam_of_each_group,
-    start_open=lambda batch, key: tf.ones([batch, key.beam.groups], tf.bool),
+    start_open=all_open,
     choose=choose_groups,
     finish=finish,
 )
