@@ -16,6 +16,10 @@ These are the requests an evaluation harness sends (lm-evaluation-harness's `log
 One compiled forward pass per (rows, bucket width, scored tail) triple: rows are left-padded to a
 multiple of BUCKET and only the tail's positions reach the LM head, so the [rows, width, vocab]
 logits never exist and never reach the host.
+
+Requests sharing a context (a multiple-choice question's answers) share its forward pass: the
+context runs once into a KV cache, which each answer's row then reads (`shared_score_fn`). The hf
+backend runs the context once per answer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
+from . import cache as kv
 from . import status
 
 # Row widths and scored tails are rounded up to a multiple of BUCKET, and beyond WIDE to a multiple of
@@ -45,6 +50,12 @@ class Row(NamedTuple):
 
     inputs: list  # token ids fed to the model
     targets: list  # the ids scored: inputs[i + 1 - len(targets)]'s successor is targets[i]
+
+    @property
+    def split(self) -> int:
+        """Where the scored positions start: inputs[:split] (the context, less its last token)
+        predicts nothing scored, inputs[split:] predicts the targets."""
+        return len(self.inputs) - len(self.targets)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -128,6 +139,14 @@ def rolling_rows(tokens: list, prefix: int, limit: int) -> list[Row]:
     return rows
 
 
+def _chosen(logits, targets, scored):
+    """Each target's log-prob (0 where not scored) and whether every scored target is the argmax.
+    logits [rows, tail, vocab], targets [rows, tail], scored [rows, tail] bool."""
+    chosen = tf.gather(tf.nn.log_softmax(logits), targets[..., None], batch_dims=2)[..., 0]
+    best = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.where(scored, chosen, 0.0), tf.reduce_all(~scored | tf.equal(best, targets), axis=1)
+
+
 def score_fn(net, tail: int):
     """The compiled pass: ids, mask [rows, width] left-padded, targets [rows, tail] right-aligned,
     counts [rows] -> (each target's log-prob [rows, tail], 0 where not scored; greedy [rows] bool:
@@ -136,48 +155,150 @@ def score_fn(net, tail: int):
     def run(ids, mask, targets, counts):
         hidden, _, _ = net.prefill(ids, mask, ids.shape[1])  # [rows, width, d]
         logits = net.lm_head(hidden[:, -tail:])  # [rows, tail, vocab]: only the positions scored
-        chosen = tf.gather(tf.nn.log_softmax(logits), targets[..., None], batch_dims=2)[..., 0]
-        scored = tf.range(tail)[None, :] >= tail - counts[:, None]
-        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return tf.where(scored, chosen, 0.0), tf.reduce_all(~scored | tf.equal(best, targets), axis=1)
+        return _chosen(logits, targets, tf.range(tail)[None, :] >= tail - counts[:, None])
 
     return run
 
 
-def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -> tuple[list, list]:
-    """(each row's target log-probs, float64 [len(targets)]; each row's greedy flag), in row order.
-    Rows run longest first in batches of batch_size (the last batch filled with one-token rows)."""
+def shared_score_fn(net, contexts: int, tail: int):
+    """The compiled pass for rows sharing contexts: context ids, mask [contexts, width] left-padded;
+    owner [rows] (each row's context); ids, targets [rows, tail] left-aligned (the row's last context
+    token, then its continuation but the last), counts [rows] -> as score_fn's, left-aligned.
+    Each context runs once into a cache of width + tail slots; each row reads its owner's copy."""
+
+    def run(context_ids, context_mask, owner, ids, targets, counts):
+        width, heads = context_ids.shape[1], net.config.n_head
+        _, cache, key_mask = net.prefill(context_ids, context_mask, width + tail)
+
+        def owners(buffer):  # [contexts * heads, slots, head_dim] -> [rows * heads, slots, head_dim]
+            by_context = tf.reshape(buffer, [contexts, heads, width + tail, -1])
+            return tf.reshape(tf.gather(by_context, owner), [-1, width + tail, buffer.shape[-1]])
+
+        cache = kv.KVCache(tuple(map(owners, cache.keys)), tuple(map(owners, cache.values)))
+        lengths = tf.gather(tf.reduce_sum(tf.cast(context_mask, tf.int32), axis=1), owner)  # [rows]
+        positions = lengths[:, None] + tf.range(tail)[None, :]  # [rows, tail]
+        hidden, _ = net.forward(ids, positions, cache, kv.View(tf.gather(key_mask, owner), width))
+        logits = net.lm_head(hidden)  # [rows, tail, vocab]
+        return _chosen(logits, targets, tf.range(tail)[None, :] < counts[:, None])
+
+    return run
+
+
+def _checked_batch_size(batch_size) -> int:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    order = sorted(range(len(rows)), key=lambda r: -len(rows[r].inputs))
+    return batch_size
+
+
+def shared_batches(rows: list[Row], batch_size: int) -> tuple[list[list[list[int]]], list[int]]:
+    """(batches of contexts, each context a list of row numbers sharing its inputs[:split], each
+    batch at most batch_size rows; the row numbers left to score alone). Rows share a context when
+    two or more have the same non-empty one; the longest contexts come first."""
+    by_context: dict[tuple, list[int]] = {}
+    for r, row in enumerate(rows):
+        by_context.setdefault(tuple(row.inputs[:row.split]), []).append(r)
+    alone, pieces = [], []
+    for context, members in by_context.items():
+        if len(members) < 2 or not context:
+            alone += members
+            continue
+        pieces += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+    pieces.sort(key=lambda piece: -rows[piece[0]].split)
+    batches, current = [], []
+    for piece in pieces:
+        if current and sum(map(len, current)) + len(piece) > batch_size:
+            batches.append(current)
+            current = []
+        current.append(piece)
+    return batches + ([current] if current else []), sorted(alone)
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _run_compiled(model, key, make, what: str, *arrays):
+    fresh = key not in model.compile_cache
+    fn = model.compile_cache.compiled(key, make())
+    with status.compile_notice(what, fresh):
+        out = fn(*(tf.constant(a) for a in arrays))
+    return [o.numpy() for o in out]
+
+
+def _score_alone(model, rows: list[Row], numbers: list[int], batch_size: int):
+    """Score rows[numbers] (at most batch_size), each its own forward pass row (filler rows added):
+    yields (row number, its targets' log-probs, greedy)."""
+    batch = [rows[r] for r in numbers]
+    width = min(bucket(max(len(r.inputs) for r in batch)), model.config.n_positions)
+    tail = min(bucket(max(len(r.targets) for r in batch)), width)
+    ids = np.zeros([batch_size, width], np.int32)  # left-padded
+    mask = np.zeros([batch_size, width], np.int32)
+    targets = np.zeros([batch_size, tail], np.int32)  # right-aligned
+    counts = np.zeros([batch_size], np.int32)
+    mask[len(batch):, -1] = 1  # filler rows: one token, nothing scored
+    for j, row in enumerate(batch):
+        ids[j, width - len(row.inputs):] = row.inputs
+        mask[j, width - len(row.inputs):] = 1
+        targets[j, tail - len(row.targets):] = row.targets
+        counts[j] = len(row.targets)
+    chosen, best = _run_compiled(model, ("score", batch_size, width, tail), lambda: score_fn(model.network, tail),
+                                 f"scoring {batch_size} rows x {width} tokens", ids, mask, targets, counts)
+    for j, r in enumerate(numbers):
+        yield r, chosen[j, tail - counts[j]:], bool(best[j])
+
+
+def _score_shared(model, rows: list[Row], batch: list[list[int]], batch_size: int):
+    """Score the rows of `batch` (contexts, each a list of row numbers sharing it), each context
+    once: yields (row number, its targets' log-probs, greedy)."""
+    contexts = _power_of_two(len(batch))  # few distinct counts, so few compiles
+    width = bucket(max(rows[members[0]].split for members in batch))
+    tail = bucket(max(len(rows[r].targets) for members in batch for r in members))
+    context_ids = np.zeros([contexts, width], np.int32)  # left-padded
+    context_mask = np.zeros([contexts, width], np.int32)
+    context_mask[len(batch):, -1] = 1  # filler contexts: one token
+    owner = np.zeros([batch_size], np.int32)
+    ids = np.zeros([batch_size, tail], np.int32)  # left-aligned after the context
+    targets = np.zeros([batch_size, tail], np.int32)
+    counts = np.zeros([batch_size], np.int32)  # filler rows: nothing scored
+    numbers = []  # the batch's rows in order, owner[j] the context of numbers[j]
+    for c, members in enumerate(batch):
+        context = rows[members[0]].inputs[:rows[members[0]].split]
+        context_ids[c, width - len(context):] = context
+        context_mask[c, width - len(context):] = 1
+        owner[len(numbers):len(numbers) + len(members)] = c
+        numbers += members
+    for j, r in enumerate(numbers):
+        row = rows[r]
+        ids[j, :len(row.targets)] = row.inputs[row.split:]
+        targets[j, :len(row.targets)] = row.targets
+        counts[j] = len(row.targets)
+    chosen, best = _run_compiled(model, ("score-shared", contexts, batch_size, width, tail),
+                                 lambda: shared_score_fn(model.network, contexts, tail),
+                                 f"scoring {contexts} shared contexts x {width} tokens", context_ids, context_mask,
+                                 owner, ids, targets, counts)
+    for j, r in enumerate(numbers):
+        yield r, chosen[j, :counts[j]], bool(best[j])
+
+
+def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -> tuple[list, list]:
+    """(each row's target log-probs, float64 [len(targets)]; each row's greedy flag), in row order.
+    Rows sharing a context are scored together, that context run once (shared_batches); the others
+    run longest first in batches of batch_size (the last batch filled with one-token rows)."""
+    batch_size = _checked_batch_size(batch_size)
+    shared, alone = shared_batches(rows, batch_size)
+    alone.sort(key=lambda r: -len(rows[r].inputs))
+    work = [(_score_shared, batch) for batch in shared]
+    work += [(_score_alone, alone[i:i + batch_size]) for i in range(0, len(alone), batch_size)]
     logprobs, greedy = [None] * len(rows), [False] * len(rows)
     bar = status.Progress(len(rows), "requests") if (progress if progress is not None else
                                                     len(rows) > batch_size and status.is_terminal(sys.stderr)) else None
-    for start in range(0, len(order), batch_size):
-        batch = [rows[r] for r in order[start:start + batch_size]]
-        width = min(bucket(max(len(r.inputs) for r in batch)), model.config.n_positions)
-        tail = min(bucket(max(len(r.targets) for r in batch)), width)
-        ids = np.zeros([batch_size, width], np.int32)
-        mask = np.zeros([batch_size, width], np.int32)
-        targets = np.zeros([batch_size, tail], np.int32)
-        counts = np.zeros([batch_size], np.int32)
-        mask[len(batch):, -1] = 1  # filler rows: one token, nothing scored
-        for j, row in enumerate(batch):
-            ids[j, width - len(row.inputs):] = row.inputs
-            mask[j, width - len(row.inputs):] = 1
-            targets[j, tail - len(row.targets):] = row.targets
-            counts[j] = len(row.targets)
-        key = ("score", batch_size, width, tail)
-        fresh = key not in model.compile_cache
-        fn = model.compile_cache.compiled(key, score_fn(model.network, tail))
-        with status.compile_notice(f"scoring {batch_size} rows x {width} tokens", fresh):
-            chosen, best = fn(tf.constant(ids), tf.constant(mask), tf.constant(targets), tf.constant(counts))
-        chosen, best = chosen.numpy(), best.numpy()
-        for j, r in enumerate(order[start:start + batch_size]):
-            logprobs[r] = chosen[j, tail - counts[j]:].astype(np.float64)
-            greedy[r] = bool(best[j])
+    done = 0
+    for score, batch in work:
+        for r, chosen, best in score(model, rows, batch, batch_size):
+            logprobs[r], greedy[r] = chosen.astype(np.float64), best
+            done += 1
         if bar is not None:
-            bar.update(min(start + batch_size, len(order)))
+            bar.update(done)
     return logprobs, greedy
 
 

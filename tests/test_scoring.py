@@ -45,6 +45,30 @@ def test_loglikelihood_equals_the_reference(hf_and_minigen):
     assert ours[-1][1] and not all(g for _, g in ours[:-1])  # the greedy one is; random ones are not
 
 
+def test_answers_sharing_a_context_equal_the_reference(hf_and_minigen):
+    """A multiple-choice question's answers share their context's forward pass (run once into a
+    cache each answer reads): contexts of 2 to 70 tokens (three left-padded together, with a filler),
+    answers of 1 to 30 tokens, one context with more answers than a batch holds, beside requests
+    scored alone (an empty context, a context of its own): each equal to the reference's one-row pass."""
+    hf, _, model = hf_and_minigen("tiny")
+    rng = np.random.default_rng(42)
+    eos = model.config.eos_token_id
+    requests = []
+    for n, answers in ((70, (5, 1)), (40, (6, 2)), (30, (1, 30)), (12, (4, 2)), (5, (3, 3, 1, 9, 2, 7, 1, 4)),
+                       (2, (2, 1)), (20, (6,))):
+        context = rng.integers(0, 511, n).tolist()
+        requests += [(context, rng.integers(0, 511, m).tolist()) for m in answers]
+    requests += [([], [7, 8]), ([], [9])]
+    order = rng.permutation(len(requests))
+    requests = [requests[i] for i in order]
+    ours = model.loglikelihood(requests, batch_size=6)
+    for (context, continuation), (score, greedy) in zip(requests, ours):
+        expected, expected_greedy = reference(hf, ((context or [eos]) + continuation)[:-1], continuation)
+        assert abs(score - expected) <= TOLERANCE * len(continuation), (len(context), len(continuation))
+        assert greedy == expected_greedy
+    assert any(key[0] == "score-shared" for key in model.compile_cache._entries)  # the shared pass ran
+
+
 def test_loglikelihood_rolling_and_perplexity_equal_the_reference(hf_and_minigen):
     """Texts of 1, 40, 128 and 300 tokens: each chunk of up to n_positions tokens predicted from the
     n_positions tokens before its end, the first from end-of-text."""
@@ -115,8 +139,11 @@ def test_bad_requests_are_named_before_anything_compiles(hf_and_minigen, call, m
 
 
 def test_new_lengths_in_a_bucket_reuse_the_compiled_pass(hf_and_minigen):
+    """Both passes (answers sharing a context; rows alone) reuse their compiled function for new
+    lengths within the same width and tail buckets."""
     _, _, model = hf_and_minigen("tiny")
-    model.loglikelihood([([5] * 20, [7] * 3)] * 4, batch_size=4)
+    model.loglikelihood([([5] * 20, [7] * 3)] * 4 + [([1] * 20, [2] * 3), ([3] * 10, [4])], batch_size=4)
     traces = model.trace_count
-    model.loglikelihood([([5] * 20, [8] * 9), ([6] * 17, [9])] * 2, batch_size=4)  # same width and tail buckets
+    model.loglikelihood([([6] * 30, [8] * 9), ([6] * 30, [9])] * 2 + [([2] * 25, [3] * 5), ([4] * 7, [5] * 2)],
+                        batch_size=4)
     assert model.trace_count == traces
