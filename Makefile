@@ -39,7 +39,8 @@ test: $(STAMP) $(REF)
 	$(PY) tests/suite.py -q
 
 soak: $(STAMP) $(REF)
-	$(PY) -m pytest -q -m slow
+	# the tests marked slow, grouped and run as `make test` runs the default ones
+	$(PY) tests/suite.py -q -m slow
 
 bench: $(STAMP) $(REF)
 	$(PY) -m pip install -q -e ".[bench]"

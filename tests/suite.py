@@ -32,8 +32,8 @@ import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-# the running groups' expected peaks together; this runner's own share comes on top (0.80 GB PSS at the
-# last run's peak, 3.63 GB in all, 2026-12-06 on the Zen 4 EPYC)
+# the running groups' expected peaks together; this runner's own share comes on top (0.72 GB PSS at the
+# last run's peak, 3.13 GB in all, 2026-12-06 on the Zen 4 EPYC)
 BUDGET_GB = 3.1
 # One compute thread per pytest process (TensorFlow's and torch's pools): two processes share two
 # cores, and more threads than cores only adds switching. Compiles, which dominate, use one anyway.
@@ -44,47 +44,26 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
                   "pytest", "safetensors", "tokenizers")
 
 # (modules, expected peak memory in GB: the group's PSS, its share of the pages it shares with the
-# others included), the longest first (so that the last to finish are short). Measured with this runner
-# (2026-12-06, Zen 4 EPYC: 1126 s in all, from 1328 s with the earlier groups), plus 0.08, rounded up. A module not listed joins the last group, so a new test file is
-# never skipped (measure it and give it a place).
-# One module per group (the cheap ones together): a group's memory is mostly the XLA programs it
-# compiled (~20-25 MB each, held until its process exits), so smaller groups peak lower and two fit in
-# BUDGET_GB together far more often. With groups of 2-4 modules most pairs did not fit, and the run
-# was nearly serial: 1532 s of tests in 1328 s of wall time (2026-12-06, Zen 4).
-GROUPS = [
-    (["test_readme.py"], 3.05),  # every Python block of the README and docs/ in one process (runs alone)
-    (["test_text.py"], 1.65),
-    (["test_structured.py"], 2.05),  # structured output against the reference with the same index
-    (["test_precision.py"], 2.15),  # every strategy at bfloat16 and int8 (~20 compiles), the shipped model thrice
-    (["test_speculative_sampling.py"], 1.50),
-    (["test_speculative.py"], 2.50),  # two drafts of their own beside the target
-    (["test_cli.py"], 1.60),
-    (["test_processors.py"], 1.45),
-    (["test_trust.py"], 1.80),  # ~60 small compiles in one process
-    (["test_engine_api.py"], 1.50),  # its incremental API, refusals, shared prefixes
-    (["test_sampling.py"], 1.50),
-    (["test_shipped.py"], 1.55),
-    (["test_engine.py"], 1.35),  # the request engine against generate alone and the reference (~20 compiles)
-    (["test_export.py"], 1.50),
-    (["test_dola.py"], 1.35),  # DoLa against 4.55.4 (its subprocess)
-    (["test_generate.py"], 1.10),
-    (["test_train.py"], 1.00),
-    (["test_compile.py"], 1.10),
-    (["test_contrastive.py"], 0.90),  # + the reference's subprocess
-    (["test_model.py"], 1.85),  # GPT-2 small and its reference twin
-    (["test_lm_eval.py"], 0.75),  # the harness with both backends, and its command
-    (["test_segments.py"], 1.05),
-    (["test_pipeline.py"], 1.30),  # the pipeline's worker model and the handler's, each with its engine
-    (["test_group_beams.py"], 0.95),  # against 4.55.4 (its subprocess)
-    (["test_healing.py", "test_beam_sample.py", "test_layers_output.py", "test_scoring.py"], 1.60),
-    (["test_docs_commands.py"], 1.05),  # the docs' commands and the README's export line
-    (["test_input_errors.py"], 0.85),
-    (["test_guidance.py"], 0.90),
-    (["test_outputs.py"], 0.90),
-    (["test_cli_safety.py"], 1.55),
-    (["test_batch_command.py"], 1.60),  # + a real `minigen batch` interrupted by SIGINT
-    (["test_converter.py", "test_loops.py", "test_structure.py", "test_bookkeeping.py", "test_config.py",
-      "test_tokenizer.py"], 0.85),  # (+ unlisted: test_engine_soak, whose tests are all slow)
+# others included, as measured plus 0.08): the ones with the highest peaks first, each beside a lighter
+# one, then the longest first (so that the last to finish are short). A module not listed joins
+# the last group, so a new test file is never skipped (measure it and give it a place).
+# Modules that build the same small models share a group: a session's fixtures and compiled functions
+# then serve them all (a group's memory is mostly the XLA programs it compiled, ~20-25 MB each, held
+# until its process exits). Groups of about a minute each keep the two cores busy to the end.
+GROUPS = [  # seconds and peaks as measured with this runner (2026-12-06, Zen 4 EPYC: 356 s in all, 603 s of tests)
+    (["test_readme.py", "test_shipped.py"], 1.66),  # 55 s: the README's examples on the shipped model
+    (["test_text.py", "test_cli.py"], 1.44),  # 65 s: the text model: generate_text, stop strings, `make demo`
+    (["test_precision.py", "test_speculative.py", "test_beam_sample.py", "test_export.py"], 1.63),  # 39 s
+    (["test_sampling.py", "test_processors.py"], 1.41),  # 68 s: each warper and processor against the reference
+    (["test_structured.py", "test_contrastive.py", "test_outputs.py"], 1.30),  # 68 s
+    (["test_trust.py", "test_compile.py", "test_input_errors.py"], 1.30),  # 65 s
+    (["test_lm_eval.py", "test_scoring.py", "test_converter.py"], 0.95),  # 61 s: the harness with both backends
+    (["test_dola.py", "test_group_beams.py"], 1.35),  # 60 s: against 4.55.4 (its subprocess)
+    (["test_model.py", "test_generate.py", "test_layers_output.py", "test_healing.py"], 1.28),  # 58 s
+    (["test_engine.py", "test_speculative_sampling.py", "test_guidance.py"], 1.13),  # 48 s
+    (["test_batch_command.py", "test_cli_safety.py", "test_segments.py", "test_engine_api.py",
+      "test_docs_commands.py", "test_train.py", "test_pipeline.py", "test_structure.py", "test_loops.py",
+      "test_bookkeeping.py", "test_config.py", "test_tokenizer.py"], 1.24),  # 27 s (+ unlisted: test_engine_soak, all slow)
 ]
 COUNTED = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "deselected")
 

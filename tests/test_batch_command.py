@@ -59,6 +59,7 @@ def test_batch_refuses_a_bad_tokenizer_before_the_pipeline_and_nan_lines(tmp_pat
     assert record["id"] == 0 and "NaN is not a JSON value" in record["error"]
 
 
+@pytest.mark.slow
 def test_batch_ctrl_c_exits_130_says_what_finished_and_cleans_up(tmp_path, text_model_dir):
     """A real SIGINT to a real `minigen batch` once its worker has generated a batch: Beam would wrap
     it in a RuntimeError with a traceback; the command says it was interrupted, exits 130 and leaves

@@ -132,6 +132,7 @@ def test_beam_sample_draws_follow_the_enumerated_distribution(hf_and_minigen):
     assert chi2 < chi_square_upper(len(observed) - 1), (chi2, len(observed))
 
 
+@pytest.mark.slow
 def test_beam_sample_is_seeded_and_refused_where_it_does_not_run(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids = np.random.default_rng(5).integers(0, 512, size=(2, 5))

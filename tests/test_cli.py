@@ -11,6 +11,7 @@ from conftest import PROMPTS, build_hf_model
 from minigen.cli import RULE
 
 
+@pytest.mark.slow
 def test_cli_generate_matches_the_api(text_model_dir, cli):
     path, lm = text_model_dir
     result = cli("generate", PROMPTS[0], "--model", path, "--max-new-tokens", 8)
@@ -18,6 +19,7 @@ def test_cli_generate_matches_the_api(text_model_dir, cli):
     assert result.stdout == PROMPTS[0] + lm.generate_text(PROMPTS[0], max_new_tokens=8)[0] + "\n"
 
 
+@pytest.mark.slow
 def test_cli_stdin_and_input_output_round_trip(text_model_dir, tmp_path, cli):
     path, lm = text_model_dir
     expected = lm.generate_text(PROMPTS, max_new_tokens=6)
@@ -73,6 +75,7 @@ def test_cli_convert_is_the_converter(tmp_path, cli):
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_cli_stream_equals_non_streamed(text_model_dir, cli):
     path, _ = text_model_dir
     plain = cli("generate", PROMPTS[1], "--model", path, "--max-new-tokens", 9)
@@ -83,6 +86,7 @@ def test_cli_stream_equals_non_streamed(text_model_dir, cli):
     assert timed.returncode == 0 and timed.stdout == plain.stdout, timed.stderr
 
 
+@pytest.mark.slow
 def test_cli_verbose_reports_compile_and_speed(text_model_dir, cli):
     path, _ = text_model_dir
     result = cli("generate", "--model", path, "--max-new-tokens", 5, "--verbose", "--batch-size", 1,
@@ -123,6 +127,7 @@ def test_make_demo_runs(capsys, monkeypatch):
     assert muted == [True]
 
 
+@pytest.mark.slow
 def test_cli_speculative_flags_equal_plain_greedy(cli):
     """--assistant-model (the shipped draft) and --prompt-lookup print plain greedy's text."""
     prompt = "It was the best of times, it was the worst of times,"

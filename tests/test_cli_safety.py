@@ -77,6 +77,7 @@ def test_input_that_is_not_utf8_is_named_by_line(tmp_path, capsys):
     assert code == 2 and one_line_error(err) and "is not UTF-8 text" in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_lines_and_exits_130(tmp_path, capsys, monkeypatch):
     import minigen.engine
 
@@ -125,6 +126,7 @@ def test_batch_checks_model_and_paths_before_the_pipeline(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
 
 
+@pytest.mark.slow
 def test_closed_stdout_pipe_exits_quietly(tmp_path):
     prompts = prompts_file(tmp_path / "in.txt", ["It was a dark night"] * 40)
     done = subprocess.run(

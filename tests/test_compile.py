@@ -124,6 +124,7 @@ def test_soak_2000_calls_no_retrace_no_memory_growth(hf_and_minigen):
     assert after <= before * 1.05, (before, after)
 
 
+@pytest.mark.slow
 def test_many_compiles_give_no_tensorflow_retracing_warning(hf_and_minigen):
     import logging
 
@@ -146,6 +147,7 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_a_long_compile_is_announced_on_a_terminal_only(hf_and_minigen, monkeypatch):
     import minigen.status
 
@@ -164,6 +166,7 @@ def test_a_long_compile_is_announced_on_a_terminal_only(hf_and_minigen, monkeypa
     assert piped.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_verbose_streaming_reports_speed(text_model_dir, cli):
     path, _ = text_model_dir
     result = cli("generate", "The quick", "--model", path, "--max-new-tokens", 6, "--stream", "--verbose")

@@ -178,6 +178,7 @@ def test_alpha_zero_in_the_loop_is_greedy(hf_and_minigen):
     np.testing.assert_array_equal(out.sequences.numpy()[:, 16:], greedy[:, ids.shape[1]:])
 
 
+@pytest.mark.slow
 def test_scores_equal_a_full_forward_pass(hf_and_minigen):
     """Each chosen token's log-prob, computed from the cache the loop keeps (the chosen candidate's
     keys/values moved into place, the others dropped), equals the one a fresh forward pass over the
@@ -206,6 +207,7 @@ def test_batch_rows_equal_prompts_alone(hf_and_minigen):
         np.testing.assert_array_equal(batch[row, start:], alone[0])
 
 
+@pytest.mark.slow
 def test_alpha_is_a_tensor_and_top_k_is_compiled(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids = np.arange(1, 7)[None, :]
@@ -218,6 +220,7 @@ def test_alpha_is_a_tensor_and_top_k_is_compiled(hf_and_minigen):
     assert len(set(outputs.values())) > 1  # and alpha does reach the graph
 
 
+@pytest.mark.slow
 def test_streaming_gives_generate_tokens(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(46), 512, [4, 7], pad_id=PAD)

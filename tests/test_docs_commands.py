@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import pytest
 
 from helpers import DOC_PAGES, README
 
@@ -15,6 +16,7 @@ def command_outputs(text: str) -> list[tuple[str, str]]:
     return re.findall(r"```bash\n(minigen [^\n]*)\n```\n```text\n(.*?)\n```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_outputs_are_what_their_commands_print(cli):
     shown = [pair for page in DOC_PAGES for pair in command_outputs(page.read_text(encoding="utf-8"))]
     assert len(shown) >= 2
@@ -24,6 +26,7 @@ def test_readme_outputs_are_what_their_commands_print(cli):
         assert done.stdout.rstrip("\n") == expected, f"the docs show another output for: {command}"
 
 
+@pytest.mark.slow
 def test_readme_export_command_runs_as_written(cli, tmp_path, monkeypatch):
     """The README's `minigen export` line, verbatim, in a fresh directory (its parents do not exist)."""
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S))

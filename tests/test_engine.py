@@ -38,9 +38,11 @@ def mixed_requests(model, rng, n: int):
     return requests
 
 
-def test_requests_equal_generate_alone_and_the_reference(hf_and_minigen):
+# the first 8 of the 18 requests in the default run (each kind of request, both endings); all under `make soak`
+@pytest.mark.parametrize("count", [8, pytest.param(18, marks=pytest.mark.slow)])
+def test_requests_equal_generate_alone_and_the_reference(hf_and_minigen, count):
     hf, _, model = hf_and_minigen("tiny")
-    requests = mixed_requests(model, np.random.default_rng(0), 18)
+    requests = mixed_requests(model, np.random.default_rng(0), count)
     results = model.generate_many(requests, slots=4, progress=False)
     assert [r.request_id for r in results] == list(range(len(requests)))
     reasons = set()
@@ -75,6 +77,7 @@ def test_requests_equal_generate_alone_and_the_reference(hf_and_minigen):
     assert reasons == {"eos", "length"}  # both kinds of ending occur
 
 
+@pytest.mark.slow
 def test_stop_strings_and_text_per_request(text_model_dir):
     _, model = text_model_dir
     prompts = ["The quick brown fox", "A long time ago in", "It was", "The cat sat on the mat and"]

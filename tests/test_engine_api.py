@@ -10,6 +10,7 @@ import pytest
 from helpers import alone
 
 
+@pytest.mark.slow
 def test_no_compile_after_warm_up_over_many_requests(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     rng = np.random.default_rng(5)
@@ -44,6 +45,7 @@ def test_no_compile_after_warm_up_over_many_requests(hf_and_minigen):
     assert [r.new_tokens for r in again] == [by_id[i].new_tokens for i in ids[:30]]
 
 
+@pytest.mark.slow
 def test_incremental_engine_cancel_and_stream(hf_and_minigen):
     _, _, model = hf_and_minigen("four")
     rng = np.random.default_rng(7)
@@ -90,6 +92,7 @@ def test_bad_requests_are_named_before_anything_runs(hf_and_minigen, request_, m
     assert model.trace_count == before
 
 
+@pytest.mark.slow
 def test_shared_prefix_is_prefilled_once_with_the_same_tokens(hf_and_minigen):
     _, _, model = hf_and_minigen("four")
     rng = np.random.default_rng(11)

@@ -30,6 +30,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_saved_model_round_trip(hf_and_minigen, tmp_path):
     from minigen.export import export
 
@@ -96,6 +97,7 @@ def test_cli_export(hf_and_minigen, tmp_path, cli):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
 
 
+@pytest.mark.slow
 def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
     import tensorflow as tf
 
@@ -146,6 +148,7 @@ def test_saved_model_refuses_bad_requests_by_name(hf_and_minigen, tmp_path):
            **{name: tf.constant(value, spec[name].dtype) for name, value in knobs.items()})
 
 
+@pytest.mark.slow
 def test_contrastive_signature(hf_and_minigen, tmp_path):
     """The contrastive signature (any batch size, top_k fixed at export) gives generate's tokens
     for two alphas from one export, and refuses a bad alpha by name."""

@@ -35,6 +35,7 @@ def test_guidance_matches_the_reference(hf_and_minigen, scale):
             np.testing.assert_allclose(a[live], b.numpy()[live], atol=2e-4, err_msg=f"step {step}")
 
 
+@pytest.mark.slow
 def test_guidance_sampling_is_seeded_and_refusals(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids = np.random.default_rng(3).integers(0, 511, size=(2, 6))

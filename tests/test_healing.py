@@ -63,6 +63,7 @@ def test_extensions_are_the_vocabulary_tokens_the_tail_prefixes(text_model_dir):
         assert sorted(healing.extensions(tok, vocab[text])) == expected and len(expected) > 1
 
 
+@pytest.mark.slow
 def test_text_api_continues_the_prompt_text_with_the_healed_token(text_model_dir):
     _, model = text_model_dir
     full = model.generate_text(PROMPTS[:3], max_new_tokens=6, token_healing=True, return_full_text=True)

@@ -108,6 +108,7 @@ def test_tokenizer_refuses_bad_arguments(shipped):
         tok.encode("\udfff")
 
 
+@pytest.mark.slow
 def test_compile_cache_is_bounded_and_clearable(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     cache = model.compile_cache

@@ -43,6 +43,7 @@ def test_hidden_states_and_attentions_equal_the_reference(hf_and_minigen):
             np.testing.assert_allclose(a, b, atol=1e-4, err_msg=f"attentions, step {step}")
 
 
+@pytest.mark.slow
 def test_sampled_hidden_states_give_the_sampled_logits(hf_and_minigen):
     """Sampling with num_return_sequences: the last hidden state of each step, through the LM head,
     is that step's raw logits (output_logits), for every row, and every row attends to its own past."""

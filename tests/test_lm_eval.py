@@ -108,6 +108,7 @@ def test_unknown_model_args_are_named(harness_tasks):
         MinigenLM(pretrained=str(minigen_dir), trust_me=True)
 
 
+@pytest.mark.slow
 def test_the_command_runs_the_harness_with_minigen_registered(harness_tasks, tmp_path, monkeypatch, capsys):
     """`python -m minigen.lm_eval run ...` (the README's command) on one local task: its main(), in
     this process (a subprocess would import TensorFlow and the harness once more)."""

@@ -21,7 +21,7 @@ def reference_logits(hf, ids, mask):
     return out.logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["tiny", "odd", "small"])
+@pytest.mark.parametrize("name", ["tiny", "odd", pytest.param("small", marks=pytest.mark.slow)])  # small: `make soak`
 def test_logits_match_reference_on_left_padded_batch(hf_and_minigen, name):
     hf, _, model = hf_and_minigen(name)
     vocab = hf.config.vocab_size

@@ -57,6 +57,7 @@ def test_greedy_scores_and_logits_match_reference(hf_and_minigen):
         np.testing.assert_array_equal(mine[:, ran:], 0.0)
 
 
+@pytest.mark.slow
 def test_sampling_scores_are_warped_then_renormalized(hf_and_minigen):
     """Sampling's scores are what the token is drawn from: processors, temperature, top-k, top-p, then
     renormalize_logits last (before the warpers, the temperature would scale log-probs instead).
@@ -105,6 +106,7 @@ def test_beam_scores_indices_and_transition_scores_match_reference(hf_and_minige
     np.testing.assert_allclose(mine.sum(axis=1) / lengths ** lp, ours.sequences_scores, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_contrastive_scores_give_the_chosen_logprobs(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(63), 512, [5, 2], pad_id=PAD)

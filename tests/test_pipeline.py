@@ -22,6 +22,7 @@ def lm():
     return minigen.load()
 
 
+@pytest.mark.slow
 def test_direct_runner_pipeline(tmp_path, lm):
     from minigen.pipeline import run_pipeline
 
@@ -62,6 +63,7 @@ def test_direct_runner_pipeline(tmp_path, lm):
     assert counts["prompts_generated"] == 48 and counts["invalid_prompts"] == 5
 
 
+@pytest.mark.slow
 def test_handler_runs_each_batch_on_one_engine_per_worker(lm):
     """Every batch after the first reuses the worker's engine: nothing compiles again, and the
     texts are generate_text's."""
@@ -77,6 +79,7 @@ def test_handler_runs_each_batch_on_one_engine_per_worker(lm):
     assert first + second[::-1] == lm.generate_text(prompts, max_new_tokens=MAX_NEW)
 
 
+@pytest.mark.slow
 def test_handler_max_time_cuts_each_generate_call(lm):
     """max_time in a batch job: each generate call streams and stops once the time is up (after its
     first chunk of 8 tokens here), and every result says whether it was cut."""

@@ -63,6 +63,7 @@ def tiny_dir(hf_and_minigen):
     return hf_dir.parent / "minigen"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", REDUCED)
 def test_each_strategy_runs_at_the_dtype_with_one_compile_per_shape(hf_and_minigen, tiny_dir, dtype):
     _, _, f32 = hf_and_minigen("tiny")
@@ -140,6 +141,7 @@ def test_int8_file_converts_verifies_loads_and_exports(hf_and_minigen, tiny_dir,
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", REDUCED)
 def test_saved_model_at_the_dtype_equals_the_model(tiny_dir, tmp_path, dtype):
     import tensorflow as tf
@@ -213,6 +215,7 @@ def test_int8_convert_refuses_nan_and_writes_nothing(hf_and_minigen, tmp_path):
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
+@pytest.mark.slow
 def test_the_command_runs_at_the_dtype_asked(text_model_dir, cli):
     path, _ = text_model_dir
     result = cli("generate", PROMPTS[0], "--model", path, "--max-new-tokens", 8, "--dtype", "int8")
@@ -265,7 +268,7 @@ QUALITY = {"bfloat16": dict(ppl_ratio=0.005, top1=0.99), "int8": dict(ppl_ratio=
 
 
 @pytest.mark.skipif(not HELD_OUT.is_file(), reason=f"held-out text {HELD_OUT} is absent (../shared/data)")
-@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("dtype", ["int8", pytest.param("bfloat16", marks=pytest.mark.slow)])  # int8 by default
 def test_quality_of_reduced_dtypes_on_the_shipped_model(dtype):
     base = minigen.load()
     text = HELD_OUT.read_text(encoding="utf-8")

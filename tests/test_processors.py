@@ -11,11 +11,13 @@ from conftest import left_padded_batch
 from helpers import PAD, early_eos, hf_generate
 
 
-# the default run keeps one case of each penalty and the pair; all of them under `make soak`
+# the default run keeps the pair of penalties; each alone too under `make soak`
 @pytest.mark.parametrize(
     "options",
-    [dict(repetition_penalty=1.8), pytest.param(dict(repetition_penalty=0.7), marks=pytest.mark.slow),
-     pytest.param(dict(no_repeat_ngram_size=2), marks=pytest.mark.slow), dict(no_repeat_ngram_size=3),
+    [pytest.param(dict(repetition_penalty=1.8), marks=pytest.mark.slow),
+     pytest.param(dict(repetition_penalty=0.7), marks=pytest.mark.slow),
+     pytest.param(dict(no_repeat_ngram_size=2), marks=pytest.mark.slow),
+     pytest.param(dict(no_repeat_ngram_size=3), marks=pytest.mark.slow),
      dict(repetition_penalty=1.3, no_repeat_ngram_size=2)],
     ids=["rep1.8", "rep0.7", "ngram2", "ngram3", "both"],
 )
@@ -32,6 +34,7 @@ def test_penalties_match_reference_on_unpadded_batch(hf_and_minigen, options):
     assert not np.array_equal(plain, ours)  # the option changed something
 
 
+@pytest.mark.slow
 def test_repetition_penalty_ignores_left_padding(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(15), 512, [4, 9], pad_id=3)
@@ -40,6 +43,7 @@ def test_repetition_penalty_ignores_left_padding(hf_and_minigen):
     np.testing.assert_array_equal(batch[0, -19:], alone[0])
 
 
+@pytest.mark.slow
 def test_min_new_tokens_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("odd")
     ids, mask = left_padded_batch(np.random.default_rng(16), 1003, [4, 11, 7])
@@ -65,6 +69,7 @@ def assert_greedy_parity(hf, model, ids, mask, max_new: int, **options):
     return ours
 
 
+@pytest.mark.slow
 def test_suppress_tokens_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(19), 512, [5, 9, 2])
@@ -78,6 +83,7 @@ def test_suppress_tokens_matches_reference(hf_and_minigen):
             model.generate(ids, mask, suppress_tokens=bad)
 
 
+@pytest.mark.slow
 def test_sequence_bias_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("tiny")
     ids, mask = left_padded_batch(np.random.default_rng(22), 512, [7, 3, 10], pad_id=PAD)
@@ -168,6 +174,7 @@ def test_forced_tokens_match_reference(hf_and_minigen):
             model.generate(ids, mask, **bad)
 
 
+@pytest.mark.slow
 def test_exponential_decay_length_penalty_matches_reference(hf_and_minigen):
     hf, _, model = hf_and_minigen("four")
     ids, mask = left_padded_batch(np.random.default_rng(25), 777, [6, 3, 9, 4], pad_id=PAD)
@@ -211,6 +218,7 @@ def test_remove_invalid_values_and_renormalize_match_reference(hf_and_minigen):
     assert not np.allclose(seqs[False], seqs[True])  # renormalizing does change beam scores
 
 
+@pytest.mark.slow
 def test_custom_logits_processor_matches_reference(hf_and_minigen):
     """A user function compiled into the loop equals the same rule as an HF LogitsProcessor: greedy
     and beam search, after the built-in processors. The rule reads the row (no token twice in a

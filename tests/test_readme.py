@@ -4,7 +4,10 @@ cannot drift from the code: every fenced ```python block, page after page in one
 
 from __future__ import annotations
 
+import pathlib
 import re
+
+import pytest
 
 from helpers import DOC_PAGES as PAGES
 from helpers import README, ROOT
@@ -21,7 +24,8 @@ def test_every_page_is_run_and_the_readme_stays_short():
     assert len(README.read_text(encoding="utf-8").splitlines()) <= README_LINES
 
 
-def test_readme_python_examples_run(capsys, monkeypatch):
+def run_blocks(pages, monkeypatch) -> int:
+    """Run every ```python block of `pages`, page after page in one namespace; returns how many ran."""
     import minigen
 
     # every page loads the shipped model again; one object per set of arguments lets the pages share
@@ -38,7 +42,7 @@ def test_readme_python_examples_run(capsys, monkeypatch):
     monkeypatch.setattr(minigen, "load", load_once)
     namespace: dict = {}
     ran = 0
-    for page in PAGES:
+    for page in pages:
         for number, block in enumerate(python_blocks(page), 1):
             where = f"{page.relative_to(ROOT)} python block {number}"
             try:
@@ -46,5 +50,16 @@ def test_readme_python_examples_run(capsys, monkeypatch):
             except Exception as e:  # noqa: BLE001 - name the block that broke
                 raise AssertionError(f"{where} fails: {type(e).__name__}: {e}\n{block}") from e
             ran += 1
-    assert len(python_blocks(README)) >= 2 and ran >= 6
+    return ran
+
+
+def test_readme_python_examples_run(capsys, monkeypatch):
+    assert run_blocks([README], monkeypatch) >= 2
     assert capsys.readouterr().out  # the streaming example printed text
+
+
+@pytest.mark.slow
+def test_docs_python_examples_run(capsys, monkeypatch):
+    """The README's blocks, then every docs/ page's, in one namespace (a page may use the README's names)."""
+    assert PAGES[0] == README and run_blocks(PAGES, monkeypatch) >= 6
+    assert capsys.readouterr().out

@@ -59,6 +59,7 @@ def test_warpers_equal_reference(temperature, top_k, top_p, spread):
     np.testing.assert_allclose(ours[both], ref[both], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_different_seed_differs(hf_and_minigen):
     _, _, model = hf_and_minigen("tiny", initializer_range=0.05)  # flatter: samples vary
     ids = [[5, 6, 7, 8]]
@@ -67,6 +68,7 @@ def test_same_seed_same_output_different_seed_differs(hf_and_minigen):
     assert not np.array_equal(run((1, 2)), run((1, 3)))
 
 
+@pytest.mark.slow
 def test_top_k_one_sampling_equals_greedy(hf_and_minigen):
     _, _, model = hf_and_minigen("odd")
     ids = np.random.default_rng(21).integers(0, 1003, size=(3, 6))
@@ -99,6 +101,7 @@ def test_sampled_tokens_follow_processed_softmax(hf_and_minigen):
     assert chi2 < chi_square_upper(int(support.sum()) - 1), chi2
 
 
+@pytest.mark.slow
 def test_a_sampled_row_depends_on_seed_and_index_not_on_other_rows(hf_and_minigen):
     """What the README promises for seeded sampling in a batch (greedy/beam: batch == alone)."""
     _, _, model = hf_and_minigen("tiny")
@@ -179,7 +182,7 @@ def test_warper_options_are_checked(hf_and_minigen, options, message):
         model.generate([[1, 2, 3]], max_new_tokens=2, **options)
 
 
-@pytest.mark.parametrize("value, spread", [(0.4, 1.0), (0.9, 4.0)])
+@pytest.mark.parametrize("value, spread", [(0.4, 1.0), pytest.param(0.9, 4.0, marks=pytest.mark.slow)])
 def test_top_h_equals_reference(hf_and_minigen, value, spread):
     """top_h keeps exactly the tokens HF's TopHLogitsWarper keeps, after temperature and before top-p
     (HF's order), on flat and peaked rows; and through generate, the first step's sampled-from scores
@@ -251,8 +254,8 @@ def numpy_top_n_sigma(logits, n, keep):
     return out
 
 
-# two cases in the default run (a tight cut with min_tokens_to_keep above it, a loose one), all under `make soak`
-@pytest.mark.parametrize("n, keep", [(0.5, 1), pytest.param(1.5, 1, marks=pytest.mark.slow), (0.1, 4),
+# one case in the default run (a tight cut with min_tokens_to_keep above it), all under `make soak`
+@pytest.mark.parametrize("n, keep", [pytest.param(0.5, 1, marks=pytest.mark.slow), pytest.param(1.5, 1, marks=pytest.mark.slow), (0.1, 4),
                                      pytest.param(3.0, 1, marks=pytest.mark.slow)])
 def test_top_n_sigma_follows_its_definition(hf_and_minigen, n, keep):
     """top_n_sigma against the NumPy definition above on random rows (some entries already -inf), and

@@ -5,6 +5,7 @@ segment end, at the default threshold, for greedy search, streaming and beam sea
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import left_padded_batch
 from helpers import PAD, early_eos, hf_generate
@@ -12,6 +13,7 @@ from minigen.generation.config import GenerationConfig
 from minigen.generation.core import compile_key, windows
 
 
+@pytest.mark.slow
 def test_long_wide_generation_decodes_in_segments_and_matches_reference(hf_and_minigen):
     """32 rows x 240 new tokens: enough cache for core.windows to split the decode in two segments
     (the cache grows after 128 new tokens); tokens equal the reference's, and streaming across the
@@ -34,6 +36,7 @@ def test_long_wide_generation_decodes_in_segments_and_matches_reference(hf_and_m
     assert (ours[:, ids.shape[1] + streamed.shape[1]:] == PAD).all()
 
 
+@pytest.mark.slow
 def test_wide_long_beam_search_decodes_in_segments_and_matches_reference(hf_and_minigen):
     """8 prompts x 4 beams x 240 new tokens: 32 cache rows, two segments; each beam's run of cache
     slots grows where the first segment ends. Hypotheses and scores equal the reference's."""
@@ -50,6 +53,7 @@ def test_wide_long_beam_search_decodes_in_segments_and_matches_reference(hf_and_
     np.testing.assert_allclose(ours.sequences_scores, out.sequences_scores.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_logprobs_and_transition_scores_across_a_segment_end_match_reference(hf_and_minigen):
     """output_logprobs equals compute_transition_scores(..., normalize_logits=True) up to and including
     each row's EOS; after it logprobs is 0 by definition, while the transition scores score the pad

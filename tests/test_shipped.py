@@ -35,6 +35,7 @@ def target_pair(tmp_path_factory):
     return transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval(), minigen.load()
 
 
+@pytest.mark.slow
 def test_shipped_target_greedy_equals_transformers(target_pair):
     import torch
 
@@ -56,6 +57,7 @@ def test_shipped_target_greedy_equals_transformers(target_pair):
         np.testing.assert_array_equal(batch[row], alone[0, -40:])
 
 
+@pytest.mark.slow
 def test_shipped_target_writes_text(target_pair):
     _, lm = target_pair
     text = lm.generate_text("The ship sailed", max_new_tokens=30)[0]
@@ -74,6 +76,7 @@ def test_draft_shares_the_target_vocabulary():
     assert draft.config.n_layer == 2 and draft.config.vocab_size == minigen.load().config.vocab_size
 
 
+@pytest.mark.slow
 def test_cli_uses_the_shipped_model_by_default(target_pair):
     import subprocess
     import sys
@@ -86,6 +89,7 @@ def test_cli_uses_the_shipped_model_by_default(target_pair):
     assert result.stdout == "The ship sailed" + lm.generate_text("The ship sailed", max_new_tokens=12)[0] + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["draft", "lookup"])
 def test_shipped_pair_speculative_greedy_equals_transformers(target_pair, method):
     """Greedy with the shipped draft (or prompt lookup) gives the reference's greedy tokens,

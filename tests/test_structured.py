@@ -125,6 +125,7 @@ def test_beam_search_matches_the_reference_with_the_same_index(text_model_dir, k
     assert not out.incomplete.all()
 
 
+@pytest.mark.slow
 def test_contrastive_search_texts_match(text_model_dir):
     """Contrastive search under a constraint: among the top_k candidates a forbidden one (probability 0
     once masked) never wins, so every completed text matches; where fewer than top_k tokens are allowed
@@ -139,6 +140,7 @@ def test_contrastive_search_texts_match(text_model_dir):
         assert re.fullmatch(regex, tok.decode([t for t in row if t != tok.eos_id]))
 
 
+@pytest.mark.slow
 def test_speculative_decoding_accepts_only_what_the_automaton_allows(text_model_dir):
     """Prompt lookup and a draft model (the same weights, loaded again) propose unconstrained tokens; the
     verify block masks each position by the automaton state its candidates lead to, so greedy output
@@ -162,6 +164,7 @@ def test_speculative_decoding_accepts_only_what_the_automaton_allows(text_model_
             assert re.fullmatch(regex, tok.decode([t for t in row if t != tok.eos_id]))
 
 
+@pytest.mark.slow
 def test_engine_requests_each_with_its_own_constraint_equal_generate_alone(text_model_dir):
     """The request engine: each request its own constraint (or none) over 2 slots refilled as requests
     finish, the running set of constraints changing between chunks; each request's tokens, and whether
@@ -216,6 +219,7 @@ def test_more_constraints_match_the_reference(text_model_dir, kind, value, regex
     test_greedy_matches_the_reference_with_the_same_index(text_model_dir, kind, value, regex)
 
 
+@pytest.mark.slow
 def test_every_sampled_text_matches_and_accepting_states_go_on(text_model_dir):
     """Sampling under a regex whose accepting states continue ("12" and "12.5" both match): outlines-
     core's own index would never let a row past "12"; every completed text must fullmatch."""
@@ -246,6 +250,7 @@ def test_choices_that_prefix_each_other_are_all_reachable(text_model_dir):
     assert tok.decode([t for t in out[0, ids.shape[1]:] if t != tok.eos_id]) == "north-east"
 
 
+@pytest.mark.slow
 def test_constrained_draws_follow_the_masked_softmax(text_model_dir):
     """One step, many seeds: the first token's draws against softmax(logits) renormalised over the
     allowed set (chi-square), and nothing outside it."""
@@ -269,6 +274,7 @@ def test_constrained_draws_follow_the_masked_softmax(text_model_dir):
     assert chi2 < 18.5, (counts, expected)  # 4 degrees of freedom: p = 0.001
 
 
+@pytest.mark.slow
 def test_streaming_gives_generate_tokens_and_new_constraints_reuse_the_compile(text_model_dir):
     _, model = text_model_dir
     tok = model.tokenizer
@@ -321,6 +327,7 @@ def test_a_constraint_no_token_sequence_can_match_is_refused():
         constraints.schema_regex({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})
 
 
+@pytest.mark.slow
 def test_the_command_takes_each_kind(text_model_dir, cli, tmp_path):
     """--regex, --json-schema (a file or JSON text) and --choice (repeated) give the API's text; with
     --input the prompts run on the request engine, each its own request, and the texts are the same."""

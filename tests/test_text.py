@@ -16,6 +16,7 @@ def test_load_attaches_the_tokenizer(text_model_dir):
     assert lm.tokenizer is not None and lm.tokenizer.pad_id == lm.config.eos_token_id
 
 
+@pytest.mark.slow
 def test_generate_text_batch_equals_each_prompt_alone(text_model_dir):
     _, lm = text_model_dir
     together = lm.generate_text(PROMPTS, max_new_tokens=12)
@@ -40,6 +41,7 @@ def test_generate_text_rejects_empty_prompts(text_model_dir):
         lm.generate_text(["ok", ""], max_new_tokens=2)
 
 
+@pytest.mark.slow
 def test_two_threads_get_their_own_results(text_model_dir):
     _, lm = text_model_dir
     jobs = {"greedy": (PROMPTS[:2], dict(max_new_tokens=10)),
@@ -85,6 +87,7 @@ def test_stream_text_joins_to_generate_text(text_model_dir):
     assert "".join(pieces) == lm.generate_text(PROMPTS[2], max_new_tokens=9)[0]
 
 
+@pytest.mark.slow
 def test_stream_compiles_once_per_bucket(text_model_dir):
     _, lm = text_model_dir
     list(lm.stream(PROMPTS[0], max_new_tokens=7))
@@ -94,6 +97,7 @@ def test_stream_compiles_once_per_bucket(text_model_dir):
     assert lm.trace_count == traces
 
 
+@pytest.mark.slow
 def test_continuing_from_a_state_equals_generating_from_the_concatenation(text_model_dir):
     _, lm = text_model_dir
     tok = lm.tokenizer
@@ -218,6 +222,7 @@ def test_stop_strings_errors(text_model_dir, hf_and_minigen):
         bare.generate([[1, 2, 3]], stop_strings=["x"])
 
 
+@pytest.mark.slow
 def test_cli_stop(text_model_dir, cli):
     model_dir, lm = text_model_dir
     plain = lm.generate_text(PROMPTS[0], max_new_tokens=20)[0]
@@ -227,6 +232,7 @@ def test_cli_stop(text_model_dir, cli):
     assert lm.generate_text(PROMPTS[0], max_new_tokens=20, stop_strings=[stop, "zzz"])[0] in out.stdout
 
 
+@pytest.mark.slow
 def test_max_time_stops_streaming_between_chunks(text_model_dir):
     """max_time is read between streamed chunks: a limit already passed after the first chunk ends
     the stream there; generate (one compiled call) refuses it rather than ignore it."""

@@ -33,6 +33,7 @@ def corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(corpus, tmp_path):
     from safetensors.numpy import load_file
 
@@ -50,6 +51,7 @@ def test_interrupted_training_resumes_to_the_same_weights(corpus, tmp_path):
     assert "val ppl" in second.stderr
 
 
+@pytest.mark.slow
 def test_trained_directory_loads_in_transformers_and_matches_minigen(corpus, tmp_path):
     import torch
     import transformers

@@ -166,6 +166,7 @@ def test_too_many_stop_strings_are_refused_with_the_limit(text_model_dir):
         lm.generate_text("The quick", max_new_tokens=2, stop_strings=[f"w{i}" for i in range(65)])
 
 
+@pytest.mark.slow
 def test_a_processor_returning_nan_is_reported_not_hidden(hf_and_minigen):
     import tensorflow as tf
 
@@ -228,6 +229,7 @@ def test_word_lists_travel_as_tensors_and_fresh_lambdas_reuse_the_compile(hf_and
     assert model.trace_count == traces + 1  # only the first lambda's key compiled
 
 
+@pytest.mark.slow
 def test_a_recompile_after_eviction_warns_and_is_counted(hf_dir_tiny):
     model = minigen.load(hf_dir_tiny, compile_cache_size=2)
     for n in (2, 3):
@@ -369,6 +371,7 @@ def test_cli_tells_unsupported_flags_from_typos_and_names_flags(text_model_dir, 
     assert "Traceback" not in typo.stderr + hf_only.stderr + warper.stderr + beams.stderr + surrogate.stderr
 
 
+@pytest.mark.slow
 def test_cli_stream_says_when_max_time_cut_it(text_model_dir, cli):
     path, _ = text_model_dir
     done = cli("generate", "The quick", "--model", path, "--max-new-tokens", 60, "--stream", "--max-time", "1e-9")
@@ -378,6 +381,7 @@ def test_cli_stream_says_when_max_time_cut_it(text_model_dir, cli):
     assert whole.returncode == 0 and "stopped by --max-time" not in whole.stderr
 
 
+@pytest.mark.slow
 def test_cli_status_lines_are_whole_lines_in_files(text_model_dir, cli, tmp_path, monkeypatch):
     """Into a file or pipe the command is never silent through a compile, writes no carriage returns, and
     --verbose keeps the calls that compiled apart from the steady speed."""
@@ -428,6 +432,7 @@ def test_speculative_compiles_are_described_as_such(hf_and_minigen):
     assert describe(key) == "speculative greedy (prompt lookup, 3 candidates per step) for 1 row x bucket 16 (+4 new)"
 
 
+@pytest.mark.slow
 def test_weights_tools_and_demo_print_no_tensorflow_noise(hf_dir_tiny, hf_and_minigen):
     import subprocess
     import sys
