@@ -44,6 +44,8 @@ class View(NamedTuple):
     #                                   each slot of each beam's history (model.Transformer.attention)
     alternatives: bool = False  # contrastive search: a row's s tokens are alternatives for slot `index`,
     #                             each attending to the history and itself (written at index + i)
+    packed: tf.Tensor | None = None  # scoring: [rows, cache_len] int32, which text each slot holds when
+    #                                  several share a row; a query reads only its own text's keys
 
     @property
     def group(self) -> int:

@@ -117,6 +117,11 @@ class CompileCache:
         with self._lock:
             self._entries.clear()
 
+    def keys(self) -> list:
+        """The keys of the functions held now, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 

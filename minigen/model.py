@@ -9,7 +9,8 @@ attend to the cache slots at or before its own that hold real tokens:
 - decode step: one token per row, `index` = the slot after the last one written;
 - verify block (speculative decoding): `s` drafted tokens at once, each row at its own slot
   (`index` is then a [batch] vector: rows accept different numbers of tokens);
-- beam search's step (`view.lineage`) and contrastive search's candidates (`view.alternatives`).
+- beam search's step (`view.lineage`) and contrastive search's candidates (`view.alternatives`);
+- texts packed side by side in one row (`view.packed`: scoring), each reading only its own keys.
 
 Nothing here branches in Python on a tensor's value, so every phase compiles under
 `tf.function(jit_compile=True)`.
@@ -79,6 +80,8 @@ def attention_mask(view: kv.View, s: int) -> tf.Tensor:
     view.lineage: None, or for beam search [prompts, beams, cache_len] int32: which beam row of its
         prompt's group holds each slot's key/value for each beam (see `Transformer.attention`).
     view.alternatives: contrastive search's candidates (each sees the history and itself).
+    view.packed: None, or [batch, cache_len] int32: the text each slot holds; a query attends only to
+        slots of its own text (a Python int index: the whole row at once).
     Returns [batch, 1, s, cache_len] bool (broadcast over heads); with a lineage,
     [prompts, 1, beams * s, beams * cache_len]: query (beam q, token i) -> key (beam row p, slot t).
     """
@@ -93,6 +96,9 @@ def attention_mask(view: kv.View, s: int) -> tf.Tensor:
         else:
             causal = slots <= query_slots[:, None]  # [s, cache_len]
         mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [batch, 1, s, cache_len]
+        if view.packed is not None:
+            queries = view.packed[:, view.index:view.index + s]  # [batch, s]
+            mask &= (queries[:, None, :, None] == view.packed[:, None, None, :])
     else:  # one start slot per row (speculative decoding)
         query_slots = index[:, None] + tf.range(s)[None, :]  # [batch, s]
         causal = tf.range(cache_len)[None, None, :] <= query_slots[:, :, None]  # [batch, s, cache_len]

@@ -15,7 +15,8 @@ These are the requests an evaluation harness sends (lm-evaluation-harness's `log
 
 One compiled forward pass per (rows, bucket width, scored tail) triple: rows are left-padded to a
 multiple of BUCKET and only the tail's positions reach the LM head, so the [rows, width, vocab]
-logits never exist and never reach the host.
+logits never exist and never reach the host. A batch may run at a wider width another batch needs,
+when that padding costs less than a compile (plan_widths).
 
 Requests sharing a context (a multiple-choice question's answers) share its forward pass: the
 context runs once into a KV cache, which each answer's row then reads (`shared_score_fn`). The hf
@@ -45,6 +46,38 @@ def bucket(n: int) -> int:
     return _round_up(n, BUCKET if n <= WIDE else WIDE)
 
 
+# A new width's compile, in tokens of forward pass it costs as much as, for GPT-2 small (768 wide):
+# ~3.5 s per scoring compile against ~850 tokens/s (2-core AMD EPYC, 16 rows of 100-250 tokens). Both
+# grow with the layers, the pass's cost also with the width squared, so a wider model pays for a
+# compile with fewer tokens of padding: COMPILE_TOKENS * (768 / n_embd)^2.
+COMPILE_TOKENS = 3000
+
+
+def plan_widths(needs: list[tuple[int, int]], compile_tokens: float, compiled=frozenset()) -> dict[int, int]:
+    """The width each needed width runs at. needs: (width a batch needs, the rows its pass runs) per
+    batch. A batch may run at a wider compiled width (more padding) rather than compile its own: the
+    set of widths minimises the tokens run plus compile_tokens per width not yet `compiled` (each needed
+    width maps to the narrowest chosen one at or above it; the widest is always chosen)."""
+    rows: dict[int, int] = {}
+    for width, n in needs:
+        rows[width] = rows.get(width, 0) + n
+    widths = sorted(rows, reverse=True)  # u[0] > u[1] > ...
+    best, cut = [0.0] * (len(widths) + 1), [len(widths)] * len(widths)
+    for i in range(len(widths) - 1, -1, -1):  # best[i]: widths[i:] served, widths[i] chosen
+        fixed = 0.0 if widths[i] in compiled else compile_tokens
+        served, best[i] = 0, math.inf
+        for m in range(i + 1, len(widths) + 1):  # widths[i:m] run at widths[i]
+            served += rows[widths[m - 1]]
+            cost = fixed + widths[i] * served + best[m]
+            if cost < best[i]:
+                best[i], cut[i] = cost, m
+    chosen, i = {}, 0
+    while i < len(widths):
+        chosen.update({w: widths[i] for w in widths[i:cut[i]]})
+        i = cut[i]
+    return chosen
+
+
 class Row(NamedTuple):
     """One forward pass's worth of scoring: `targets` are predicted from the ends of `inputs`."""
 
@@ -60,6 +93,29 @@ class Row(NamedTuple):
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+# Rows scoring at most PACK_TAIL tokens (a context and its continuation) are packed several to a row of
+# at least PACK_WIDTH tokens, each reading only its own keys: padding then costs almost nothing. GPT-2
+# small, 100 contexts of 28-300 tokens, batches of 16: 24,600 tokens run for 14,000 real ones when each
+# had a row of its own (widths 128-384), ~15,000 packed. Rows scoring more (a rolling text's windows,
+# every token scored) run one to a row.
+PACK_TAIL, PACK_WIDTH = 64, 256
+
+
+def pack(lengths: dict, width: int) -> list[list]:
+    """Rows (keys of `lengths`, their token counts) into bins of `width` tokens, first fit in
+    decreasing length: [[row, ...], ...], each bin's rows in the order they fill it."""
+    bins, room = [], []
+    for row in sorted(lengths, key=lambda r: -lengths[r]):
+        fits = next((b for b, left in enumerate(room) if lengths[row] <= left), None)
+        if fits is None:
+            bins.append([row])
+            room.append(width - lengths[row])
+        else:
+            bins[fits].append(row)
+            room[fits] -= lengths[row]
+    return bins
 
 
 def _is_ids(value) -> bool:
@@ -160,6 +216,22 @@ def score_fn(net, tail: int):
     return run
 
 
+def packed_score_fn(net):
+    """The compiled pass for packed rows: ids, positions, texts [rows, width] (texts: which text of its
+    row each slot holds, from 1; 0 for padding); at [scored, 2] (row, column) of each prediction scored,
+    targets [scored] -> (each target's log-prob [scored], whether it is the argmax [scored])."""
+
+    def run(ids, positions, texts, at, targets):
+        rows, width = ids.shape
+        view = kv.View(texts > 0, 0, packed=texts)  # each text reads only its own keys
+        hidden, _ = net.forward(ids, positions, net.new_cache(rows, width), view)  # [rows, width, d]
+        logits = net.lm_head(tf.gather_nd(hidden, at))  # [scored, vocab]: only the positions scored
+        chosen = tf.gather(tf.nn.log_softmax(logits), targets[:, None], batch_dims=1)[:, 0]
+        return chosen, tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+
+    return run
+
+
 def shared_score_fn(net, contexts: int, tail: int):
     """The compiled pass for rows sharing contexts: context ids, mask [contexts, width] left-padded;
     owner [rows] (each row's context); ids, targets [rows, tail] left-aligned (the row's last context
@@ -225,11 +297,20 @@ def _run_compiled(model, key, make, what: str, *arrays):
     return [o.numpy() for o in out]
 
 
-def _score_alone(model, rows: list[Row], numbers: list[int], batch_size: int):
-    """Score rows[numbers] (at most batch_size), each its own forward pass row (filler rows added):
-    yields (row number, its targets' log-probs, greedy)."""
+def _compiled_widths(model, kind: str, batch_size: int | None = None) -> frozenset:
+    """The widths of the scoring passes of `kind` this model has compiled (for batch_size rows if given)."""
+    return frozenset(key[-2] for key in model.compile_cache.keys() if isinstance(key, tuple) and key[0] == kind
+                     and (batch_size is None or key[1] == batch_size))
+
+
+def _alone_width(model, rows: list[Row], numbers: list[int]) -> int:
+    return min(bucket(max(len(rows[r].inputs) for r in numbers)), model.config.n_positions)
+
+
+def _score_alone(model, rows: list[Row], numbers: list[int], batch_size: int, width: int):
+    """Score rows[numbers] (at most batch_size), each its own forward pass row (filler rows added),
+    left-padded to `width`: yields (row number, its targets' log-probs, greedy)."""
     batch = [rows[r] for r in numbers]
-    width = min(bucket(max(len(r.inputs) for r in batch)), model.config.n_positions)
     tail = min(bucket(max(len(r.targets) for r in batch)), width)
     ids = np.zeros([batch_size, width], np.int32)  # left-padded
     mask = np.zeros([batch_size, width], np.int32)
@@ -247,11 +328,59 @@ def _score_alone(model, rows: list[Row], numbers: list[int], batch_size: int):
         yield r, chosen[j, tail - counts[j]:], bool(best[j])
 
 
-def _score_shared(model, rows: list[Row], batch: list[list[int]], batch_size: int):
+def _score_packed(model, rows: list[Row], bins: list[list[int]], count: int, width: int, scored: int):
+    """Score the rows of `bins` (each a packed row's row numbers) in one pass of `count` rows of `width`
+    tokens and `scored` predictions: yields (row number, its targets' log-probs, greedy)."""
+    ids, positions, texts = (np.zeros([count, width], np.int32) for _ in range(3))
+    at, targets = np.zeros([scored, 2], np.int32), np.zeros([scored], np.int32)
+    spans, k = [], 0  # (row number, its first and last + 1 prediction in `at`)
+    for b, members in enumerate(bins):
+        column = 0
+        for text, r in enumerate(members, 1):
+            n, t = len(rows[r].inputs), len(rows[r].targets)
+            ids[b, column:column + n] = rows[r].inputs
+            positions[b, column:column + n] = np.arange(n)  # each text from position 0
+            texts[b, column:column + n] = text
+            at[k:k + t] = np.stack([np.full(t, b), column + n - t + np.arange(t)], axis=1)
+            targets[k:k + t] = rows[r].targets
+            spans.append((r, k, k + t))
+            k, column = k + t, column + n
+    chosen, best = _run_compiled(model, ("score-packed", count, width, scored), lambda: packed_score_fn(model.network),
+                                 f"scoring {count} packed rows x {width} tokens", ids, positions, texts, at, targets)
+    for r, first, end in spans:
+        yield r, chosen[first:end], bool(best[first:end].all())
+
+
+def _packed_calls(model, rows: list[Row], numbers: list[int], batch_size: int, cost: float) -> list[tuple]:
+    """The packed passes for rows[numbers]: [(bins, rows of the pass, width, predictions scored), ...].
+    One width and one count of predictions for all; the last pass takes fewer rows (a power of two)
+    when the rows it saves cost more than a compile."""
+    if not numbers:
+        return []
+    longest = max(len(rows[r].inputs) for r in numbers)
+    width = min(model.config.n_positions, max(bucket(longest), PACK_WIDTH))
+    bins = pack({r: len(rows[r].inputs) for r in numbers}, width)
+    calls = [bins[i:i + batch_size] for i in range(0, len(bins), batch_size)]
+    scored = bucket(max(sum(len(rows[r].targets) for b in call for r in b) for call in calls))
+    out = []
+    for call in calls:
+        count = batch_size
+        fewer = _power_of_two(len(call))
+        if fewer < batch_size and (("score-packed", fewer, width, scored) in model.compile_cache
+                                   or (batch_size - fewer) * width > cost):
+            count = fewer
+        out.append((call, count, width, scored))
+    return out
+
+
+def _shared_width(rows: list[Row], batch: list[list[int]]) -> int:
+    return bucket(max(rows[members[0]].split for members in batch))
+
+
+def _score_shared(model, rows: list[Row], batch: list[list[int]], batch_size: int, width: int):
     """Score the rows of `batch` (contexts, each a list of row numbers sharing it), each context
-    once: yields (row number, its targets' log-probs, greedy)."""
+    once, left-padded to `width`: yields (row number, its targets' log-probs, greedy)."""
     contexts = _power_of_two(len(batch))  # few distinct counts, so few compiles
-    width = bucket(max(rows[members[0]].split for members in batch))
     tail = bucket(max(len(rows[r].targets) for members in batch for r in members))
     context_ids = np.zeros([contexts, width], np.int32)  # left-padded
     context_mask = np.zeros([contexts, width], np.int32)
@@ -282,19 +411,30 @@ def _score_shared(model, rows: list[Row], batch: list[list[int]], batch_size: in
 
 def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -> tuple[list, list]:
     """(each row's target log-probs, float64 [len(targets)]; each row's greedy flag), in row order.
-    Rows sharing a context are scored together, that context run once (shared_batches); the others
-    run longest first in batches of batch_size (the last batch filled with one-token rows)."""
+    Rows sharing a context are scored together, that context run once (shared_batches); the other
+    rows scoring few tokens are packed several to a row (pack); the rest run one to a row, longest
+    first, in batches of batch_size (the last batch filled with one-token rows). Shared and one-to-a-row
+    passes run at the widths plan_widths chooses for their batches."""
     batch_size = _checked_batch_size(batch_size)
-    shared, alone = shared_batches(rows, batch_size)
-    alone.sort(key=lambda r: -len(rows[r].inputs))
-    work = [(_score_shared, batch) for batch in shared]
-    work += [(_score_alone, alone[i:i + batch_size]) for i in range(0, len(alone), batch_size)]
+    shared, rest = shared_batches(rows, batch_size)
+    packed = [r for r in rest if len(rows[r].targets) <= PACK_TAIL]
+    alone = sorted((r for r in rest if len(rows[r].targets) > PACK_TAIL), key=lambda r: -len(rows[r].inputs))
+    alone_batches = [alone[i:i + batch_size] for i in range(0, len(alone), batch_size)]
+    # each pass's width: its rows' bucket, or a wider one already needed when that costs less than a compile
+    cost = COMPILE_TOKENS * (768 / model.config.n_embd) ** 2
+    shared_plan = plan_widths([(_shared_width(rows, b), _power_of_two(len(b))) for b in shared], cost,
+                              _compiled_widths(model, "score-shared"))
+    alone_plan = plan_widths([(_alone_width(model, rows, b), batch_size) for b in alone_batches], cost,
+                             _compiled_widths(model, "score", batch_size))
+    work = [(_score_shared, b, (batch_size, shared_plan[_shared_width(rows, b)])) for b in shared]
+    work += [(_score_alone, b, (batch_size, alone_plan[_alone_width(model, rows, b)])) for b in alone_batches]
+    work += [(_score_packed, call, shape) for call, *shape in _packed_calls(model, rows, packed, batch_size, cost)]
     logprobs, greedy = [None] * len(rows), [False] * len(rows)
     bar = status.Progress(len(rows), "requests") if (progress if progress is not None else
                                                     len(rows) > batch_size and status.is_terminal(sys.stderr)) else None
     done = 0
-    for score, batch in work:
-        for r, chosen, best in score(model, rows, batch, batch_size):
+    for score, batch, shape in work:
+        for r, chosen, best in score(model, rows, batch, *shape):
             logprobs[r], greedy[r] = chosen.astype(np.float64), best
             done += 1
         if bar is not None:

@@ -24,8 +24,9 @@ def reference(hf, inputs, targets):
 
 def test_loglikelihood_equals_the_reference(hf_and_minigen):
     """Contexts of 0 (end-of-text is the context), 1, 9, 60 and 150 tokens (longer than n_positions 128:
-    its start is cut), continuations of 1 to 70 tokens, in batches mixing them; and the greedy
-    continuation of a context is reported greedy."""
+    its start is cut), continuations of 1 to 70 tokens, in batches mixing them (the shorter packed
+    several to a row, the 70-token one in a row of its own); and the greedy continuation of a context
+    is reported greedy."""
     hf, _, model = hf_and_minigen("tiny")
     rng = np.random.default_rng(40)
     eos, limit = model.config.eos_token_id, model.config.n_positions
@@ -43,6 +44,8 @@ def test_loglikelihood_equals_the_reference(hf_and_minigen):
         assert abs(score - expected) <= TOLERANCE * len(continuation), (len(context), len(continuation))
         assert greedy == expected_greedy
     assert ours[-1][1] and not all(g for _, g in ours[:-1])  # the greedy one is; random ones are not
+    kinds = {key[0] for key in model.compile_cache.keys()}
+    assert {"score-packed", "score"} <= kinds  # both passes ran
 
 
 def test_answers_sharing_a_context_equal_the_reference(hf_and_minigen):
@@ -147,3 +150,32 @@ def test_new_lengths_in_a_bucket_reuse_the_compiled_pass(hf_and_minigen):
     model.loglikelihood([([6] * 30, [8] * 9), ([6] * 30, [9])] * 2 + [([2] * 25, [3] * 5), ([4] * 7, [5] * 2)],
                         batch_size=4)
     assert model.trace_count == traces
+
+
+def test_width_plan_is_the_cheapest_set_of_compiled_widths():
+    """plan_widths against every set of widths (the widest always in it), by brute force: the tokens
+    run (rows x width per pass) plus a compile's cost per width not yet compiled."""
+    import itertools
+
+    from minigen.scoring import plan_widths
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        needs = [(int(w), int(rng.choice([4, 16]))) for w in rng.choice([16, 32, 48, 64, 128, 256, 384], 9)]
+        compile_tokens = float(rng.choice([0, 50, 500, 3000, 1e9]))
+        compiled = frozenset(int(w) for w in rng.choice([32, 128, 999], int(rng.integers(0, 2))))
+        widths = sorted({w for w, _ in needs}, reverse=True)
+
+        def cost(chosen):
+            run = sum(n * min(c for c in chosen if c >= w) for w, n in needs)
+            return run + compile_tokens * len(set(chosen) - compiled)
+
+        best = min(cost((widths[0], *rest)) for k in range(len(widths))
+                   for rest in itertools.combinations(widths[1:], k))
+        plan = plan_widths(needs, compile_tokens, compiled)
+        assert set(plan) == set(widths) and all(plan[w] >= w for w in widths)
+        assert cost(tuple(set(plan.values()))) == pytest.approx(best), trial
+        if compile_tokens == 0:
+            assert all(plan[w] == w for w in widths)  # free compiles: every pass at its own width
+        if compile_tokens == 1e9 and not compiled & set(widths[1:]):
+            assert set(plan.values()) == {widths[0]}  # dear compiles: one width for all
