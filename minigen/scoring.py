@@ -61,7 +61,7 @@ def plan_widths(needs: list[tuple[int, int]], compile_tokens: float, compiled=fr
     rows: dict[int, int] = {}
     for width, n in needs:
         rows[width] = rows.get(width, 0) + n
-    widths = sorted(rows, reverse=True)  # u[0] > u[1] > ...
+    widths = sorted(rows, reverse=True)  # widest first
     best, cut = [0.0] * (len(widths) + 1), [len(widths)] * len(widths)
     for i in range(len(widths) - 1, -1, -1):  # best[i]: widths[i:] served, widths[i] chosen
         fixed = 0.0 if widths[i] in compiled else compile_tokens
