@@ -50,7 +50,7 @@ SHARED_IMPORTS = ("tensorflow", "torch", "transformers", "transformers.models.gp
 # Modules that build the same small models share a group: a session's fixtures and compiled functions
 # then serve them all (a group's memory is mostly the XLA programs it compiled, ~20-25 MB each, held
 # until its process exits). Groups of about a minute each keep the two cores busy to the end.
-GROUPS = [  # seconds and peaks as measured with this runner (2026-12-06, Zen 4 EPYC: 356 s in all, 603 s of tests)
+GROUPS = [  # seconds and peaks as measured with this runner (2026-12-06, Zen 4 EPYC: 341 s in all; 310 s in CI)
     (["test_readme.py", "test_shipped.py"], 1.66),  # 55 s: the README's examples on the shipped model
     (["test_text.py", "test_cli.py"], 1.44),  # 65 s: the text model: generate_text, stop strings, `make demo`
     (["test_precision.py", "test_speculative.py", "test_beam_sample.py", "test_export.py"], 1.63),  # 39 s
