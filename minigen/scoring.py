@@ -195,12 +195,17 @@ def rolling_rows(tokens: list, prefix: int, limit: int) -> list[Row]:
     return rows
 
 
+def _target_logprobs(logits, targets):
+    """Each target's log-prob and whether it is the argmax: logits [..., vocab], targets [...]."""
+    chosen = tf.gather(tf.nn.log_softmax(logits), targets[..., None], batch_dims=targets.shape.rank)[..., 0]
+    return chosen, tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+
+
 def _chosen(logits, targets, scored):
     """Each target's log-prob (0 where not scored) and whether every scored target is the argmax.
     logits [rows, tail, vocab], targets [rows, tail], scored [rows, tail] bool."""
-    chosen = tf.gather(tf.nn.log_softmax(logits), targets[..., None], batch_dims=2)[..., 0]
-    best = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.where(scored, chosen, 0.0), tf.reduce_all(~scored | tf.equal(best, targets), axis=1)
+    chosen, best = _target_logprobs(logits, targets)
+    return tf.where(scored, chosen, 0.0), tf.reduce_all(~scored | best, axis=1)
 
 
 def score_fn(net, tail: int):
@@ -225,9 +230,7 @@ def packed_score_fn(net):
         rows, width = ids.shape
         view = kv.View(texts > 0, 0, packed=texts)  # each text reads only its own keys
         hidden, _ = net.forward(ids, positions, net.new_cache(rows, width), view)  # [rows, width, d]
-        logits = net.lm_head(tf.gather_nd(hidden, at))  # [scored, vocab]: only the positions scored
-        chosen = tf.gather(tf.nn.log_softmax(logits), targets[:, None], batch_dims=1)[:, 0]
-        return chosen, tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+        return _target_logprobs(net.lm_head(tf.gather_nd(hidden, at)), targets)  # only the positions scored
 
     return run
 
@@ -422,12 +425,13 @@ def score_rows(model, rows: list[Row], batch_size: int, progress: bool | None) -
     alone_batches = [alone[i:i + batch_size] for i in range(0, len(alone), batch_size)]
     # each pass's width: its rows' bucket, or a wider one already needed when that costs less than a compile
     cost = COMPILE_TOKENS * (768 / model.config.n_embd) ** 2
-    shared_plan = plan_widths([(_shared_width(rows, b), _power_of_two(len(b))) for b in shared], cost,
+    shared_widths = [_shared_width(rows, b) for b in shared]
+    alone_widths = [_alone_width(model, rows, b) for b in alone_batches]
+    shared_plan = plan_widths([(w, _power_of_two(len(b))) for w, b in zip(shared_widths, shared)], cost,
                               _compiled_widths(model, "score-shared"))
-    alone_plan = plan_widths([(_alone_width(model, rows, b), batch_size) for b in alone_batches], cost,
-                             _compiled_widths(model, "score", batch_size))
-    work = [(_score_shared, b, (batch_size, shared_plan[_shared_width(rows, b)])) for b in shared]
-    work += [(_score_alone, b, (batch_size, alone_plan[_alone_width(model, rows, b)])) for b in alone_batches]
+    alone_plan = plan_widths([(w, batch_size) for w in alone_widths], cost, _compiled_widths(model, "score", batch_size))
+    work = [(_score_shared, b, (batch_size, shared_plan[w])) for w, b in zip(shared_widths, shared)]
+    work += [(_score_alone, b, (batch_size, alone_plan[w])) for w, b in zip(alone_widths, alone_batches)]
     work += [(_score_packed, call, shape) for call, *shape in _packed_calls(model, rows, packed, batch_size, cost)]
     logprobs, greedy = [None] * len(rows), [False] * len(rows)
     bar = status.Progress(len(rows), "requests") if (progress if progress is not None else
