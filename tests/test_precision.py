@@ -57,6 +57,27 @@ def test_int8_matmul_is_integer_arithmetic_in_either_orientation(tokens):
     assert not got[0].any()
 
 
+@pytest.mark.parametrize("weight_left", [False, True])
+def test_int8_dot_as_bfloat16_is_integer_arithmetic_past_float32s_exact_range(monkeypatch, weight_left):
+    """The bfloat16 route of the int8 dot (precision.INT8_AS_BFLOAT16_FROM, taken on CPUs with
+    AVX512-BF16 and no AMX) gives the s8 x s8 -> s32 result exactly, also where one float32 sum could
+    not: row 0 meets row 0 in a sum of 33,870,773, odd and above 2**24."""
+    import tensorflow as tf
+
+    from minigen import precision
+
+    rng = np.random.default_rng(0)
+    xq = rng.integers(-127, 128, (300, 2100)).astype(np.int8)
+    w = rng.integers(-127, 128, (40, 2100)).astype(np.int8)
+    xq[0], w[0] = 127, 127
+    w[0, 7] = 126
+    expected = xq.astype(np.int64) @ w.T.astype(np.int64)
+    assert expected[0, 0] == 33_870_773
+    monkeypatch.setattr(precision, "INT8_AS_BFLOAT16_FROM", 256)
+    got = tf.function(lambda x: precision._int8_dot(x, tf.constant(w), weight_left), jit_compile=True)(xq).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(hf_and_minigen):
     _, hf_dir, _ = hf_and_minigen("tiny")
