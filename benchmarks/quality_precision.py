@@ -125,7 +125,7 @@ def render(rows, texts, windows: int) -> str:
 
 
 def cpu_flags() -> str:
-    from minigen.weights import cpu_flags as flags
+    from minigen.cpu import cpu_flags as flags
 
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     return " ".join(f for f in wanted if f in flags()) or "none found"

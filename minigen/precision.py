@@ -23,7 +23,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from tensorflow.compiler.xla import xla_data_pb2
 
 from .quantize import INT8_MAX, dequantize_rows, quantize_rows
-from .weights import cpu_flags
+from .cpu import cpu_flags
 
 
 class Matrix(NamedTuple):

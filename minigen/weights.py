@@ -12,12 +12,12 @@ A minigen model directory holds:
 from __future__ import annotations
 
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
 from .config import ConfigError, GPT2Config
+from .cpu import warn_slow_dtype
 from .layout import SCALE_SUFFIX, quantized, tensor_shapes
 from .quantize import channels_first
 from .tokenizer import Tokenizer
@@ -27,8 +27,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DTYPES = ("float32", "bfloat16", "float16", "int8")  # what `load` computes in (minigen/precision.py)
 INT8_METADATA = {"minigen_dtype": "int8"}  # added to FORMAT_METADATA in files whose matrices are int8
-# The instructions that make a dtype fast on a CPU (/proc/cpuinfo flags): without any, `load` says so.
-FAST_ON = {"bfloat16": ("avx512_bf16", "amx_bf16"), "int8": ("avx512_vnni", "amx_int8", "avx_vnni")}
 
 
 class LoadError(ValueError):
@@ -203,33 +201,6 @@ def check_scale_values(scales: dict[str, np.ndarray], source: str) -> None:
 def is_int8_file(metadata: dict) -> bool:
     """Whether a minigen file's metadata says its matrices are int8 (quantize_tensors' output)."""
     return metadata.get("minigen_dtype") == INT8_METADATA["minigen_dtype"]
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_WARNED = set()
-
-
-def warn_slow_dtype(dtype: str) -> None:
-    """Say once per process on stderr when this CPU lacks the instructions that make `dtype` fast
-    (it still works, through slower kernels)."""
-    wanted = FAST_ON.get(dtype)
-    flags = cpu_flags()
-    if not wanted or dtype in _WARNED or not flags or flags & set(wanted):
-        return
-    _WARNED.add(dtype)
-    print(f"minigen: this CPU has none of {', '.join(wanted)}; dtype={dtype!r} works but may not be faster "
-          "than float32 here", file=sys.stderr)
 
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")

@@ -252,16 +252,16 @@ def test_unknown_dtype_is_refused_with_the_accepted_ones(tiny_dir):
 
 
 def test_a_cpu_without_the_instructions_is_told_once(monkeypatch, capsys):
-    from minigen import weights
+    from minigen import cpu
 
-    monkeypatch.setattr(weights, "_WARNED", set())
-    monkeypatch.setattr(weights, "cpu_flags", lambda: {"avx2", "fma"})
-    weights.warn_slow_dtype("int8")
-    weights.warn_slow_dtype("int8")
+    monkeypatch.setattr(cpu, "_WARNED", set())
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "fma"})
+    cpu.warn_slow_dtype("int8")
+    cpu.warn_slow_dtype("int8")
     assert capsys.readouterr().err.count("dtype='int8' works but may not be faster") == 1
-    monkeypatch.setattr(weights, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
-    weights.warn_slow_dtype("bfloat16")
-    weights.warn_slow_dtype("float32")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    cpu.warn_slow_dtype("bfloat16")
+    cpu.warn_slow_dtype("float32")
     assert capsys.readouterr().err == ""
 
 
