@@ -12,7 +12,9 @@ GPT-2 small shape, random weights, 32-token prompts, 64 new tokens (EOS off), ms
                   lineage);
     network       only the network's decode step, 4 rows on a plain cache against 4 beams of one
                   prompt on beam search's side-by-side cache with its lineage mask (each beam's
-                  query scores the keys of all 4 beam rows; model.Transformer.attention).
+                  query scores the keys of all 4 beam rows; model.Transformer.attention);
+    first token   a 512-token prompt, 1 new token: beam-4 against one greedy row (beam search
+                  runs the prompt through the network once and copies its cache to each beam).
 """
 
 from __future__ import annotations
@@ -119,6 +121,17 @@ def network_calls(net):
     return calls
 
 
+def first_token_ms(model, rng) -> dict:
+    ids, mask = left_pad([rng.integers(0, model.config.vocab_size - 1, 512).tolist()], 0)
+    calls = {}
+    for name, options in (("4 greedy rows", {}), ("beam-4", {"num_beams": 4})):  # the greedy call: one row
+        call = (lambda options=options:
+                model.generate(ids, mask, max_new_tokens=1, eos_token_id=[], pad_token_id=0, top_k=0, **options))
+        call()  # compiles
+        calls[name] = call
+    return median_ms(calls, 1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtypes", default="float32,bfloat16,int8")
@@ -141,7 +154,8 @@ def main():
         stubbed = minigen.load(work / "minigen", dtype=dtype)  # fresh: no compiled function of the real network
         stubbed.network = StubNetwork(stubbed.network)
         rows["bookkeeping"] = median_ms(generate_calls(stubbed, prompts), NEW)
-        for what in ("generate", "bookkeeping", "network"):
+        rows["first token"] = first_token_ms(model, rng)
+        for what in ("generate", "bookkeeping", "network", "first token"):
             greedy, beam = rows[what]["4 greedy rows"], rows[what]["beam-4"]
             print(f"{dtype:9s} {what:12s} {greedy:7.2f} | {beam:7.2f} | {beam - greedy:+6.2f} ms ({beam / greedy - 1:+.1%})",
                   flush=True)

@@ -113,6 +113,14 @@ def grow(cache: KVCache, cache_len: int, group: int = 1) -> KVCache:
     return KVCache(tuple(grown(k) for k in cache.keys), tuple(grown(v) for v in cache.values))
 
 
+def repeat_for_beams(cache: KVCache, beams: int) -> KVCache:
+    """A cache of one row per prompt ([prompts * heads, cache_len, head_dim]) as beam search's
+    side-by-side layout ([prompts * heads, beams * cache_len, head_dim], see `allocate`), every beam's
+    run a copy: the prompt is run through the network once, not once per beam."""
+    return KVCache(tuple(tf.tile(k, [1, beams, 1]) for k in cache.keys),
+                   tuple(tf.tile(v, [1, beams, 1]) for v in cache.values))
+
+
 def grow_key_mask(key_mask: tf.Tensor, cache_len: int) -> tf.Tensor:
     """key_mask [rows, n] bool with True appended up to cache_len slots: slots for tokens still to
     come (the causal mask hides each until it is written)."""

@@ -236,7 +236,10 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey, rules: Rules = RU
         return tf.tile(own_row[:, :, None], [1, 1, slots])
 
     lineage = own_lineage(sizes[0])  # at first every beam row holds its own (identical) prompt
-    hidden, cache, key_mask = net.prefill(ids, mask, cache_len=sizes[0], lineage=lineage)
+    # each prompt runs through the network once; its keys and values are then copied to every beam
+    # row (a prompt's numbers do not depend on its batch: model.linear)
+    hidden, cache, key_mask = net.prefill(ids[::nb], mask[::nb], cache_len=sizes[0])
+    cache, key_mask = kv.repeat_for_beams(cache, nb), tf.repeat(key_mask, nb, axis=0)
     prompt_len = tf.reduce_sum(mask, axis=1)  # [rows]; equal across a prompt's beams
     sequences = tf.reshape(core.new_sequences(ids, max_new, key.pad_id), [batch, nb, width])
     # which beam row each generated token came from (the reference's beam_indices), kept with scores only
@@ -245,7 +248,7 @@ def beam_search(net, ids, mask, knobs: Knobs, key: CompileKey, rules: Rules = RU
         step=tf.constant(0),
         cache=cache,
         lineage=lineage,
-        logits=net.lm_head(hidden[:, -1]),
+        logits=tf.repeat(net.lm_head(hidden[:, -1]), nb, axis=0),
         running=sequences,
         running_scores=rules.start_scores(batch, key),
         finished=sequences,
