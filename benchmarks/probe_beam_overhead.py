@@ -64,13 +64,13 @@ class StubNetwork:
     def new_cache(self, *args, **kwargs):
         return self.real.new_cache(*args, **kwargs)
 
-    def prefill(self, tokens, mask, cache_len, lineage=None, prefix=None, keep_layers=False):
+    def prefill(self, tokens, mask, cache_len, prefix=None, keep_layers=False):
         import tensorflow as tf
 
         from minigen import cache as kv
 
         rows = tf.shape(tokens)[0]
-        cache = self.real.new_cache(rows, cache_len, 1 if lineage is None else lineage.shape[1])
+        cache = self.real.new_cache(rows, cache_len)
         hidden = tf.zeros([rows, tokens.shape[1], self.config.n_embd])
         return hidden, cache, kv.grow_key_mask(tf.cast(mask, tf.bool), cache_len)
 

@@ -330,7 +330,7 @@ class Transformer:
         cfg = self.config
         return kv.allocate(cfg.n_layer, batch, cfg.n_head, cache_len, cfg.head_dim, tf.float32, group)
 
-    def prefill(self, tokens, mask, cache_len: int, lineage=None, prefix=None, keep_layers=False):
+    def prefill(self, tokens, mask, cache_len: int, prefix=None, keep_layers=False):
         """Fill a fresh cache with a left-padded prompt batch.
 
         tokens, mask: [batch, width]. Returns (hidden [batch, s, d], cache, key_mask [batch, cache_len]).
@@ -343,7 +343,7 @@ class Transformer:
         """
         batch, width = tf.shape(tokens)[0], tokens.shape[1]
         key_mask = kv.grow_key_mask(tf.cast(mask, tf.bool), cache_len)
-        cache = self.new_cache(batch, cache_len, 1 if lineage is None else lineage.shape[1])
+        cache = self.new_cache(batch, cache_len)
         positions, filled = positions_from_mask(mask), 0
         if prefix is not None:
             old, filled = prefix
@@ -353,7 +353,7 @@ class Transformer:
                 values=tuple(kv.write(new, o[:, :filled], start) for new, o in zip(cache.values, old.values)),
             )
             tokens, positions = tokens[:, filled:], positions[:, filled:]
-        out = self.forward(tokens, positions, cache, kv.View(key_mask, filled, lineage), keep_layers=keep_layers)
+        out = self.forward(tokens, positions, cache, kv.View(key_mask, filled), keep_layers=keep_layers)
         return (out[0], out[1], key_mask, out[2:]) if keep_layers else (*out, key_mask)
 
     def decode_one_token(self, tokens, positions, cache, view: kv.View):

@@ -22,8 +22,8 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 from tensorflow.compiler.xla import xla_data_pb2
 
-from .quantize import INT8_MAX, dequantize_rows, quantize_rows
 from .cpu import cpu_flags
+from .quantize import INT8_MAX, dequantize_rows, quantize_rows
 
 
 class Matrix(NamedTuple):
@@ -114,12 +114,16 @@ def _reduced_dot(x, values, out_dtype, weight_left: bool):
 # kernel outruns its int8 one. Every int8 value is exact in bfloat16, each product (|q| <= 127**2) is
 # exact in float32, and so is any float32 sum of up to EXACT_SPAN of them (127**2 * 1040 < 2**24):
 # summing spans of `in` as int32 gives the s8 x s8 -> s32 result bit for bit, so the choice can only
-# change the speed. [rows, 768] x [3072, 768]^T, AMD EPYC Zen 4 (AVX512-BF16 and -VNNI, no AMX), ms
-# per dot, s8 / as bfloat16 (the weight's cast included, ~0.3): 64 rows 1.45 / 1.64, 256 rows
-# 4.35 / 3.9, 1024 rows 16.2 / 12.6 (/tmp probe, 2026-12-06). With AMX the int8 kernel is the faster
-# (issue 32's Xeon: 3.2 vs 5.6 ms at 1024 rows); without AVX512-BF16 bfloat16 is emulated: both keep s8.
+# change the speed. [rows, 768] x [3072, 768]^T on an AMD EPYC Zen 4 (AVX512-BF16 and -VNNI, no AMX),
+# ms per dot, s8 / as bfloat16 (/tmp probe, 2026-12-06; the weight's cast to bfloat16 left out, it
+# reads and writes the weight once more per call): 64 rows 1.45 / 1.34, 256 rows 4.35 / 3.60, 1024
+# rows 16.2 / 12.3. In the model (GPT-2 small int8, first token): 128 tokens with the route from 128
+# 114.5 / 113.4 ms, 512 tokens 376 / 323, 1000 tokens 841 / 710. With AMX the int8 kernel is the
+# faster (issue 32's Xeon: 3.2 vs 5.6 ms at 1024 rows); without AVX512-BF16 bfloat16 is emulated:
+# both keep s8.
 EXACT_SPAN = 1024
-INT8_AS_BFLOAT16_FROM = 256 if "avx512_bf16" in cpu_flags() and "amx_int8" not in cpu_flags() else None
+_FLAGS = cpu_flags()
+INT8_AS_BFLOAT16_FROM = 256 if "avx512_bf16" in _FLAGS and "amx_int8" not in _FLAGS else None
 
 
 def _int8_dot_as_bfloat16(xq, values, weight_left: bool):

@@ -37,10 +37,9 @@ class PositionNet:
     def forward(self, tokens, positions, cache, view):
         return MARGIN * tf.one_hot((positions + 1) % VOCAB, VOCAB), cache
 
-    def prefill(self, ids, mask, cache_len, lineage=None, prefix=None):
+    def prefill(self, ids, mask, cache_len, prefix=None):
         hidden, _ = self.forward(ids, positions_from_mask(mask), (), None)
-        group = 1 if lineage is None else lineage.shape[1]  # beam search: beams side by side
-        cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1, group=group)  # one layer, one head, head_dim 1
+        cache = kv.allocate(1, ids.shape[0], 1, cache_len, 1)  # one layer, one head, head_dim 1
         return hidden, cache, tf.ones([tf.shape(ids)[0], cache_len], tf.bool)
 
     def decode_one_token(self, tokens, positions, cache, view):
